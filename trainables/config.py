@@ -1,0 +1,124 @@
+"""The resolved configuration of one trial: what the per-trial loop needs, nothing about scheduling.
+
+The orchestrator's experiment spec composes these models (adding search ranges, scheduling and
+tracking) and hands one resolved `TrialConfig` to every trial as a plain dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every config model: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackboneConfig(Strict):
+    model: str = "RN101"
+    """An open_clip model name, or one of the tiny configs shipped in `trainables/model_configs`."""
+    pretrained: str | None = None
+    """An open_clip pretrained tag (`openai`), a path to a checkpoint file, or None for random weights."""
+    image_size: int = Field(448, ge=32)
+
+
+class DatasetConfig(Strict):
+    name: str
+    """A short label used in trial names, tables and cache keys (`coco`, `voc`, `shapes`)."""
+    kind: Literal["coco", "voc", "manifest", "synthetic"]
+    root: Path | None = None
+    """Dataset root. For `synthetic` it is where the generated images are cached (a default is derived)."""
+    train_manifest: Path | None = None
+    test_manifest: Path | None = None
+    """`manifest` only: CSV or JSON Lines files listing image paths and class names."""
+    voc_difficult: Literal["negative", "unknown"] = "negative"
+    """VOC objects marked difficult: `negative` as the DualCoOp reference (skipped, so absent), or
+    `unknown` (-1 at evaluation, ignored by mAP)."""
+    skip_corrupt_images: bool = False
+    """Skip unreadable images (each skip counted and reported) instead of failing the run."""
+    synthetic_num_train: int = Field(256, ge=8)
+    synthetic_num_test: int = Field(128, ge=8)
+    synthetic_num_classes: int = Field(8, ge=2, le=16)
+    synthetic_image_size: int = Field(128, ge=32)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> "DatasetConfig":
+        if self.kind in ("coco", "voc") and self.root is None:
+            raise ValueError(f"dataset '{self.name}' of kind {self.kind} needs a root")
+        if self.kind == "manifest" and (self.train_manifest is None or self.test_manifest is None):
+            raise ValueError(f"dataset '{self.name}' of kind manifest needs train_manifest and test_manifest")
+        return self
+
+
+class FeatureConfig(Strict):
+    mode: Literal["online", "cached", "cached_views"] = "cached"
+    """`online`: encode every step (full augmentation); `cached`: encode each image once, no
+    augmentation; `cached_views`: `views` augmented views per image, cycled over epochs."""
+    views: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _views_only_for_cached_views(self) -> "FeatureConfig":
+        if self.mode != "cached_views" and self.views != 1:
+            raise ValueError("features.views is only used with mode cached_views")
+        return self
+
+
+class OptimizerConfig(Strict):
+    name: Literal["sgd"] = "sgd"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    nesterov: bool = False
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(100, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr: dict[str, float] = Field(default_factory=lambda: {"prompt": 0.002, "embedding": 1.0, "projector": 0.01})
+    """Initial learning rate per parameter group; each setup names its groups (`prompt`,
+    `embedding`, `projector`). Defaults are the PositiveCoOp paper's (section 4.2)."""
+    warmup_epochs: int = Field(1, ge=0)
+    warmup_lr: float = Field(1e-5, ge=0.0)
+    """Constant learning rate of every group during warmup (Dassl's ConstantWarmupScheduler)."""
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16`: autocast the text encoder and aggregation (CPU AMX or CUDA)."""
+    num_workers: int = Field(0, ge=0)
+
+
+class LossConfig(Strict):
+    activation: Literal["softmax", "sigmoid"] = "softmax"
+    """`softmax` over the (presence, absence) logits as the paper; `sigmoid` of the presence logit
+    alone, the standard ASL of Ridnik et al."""
+    gamma_neg: float = Field(2.0, ge=0.0)
+    gamma_pos: float = Field(1.0, ge=0.0)
+    clip: float = Field(0.05, ge=0.0, lt=1.0)
+    eps: float = Field(1e-6, gt=0.0)
+    reduction: Literal["sum", "mean"] = "sum"
+    weight: float = Field(1.0, gt=0.0)
+    """Multiplies the loss (the DualCoOp reference's `--loss_w`)."""
+    detach_focal_weight: bool = False
+    """True: the focal weight is a constant in the gradient, as the reference code
+    (`disable_torch_grad_focal_loss`); False: the paper's equation 1 differentiated as written."""
+
+
+class TrialConfig(Strict):
+    setup: str
+    setup_options: dict = Field(default_factory=dict)
+    dataset: DatasetConfig
+    backbone: BackboneConfig = BackboneConfig()
+    features: FeatureConfig = FeatureConfig()
+    training: TrainingConfig = TrainingConfig()
+    loss: LossConfig = LossConfig()
+    label_ratio: float = Field(gt=0.0, le=1.0)
+    seed: int = 0
+    cache_dir: Path
+    """Where frozen features live; shared by every trial of a grid."""
+    data_dir: Path
+    """Where generated datasets (kind `synthetic`) are written on first use."""
+    device: str = "auto"

@@ -1,0 +1,130 @@
+"""Multi-label evaluation with partial labels: per-class AP, mAP, and the C*/O* precision-recall-F1.
+
+Targets are in {1, 0, -1}; entries with -1 (unknown) are ignored by every metric here.
+
+Differences from the reference evaluation (REFERENCE.md section 1, Evaluation, copied from ASL):
+the reference breaks score ties by `argsort` order and averages over all classes, a class with no
+positive counting as AP 0. Here tied scores form one threshold, as sklearn's
+`average_precision_score`, and classes without a known positive are left out of the mean (and
+counted), since their AP is undefined.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def average_precision_per_class(scores: ArrayLike, targets: ArrayLike) -> np.ndarray:
+    """Non-interpolated AP of each class [K], in [0, 1]; NaN for classes without a known positive.
+
+    AP = sum over distinct score thresholds t (descending) of (recall(t) - recall(t_prev)) ·
+    precision(t), where a threshold admits every entry scoring at least t: equal scores are one
+    step, as sklearn's `average_precision_score`. Equivalently, the mean over positives of the
+    precision at the end of their tie group.
+    """
+    scores, targets = _checked(scores, targets)
+    order = np.argsort(-scores, axis=0, kind="stable")
+    sorted_scores = np.take_along_axis(scores, order, axis=0)
+    sorted_targets = np.take_along_axis(targets, order, axis=0)
+    is_positive = sorted_targets == 1
+
+    true_positives = np.cumsum(is_positive, axis=0)
+    known = np.cumsum(sorted_targets != -1, axis=0)
+
+    # Index of the last row of each row's tie group: the next group end at or below it.
+    n = scores.shape[0]
+    group_end = np.ones_like(sorted_scores, dtype=bool)
+    group_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    end_index = np.where(group_end, np.arange(n)[:, None], n)
+    end_of_group = np.minimum.accumulate(end_index[::-1], axis=0)[::-1]
+
+    tp_at_end = np.take_along_axis(true_positives, end_of_group, axis=0)
+    known_at_end = np.take_along_axis(known, end_of_group, axis=0)
+    # A positive row is known, so known_at_end >= 1 wherever the precision is used.
+    precision = np.divide(tp_at_end, known_at_end, out=np.zeros(tp_at_end.shape), where=is_positive)
+
+    positives = is_positive.sum(axis=0)
+    summed = precision.sum(axis=0)
+    return np.divide(summed, positives, out=np.full(summed.shape, np.nan), where=positives > 0)
+
+
+def map_summary(scores: ArrayLike, targets: ArrayLike) -> dict:
+    """`mAP` (percent, mean over classes with a known positive; NaN if none has one),
+    `per_class_ap` (array [K] in [0, 1], NaN where undefined) and `classes_without_positives`."""
+    per_class = average_precision_per_class(scores, targets)
+    defined = ~np.isnan(per_class)
+    mean = float(per_class[defined].mean() * 100.0) if defined.any() else float("nan")
+    return {"mAP": mean, "per_class_ap": per_class, "classes_without_positives": int((~defined).sum())}
+
+
+def mean_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
+    """mAP in percent over the classes that have a known positive (see `map_summary`)."""
+    return map_summary(scores, targets)["mAP"]
+
+
+def overall_and_per_class_f1(scores: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> dict:
+    """CP, CR, CF1, OP, OR, OF1 in percent, predicting presence where score > threshold.
+
+    As the DualCoOp/ASL validation: per-class precision and recall are 0 for a class without a true
+    positive; CP and CR are their means over all classes; OP, OR pool the counts of all classes;
+    OF1 = 2·OP·OR/(OP+OR). CF1 = 2·CP·CR/(CP+CR), the harmonic mean of the class averages used in
+    the multi-label literature; `CF1_mean` is the mean of the per-class F1 instead, which is what
+    DualCoOp's `validate` prints as F_C. Unknown (-1) entries are not counted.
+    """
+    scores, targets = _checked(scores, targets)
+    predicted = scores > threshold
+    known = targets != -1
+    positive = targets == 1
+    tp = (predicted & positive).sum(axis=0)
+    fp = (predicted & known & ~positive).sum(axis=0)
+    fn = (~predicted & positive).sum(axis=0)
+
+    has_tp = tp > 0
+    precision = np.divide(tp, tp + fp, out=np.zeros(tp.shape), where=has_tp)
+    recall = np.divide(tp, tp + fn, out=np.zeros(tp.shape), where=has_tp)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(tp.shape), where=has_tp)
+
+    cp, cr = precision.mean() * 100.0, recall.mean() * 100.0
+    op = _ratio(tp.sum(), (tp + fp).sum()) * 100.0
+    o_r = _ratio(tp.sum(), (tp + fn).sum()) * 100.0
+    return {
+        "CP": float(cp),
+        "CR": float(cr),
+        "CF1": float(_ratio(2 * cp * cr, cp + cr)),
+        "CF1_mean": float(f1.mean() * 100.0),
+        "OP": float(op),
+        "OR": float(o_r),
+        "OF1": float(_ratio(2 * op * o_r, op + o_r)),
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, 0 when the denominator is 0 (nothing predicted or nothing positive)."""
+    return float(numerator / denominator) if denominator > 0 else 0.0
+
+
+def _checked(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as float64 and targets as int8 numpy arrays [N, K], validated."""
+    scores = _as_numpy(scores).astype(np.float64, copy=False)
+    targets = _as_numpy(targets)
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        raise ValueError(
+            f"expected scores and targets of the same shape [N, K], got {scores.shape} and {targets.shape}"
+        )
+    if not np.isin(targets, (1, 0, -1)).all():
+        raise ValueError("targets must be 1 (positive), 0 (negative) or -1 (unknown)")
+    nan_count = int(np.isnan(scores).sum())
+    if nan_count:
+        raise ValueError(f"{nan_count} scores are NaN (a diverged model?); they cannot be ranked")
+    return scores, targets.astype(np.int8, copy=False)
+
+
+def _as_numpy(values: ArrayLike) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+        # NumPy has no bfloat16; float32 holds every bfloat16 value exactly, so ties are kept.
+        return (values.float() if values.dtype == torch.bfloat16 else values).numpy()
+    return np.asarray(values)
