@@ -1,0 +1,9 @@
+"""PositiveCoOp: the presence prompt through CLIP's text encoder, a learned absence embedding r_{j,-}."""
+
+from __future__ import annotations
+
+from trainables.setups.single_prompt import SinglePromptSetup
+
+
+class PositiveCoOp(SinglePromptSetup):
+    prompted_side = "presence"
