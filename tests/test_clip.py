@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -146,8 +147,20 @@ def test_random_backbones_are_reproducible_and_leave_the_global_rng_alone():
     second = clip.load("ViT-tiny", None, image_size=64)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
-    assert first.identity == second.identity == f"ViT-tiny/random-seed0-open_clip{open_clip.__version__}@64"
+    assert first.identity == second.identity
+    assert first.identity.startswith("ViT-tiny/random-seed0-init") and first.identity.endswith(f"-open_clip{open_clip.__version__}@64")
     assert clip.load("ViT-tiny", None, image_size=128).identity != first.identity
+
+
+def test_random_identity_changes_with_the_model_config(tmp_path):
+    # Cached features are keyed by the identity: editing a config must not reuse stale features.
+    config = json.loads((clip.MODEL_CONFIG_DIR / "ViT-tiny.json").read_text())
+    config["vision_cfg"]["layers"] = 1
+    (tmp_path / "ViT-tiny-edited.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path)
+    original = clip.load("ViT-tiny", None, image_size=64)
+    edited = clip.load("ViT-tiny-edited", None, image_size=64)
+    assert original.identity.split("/")[1].split("-cfg")[1] != edited.identity.split("/")[1].split("-cfg")[1]
 
 
 def test_random_backbones_are_identical_across_processes():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import math
 import warnings
@@ -33,6 +34,10 @@ open_clip.add_model_config(MODEL_CONFIG_DIR)
 RANDOM_INIT_SEED = 0
 """Seed of random-weight backbones: every trial process must build the same backbone, or the
 cached features of one trial would be invalid for another."""
+
+RANDOM_INIT_VERSION = 1
+"""Bump when the random-weight initialisation below changes (it is part of the cache identity)."""
+
 
 ATTNPOOL_POS_EMBED_KEY = "visual.attnpool.positional_embedding"
 
@@ -173,8 +178,10 @@ def load(model: str, pretrained: str | None = None, image_size: int = 448, devic
     quick_gelu = False
     checkpoint: Path | None = None
     if pretrained is None:
-        # The random draws follow open_clip's init code, which may change between its versions.
-        weights = f"random-seed{RANDOM_INIT_SEED}-open_clip{open_clip.__version__}"
+        # The random draws follow the model config, our init and open_clip's init code (which may
+        # change between its versions): a change to any of them must not reuse cached features.
+        config_hash = hashlib.sha256(json.dumps(open_clip.get_model_config(model), sort_keys=True).encode()).hexdigest()[:12]
+        weights = f"random-seed{RANDOM_INIT_SEED}-init{RANDOM_INIT_VERSION}-cfg{config_hash}-open_clip{open_clip.__version__}"
     elif _looks_like_path(pretrained):
         checkpoint = Path(pretrained).expanduser()
         if not checkpoint.is_file():
@@ -205,6 +212,13 @@ def load(model: str, pretrained: str | None = None, image_size: int = 448, devic
         _load_weights(clip_model, checkpoint)
     frozen = FrozenCLIP(clip_model, model, image_size, identity=f"{model}/{weights}@{image_size}")
     return frozen.to(device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; any other name as torch reads it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def supported_models() -> list[str]:

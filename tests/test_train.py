@@ -1,0 +1,77 @@
+"""The per-trial loop: the reference's learning-rate schedule, learning, and exact resumption."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainables import data
+
+from trainables.config import DatasetConfig, TrainingConfig, TrialConfig
+from trainables.train import learning_rate, run_epochs
+
+
+def test_schedule_is_the_references_warmup_then_cosine():
+    # REFERENCE.md section 1: "epoch 0 at 1e-5; epoch e>=1 at 0.5*lr*(1+cos(pi*(e-1)/50))".
+    training = TrainingConfig(epochs=50, warmup_epochs=1, warmup_lr=1e-5)
+    assert learning_rate(0.002, 0, training) == 1e-5
+    for epoch in (1, 2, 25, 49):
+        expected = 0.5 * 0.002 * (1 + math.cos(math.pi * (epoch - 1) / 50))
+        assert learning_rate(0.002, epoch, training) == pytest.approx(expected, rel=1e-12)
+    assert learning_rate(0.002, 1, training) == pytest.approx(0.002)
+
+
+def test_constant_schedule_and_no_warmup():
+    training = TrainingConfig(epochs=5, warmup_epochs=0, scheduler="constant")
+    assert [learning_rate(0.5, e, training) for e in range(5)] == [0.5] * 5
+
+
+def _config(tmp_path, setup="baseline", epochs=3, **overrides) -> TrialConfig:
+    return TrialConfig(
+        setup=setup,
+        dataset=DatasetConfig(name="shapes", kind="synthetic", synthetic_num_train=96, synthetic_num_test=64),
+        backbone={"model": "RN-tiny", "image_size": 128},
+        training={"epochs": epochs, "batch_size": 32, "warmup_epochs": 0, "lr": {"projector": 0.0003, "prompt": 0.002, "embedding": 1.0}},
+        label_ratio=0.5,
+        seed=1,
+        cache_dir=tmp_path / "cache",
+        data_dir=tmp_path / "data",
+        device="cpu",
+        **overrides,
+    )
+
+
+def test_epochs_report_metrics_and_the_baseline_learns(tmp_path):
+    history = [metrics for metrics, _ in run_epochs(_config(tmp_path, epochs=4))]
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert 0 <= history[-1]["mAP"] <= 100
+    assert history[-1]["best_mAP"] == max(m["mAP"] for m in history)
+    assert history[-1]["trainable_params"] == 64 * 2 * len(history[-1]["classnames"]) + 2 * len(history[-1]["classnames"])
+    assert 0.4 < history[-1]["kept_fraction"] < 0.6
+
+
+def test_resuming_from_a_state_continues_exactly(tmp_path):
+    config = _config(tmp_path, setup="positive_coop", epochs=3)
+    straight = [(m, s) for m, s in run_epochs(config)]
+    first_two = iter(run_epochs(config))
+    next(first_two)
+    _, state_after_two = next(first_two)
+    resumed = list(run_epochs(config, state_after_two))
+    assert [m["epoch"] for m, _ in resumed] == [3]
+    final_straight, final_resumed = straight[-1][1]["setup"], resumed[-1][1]["setup"]
+    for name in final_straight:
+        torch.testing.assert_close(final_resumed[name], final_straight[name])
+    assert resumed[-1][0]["mAP"] == pytest.approx(straight[-1][0]["mAP"])
+
+
+def test_baseline_beats_chance_on_generated_shapes(tmp_path):
+    config = _config(tmp_path, epochs=8).model_copy(
+        update={"dataset": DatasetConfig(name="shapes", kind="synthetic", synthetic_num_train=256, synthetic_num_test=128)}
+    )
+    history = [metrics for metrics, _ in run_epochs(config)]
+    test_labels = data.build_dataset(config.dataset, "test", config.data_dir).labels
+    # A scorer that ignores the image gets each class's prevalence as its expected AP.
+    chance = 100 * float(np.mean((test_labels == 1).mean(axis=0)))
+    assert history[-1]["best_mAP"] > chance + 10, (history[-1]["best_mAP"], chance)

@@ -1,0 +1,40 @@
+"""The Ray Tune function trainable: one trial = `run_epochs` with a checkpoint after every epoch.
+
+The only module of `trainables` that imports Ray. The config it receives is built by the
+orchestrator: `{"trial_config": TrialConfig as a dict, "trial_key": ..., "cell_key": ..., ...}`.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from trainables.config import TrialConfig
+from trainables.train import run_epochs
+
+_STATE_FILE = "state.pt"
+
+
+def mlr_trial(config: dict) -> None:
+    trial_config = TrialConfig.model_validate(config["trial_config"])
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            # Our own file, written below: it holds tensors and plain Python values only.
+            state = torch.load(Path(directory) / _STATE_FILE, weights_only=False)
+    try:
+        for metrics, state in run_epochs(trial_config, state):
+            with tempfile.TemporaryDirectory() as directory:
+                torch.save(state, Path(directory) / _STATE_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    finally:
+        # A stopped trial (ASHA, Ctrl-C) must hand its GPU memory back before the actor is reused.
+        state = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
