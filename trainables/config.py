@@ -22,7 +22,9 @@ class BackboneConfig(Strict):
     model: str = "RN101"
     """An open_clip model name, or one of the tiny configs shipped in `trainables/model_configs`."""
     pretrained: str | None = None
-    """An open_clip pretrained tag (`openai`), a path to a checkpoint file, or None for random weights."""
+    """An open_clip pretrained tag (`openai`), a path to a checkpoint file, None for random weights,
+    or `synthetic`: a tiny CLIP pre-trained contrastively on generated shapes (trainables.pretrain),
+    so that the prompt setups have a text encoder that knows the demo's class words."""
     image_size: int = Field(448, ge=32)
 
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from trainables import clip as clip_lib
 from trainables import data
 from trainables.config import FeatureConfig, TrialConfig
+from trainables.pretrain import resolve_pretrained
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,8 @@ def fill_for_config(cfg: TrialConfig, data_dir: Path | None = None, *, progress:
     data_dir = cfg.data_dir if data_dir is None else data_dir
     device = clip_lib.resolve_device(cfg.device)
     backbone = cfg.backbone
-    clip = clip_lib.load(backbone.model, backbone.pretrained, backbone.image_size, device=str(device))
+    pretrained = resolve_pretrained(backbone, data_dir)
+    clip = clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(device))
     data.check(cfg.dataset, data_dir)
     cache = FeatureCache(cfg.cache_dir)
     jobs = [(data.build_dataset(cfg.dataset, "train", data_dir), view) for view in train_views(cfg.features)]

@@ -24,6 +24,7 @@ from trainables.errors import UserInputError
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss
 from trainables.metrics import map_summary
+from trainables.pretrain import resolve_pretrained
 
 
 def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float:
@@ -62,7 +63,8 @@ class _Trial:
         self.device = clip_lib.resolve_device(config.device)
         torch.manual_seed(config.seed)
         backbone = config.backbone
-        self.clip = clip_lib.load(backbone.model, backbone.pretrained, backbone.image_size, device=str(self.device))
+        pretrained = resolve_pretrained(backbone, config.data_dir)
+        self.clip = clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(self.device))
 
         data.check(config.dataset, config.data_dir)
         train_ds = data.build_dataset(config.dataset, "train", config.data_dir)

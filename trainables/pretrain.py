@@ -1,0 +1,274 @@
+"""A tiny CLIP pre-trained contrastively on generated "shapes" images, for the synthetic demo.
+
+With random weights the text encoder knows no class word: every prompt feature has a large cosine
+with every image feature, DualCoOp's scales (20 x cos, x5) saturate the 2-way softmax and the
+prompt setups get no gradient. Real CLIP weights are not available offline, so this trains the
+tiny backbone as CLIP was trained, on a small scale: images rendered by the synthetic generator,
+each paired with a caption listing what it shows ("a photo of a circle, a star and a ring."),
+under the symmetric InfoNCE loss of CLIP (`open_clip.ClipLoss`).
+
+    path = synthetic_clip_checkpoint("RN-tiny", 128, data_dir)    # trains once, then reuses the file
+    clip = trainables.clip.load("RN-tiny", pretrained=str(path), image_size=128)
+
+The images come from their own random stream (not the demo dataset's train or test split), so the
+backbone never sees an image the demo trains or evaluates on.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from open_clip.modified_resnet import ModifiedResNet
+from PIL import Image
+from tqdm.auto import tqdm
+
+from trainables import clip as clip_lib
+from trainables.config import BackboneConfig, DatasetConfig
+from trainables.data import synthetic, test_transform
+from trainables.errors import UserInputError
+
+RECIPE_VERSION = 1
+"""Bump when the training recipe changes, so checkpoints of the old recipe are not reused."""
+
+LEARNING_RATE = 1e-3
+WEIGHT_DECAY = 0.1
+"""AdamW as CLIP (Radford et al. 2021 train with decoupled weight decay 0.1 on the weights)."""
+
+POOL_SIZE = 2048
+"""Distinct images rendered for one pre-training run; batches cycle over them."""
+
+TRUNK_CHUNK = 64
+"""Images per forward pass when a ResNet trunk encodes the pool once."""
+
+PRETRAIN_STREAM = 2
+"""Random stream of the pre-training images: the synthetic dataset's splits use streams 0 and 1."""
+
+RENDER_SIZE = DatasetConfig.model_fields["synthetic_image_size"].default
+"""Images are rendered at the demo dataset's default size and resized to the backbone's, as the demo's are."""
+
+CAPTION_TEMPLATES = (
+    "a photo of {}.",
+    "a picture of {}.",
+    "an image showing {}.",
+    "a drawing of {}.",
+    "{}.",
+)
+
+
+SYNTHETIC_WEIGHTS = "synthetic"
+"""The `backbone.pretrained` value that names this module's checkpoint, trained on first use."""
+
+
+def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
+    """`backbone.pretrained` as `trainables.clip.load` takes it.
+
+    The reserved value `synthetic` becomes the path of the contrastively pre-trained checkpoint
+    under `data_dir` (trained now if no process has yet); any other value is returned unchanged.
+    """
+    if backbone.pretrained != SYNTHETIC_WEIGHTS:
+        return backbone.pretrained
+    return str(synthetic_clip_checkpoint(backbone.model, backbone.image_size, data_dir, progress=True))
+
+
+def synthetic_clip_checkpoint(
+    model: str,
+    image_size: int,
+    data_dir: Path,
+    *,
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int = 64,
+    num_classes: int = 8,
+    progress: bool = False,
+) -> Path:
+    """The checkpoint of `model` pre-trained on shapes, trained on the first call and reused after.
+
+    The file is `data_dir/pretrained/<model>-shapes-<hash of the recipe>.pt`, a plain open_clip
+    state dict for `trainables.clip.load(model, pretrained=<path>, image_size=image_size)`, with a
+    `.json` sidecar holding the recipe, the loss of every step and the training time. Concurrent
+    callers wait on a file lock; the file is renamed into place complete, so a reader never sees
+    a partial one.
+    """
+    recipe = _recipe(model, image_size, seed, steps, batch_size, num_classes)
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(data_dir) / "pretrained"
+    checkpoint = folder / f"{model}-shapes-{digest}.pt"
+    if checkpoint.is_file():
+        return checkpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(checkpoint.with_suffix(".lock"))):
+        if checkpoint.is_file():  # another process trained it while we waited
+            return checkpoint
+        # Holding the lock, no other writer is active: what matches is left over from a killed one.
+        for leftover in folder.glob(f".{checkpoint.stem}.*.tmp-*"):
+            leftover.unlink()
+        started = time.perf_counter()
+        clip_model, losses = train_synthetic_clip(
+            model, image_size, seed=seed, steps=steps, batch_size=batch_size, num_classes=num_classes, progress=progress
+        )
+        sidecar = {**recipe, "losses": losses, "train_seconds": time.perf_counter() - started}
+        temporary_sidecar = folder / f".{checkpoint.stem}.json.tmp-{os.getpid()}"
+        temporary_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+        os.replace(temporary_sidecar, checkpoint.with_suffix(".json"))
+        temporary = folder / f".{checkpoint.stem}.pt.tmp-{os.getpid()}"
+        torch.save(clip_model.state_dict(), temporary)
+        os.replace(temporary, checkpoint)  # the commit: callers trust the checkpoint once it exists
+    return checkpoint
+
+
+def train_synthetic_clip(
+    model: str,
+    image_size: int,
+    *,
+    seed: int = 0,
+    steps: int = 200,
+    batch_size: int = 64,
+    num_classes: int = 8,
+    progress: bool = False,
+) -> tuple[open_clip.CLIP, list[float]]:
+    """Pre-train `model` contrastively on rendered shapes; return the open_clip model and the loss of each step.
+
+    It starts from the random weights `trainables.clip.load(model, None, image_size)` builds (its
+    seed, and for ResNets its variance-preserving trunk init). The model stays in eval mode: the
+    setups use the backbone frozen in eval mode, so this trains the very function they will use
+    (BatchNorm at its running statistics, which never drift). The small text tower runs in fp32,
+    where bf16 is slower. Deterministic given the arguments (and the machine).
+    """
+    _check_arguments(steps, batch_size, num_classes)
+    clip_model = copy.deepcopy(clip_lib.load(model, None, image_size).model).requires_grad_(True).eval()
+    tokenizer = open_clip.get_tokenizer(model)
+    names = synthetic.classnames(num_classes)
+    images, labels = render_pool(min(POOL_SIZE, steps * batch_size), num_classes, seed)
+    encode_images = _image_encoder(clip_model, images, test_transform(image_size))
+
+    optimizer = torch.optim.AdamW(_parameter_groups(clip_model), lr=LEARNING_RATE)
+    loss_fn = open_clip.ClipLoss()
+    caption_rng = np.random.default_rng([seed, RECIPE_VERSION])
+    losses: list[float] = []
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(images), generator=generator)
+    cursor = 0
+    for _ in tqdm(range(steps), desc=f"pre-training {model}", disable=not progress):
+        if cursor + batch_size > len(order):  # a new pass over the pool, reshuffled
+            order, cursor = torch.randperm(len(images), generator=generator), 0
+        batch = order[cursor : cursor + batch_size].numpy()
+        cursor += batch_size
+        image_features = F.normalize(encode_images(batch).float(), dim=-1)
+        text_features = clip_model.encode_text(tokenizer([caption(names, labels[i], caption_rng) for i in batch]), normalize=True)
+        loss = loss_fn(image_features, text_features, clip_model.logit_scale.exp())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():  # CLIP clips the temperature at 100
+            clip_model.logit_scale.clamp_(0, np.log(100))
+        losses.append(loss.item())
+    return clip_model.requires_grad_(False), losses
+
+
+def _image_encoder(
+    clip_model: open_clip.CLIP, images: np.ndarray, transform: Callable[[Image.Image], torch.Tensor]
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """A function from indices into `images` to their (unnormalised) image embeddings, with gradient.
+
+    ModifiedResNet: the convolutional trunk stays at its random init and is run once over the pool;
+    only the attention pool (whose value and output projections make the dense features) trains.
+    Backpropagating through the convolutions costs ~6x more on a CPU, and the random trunk's
+    features already separate the shapes (a linear head on them learns). ViT: the whole tower
+    trains. Convolutions and the ViT run under bf16 autocast (several times faster on CPUs with
+    AMX); the attention pool trains in fp32.
+    """
+    visual = clip_model.visual
+
+    def pixels(indices: np.ndarray) -> torch.Tensor:
+        return torch.stack([transform(Image.fromarray(images[i])) for i in indices])
+
+    if isinstance(visual, ModifiedResNet):
+        visual.requires_grad_(False)
+        visual.attnpool.requires_grad_(True)
+        chunks = np.array_split(np.arange(len(images)), max(1, len(images) // TRUNK_CHUNK))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            trunk = torch.cat([visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels(c)))))) for c in chunks])
+        trunk = trunk.float()
+        return lambda indices: visual.attnpool(trunk[indices])
+
+    def encode(indices: np.ndarray) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return clip_model.encode_image(pixels(indices))
+
+    return encode
+
+
+def render_pool(count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` rendered images (uint8 [count, S, S, 3]) and their labels (bool [count, num_classes])."""
+    images = np.empty((count, RENDER_SIZE, RENDER_SIZE, 3), dtype=np.uint8)
+    labels = np.zeros((count, num_classes), dtype=bool)
+    for index in range(count):
+        rng = np.random.default_rng([synthetic.GENERATOR_SEED, PRETRAIN_STREAM, seed, index])
+        images[index], present = synthetic.render_image(rng, num_classes, RENDER_SIZE)
+        labels[index, present] = True
+    return images, labels
+
+
+def caption(names: list[str], present: np.ndarray, rng: np.random.Generator) -> str:
+    """A caption listing the classes `present` (bool [K]) in random order, in a random template."""
+    objects = [_with_article(names[k]) for k in rng.permutation(np.flatnonzero(present))]
+    listed = objects[0] if len(objects) == 1 else f"{', '.join(objects[:-1])} and {objects[-1]}"
+    return CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(listed)
+
+
+def _with_article(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _parameter_groups(clip_model: open_clip.CLIP) -> list[dict]:
+    """CLIP's AdamW groups: weight decay on matrices and convolutions, none on gains, biases, embeddings, temperature."""
+    decayed, plain = [], []
+    for name, parameter in clip_model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        exempt = parameter.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (plain if exempt else decayed).append(parameter)
+    return [{"params": decayed, "weight_decay": WEIGHT_DECAY}, {"params": plain, "weight_decay": 0.0}]
+
+
+def _recipe(model: str, image_size: int, seed: int, steps: int, batch_size: int, num_classes: int) -> dict:
+    """Everything the trained weights depend on: the arguments, the recipe and the generator."""
+    return {
+        "model": model,
+        "image_size": image_size,
+        "seed": seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "num_classes": num_classes,
+        "recipe_version": RECIPE_VERSION,
+        "learning_rate": LEARNING_RATE,
+        "weight_decay": WEIGHT_DECAY,
+        "pool_size": POOL_SIZE,
+        "render_size": RENDER_SIZE,
+        "generator_version": synthetic.GENERATOR_VERSION,
+        "open_clip": open_clip.__version__,
+    }
+
+
+def _check_arguments(steps: int, batch_size: int, num_classes: int) -> None:
+    if steps < 1:
+        raise UserInputError(f"pre-training steps must be at least 1, got {steps}")
+    if not 2 <= batch_size <= POOL_SIZE:
+        raise UserInputError(
+            f"pre-training batch_size must be between 2 (a contrastive batch) and {POOL_SIZE}, got {batch_size}"
+        )
+    if not 2 <= num_classes <= len(synthetic.SHAPE_CLASSES):
+        raise UserInputError(
+            f"pre-training num_classes must be between 2 and {len(synthetic.SHAPE_CLASSES)}, got {num_classes}"
+        )
