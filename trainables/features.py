@@ -219,7 +219,7 @@ class FeatureCache:
         features = None
         skipped = []
         label = "test transform" if view_index is None else f"train view {view_index}"
-        with tqdm(total=len(dataset), unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=not progress) as bar:
+        with tqdm(total=len(dataset), unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=None if progress else True) as bar:  # None: off when not a terminal
             for batch, indices, valid in loader:
                 with torch.no_grad():
                     encoded = clip.encode_dense(batch.to(device)).to(torch.float16).cpu().numpy()

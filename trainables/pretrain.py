@@ -159,7 +159,7 @@ def train_synthetic_clip(
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(images), generator=generator)
     cursor = 0
-    for _ in tqdm(range(steps), desc=f"pre-training {model}", disable=not progress):
+    for _ in tqdm(range(steps), desc=f"pre-training {model}", disable=None if progress else True):  # None: off when not a terminal
         if cursor + batch_size > len(order):  # a new pass over the pool, reshuffled
             order, cursor = torch.randperm(len(images), generator=generator), 0
         batch = order[cursor : cursor + batch_size].numpy()

@@ -1,0 +1,301 @@
+"""The `table` command: compare the setups of one experiment, from its MLflow runs (never from logs).
+
+Prints the comparison table (rich by default), the best configuration of every searched cell with the
+command that reruns it, writes every format and the plots with `--out DIR`, and logs them as
+artifacts (`tables/`, `plots/`) of the experiment's launch run so they sit next to the runs in the
+MLflow UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+import yaml
+
+from trainables.errors import UserInputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tables import ComparisonTable
+
+# The CLI builds every subcommand's parser at start-up: this module imports pandas, MLflow and
+# matplotlib (through `tables` and `plots`) only when the command runs, so the choices are repeated
+# here (tests/test_aggregate.py checks they match `tables.METRICS` and `tables.FORMATS`).
+METRIC_CHOICES = ("best_mAP", "last_mAP")
+FORMAT_CHOICES = ("rich", "markdown", "csv", "latex", "html")
+ROLE = "orchestrator.role"
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+"""Where a bare spec file name is looked up, as `orchestrator.spec` does."""
+SPEC_SUFFIXES = (".yaml", ".yml")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "experiment",
+        help="an MLflow experiment name, or the spec file that made it (a path, or a .yaml name in search_spaces/)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: the spec's tracking_uri, else sqlite:///<working dir>/mlflow.db)",
+    )
+    parser.add_argument(
+        "--metric", choices=METRIC_CHOICES, default="best_mAP",
+        help="what a cell's value is and how its best trial is chosen (default: best_mAP)",
+    )
+    parser.add_argument(
+        "--reference", choices=("none", "paper"), default="none",
+        help="paper: add the PositiveCoOp paper's Table 1 rows and a delta row per setup (COCO and VOC2007, ResNet101)",
+    )
+    parser.add_argument("--format", choices=FORMAT_CHOICES, default="rich", help="what is printed (default: rich)")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="write every format under DIR/tables and the plots under DIR/plots"
+    )
+    parser.add_argument(
+        "--no-log",
+        action="store_true",
+        help="do not log the tables and plots as artifacts of the experiment's launch run",
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """The experiment to aggregate, where its store is, and the spec that made it when it was named."""
+
+    experiment_name: str
+    tracking_uri: str
+    spec_path: Path | None = None
+
+
+def spec_file(name: str) -> Path | None:
+    """The spec file `name` means (a path, or a bare .yaml name in search_spaces/); None for an experiment name."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.absolute()
+    if path.suffix not in SPEC_SUFFIXES:
+        return None
+    if len(path.parts) == 1 and (SEARCH_SPACES_DIR / path).is_file():
+        return SEARCH_SPACES_DIR / path
+    raise UserInputError(f"spec file not found: {name} (looked in the working directory and {SEARCH_SPACES_DIR})")
+
+
+def read_spec(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UserInputError(f"{path}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise UserInputError(f"{path}: no experiment name (a top-level `name:`)")
+    return raw
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def resolve_target(experiment: str, tracking_uri: str | None = None) -> Target:
+    """Experiment name and tracking URI from the command line: `--tracking-uri`, else the spec's, else the default."""
+    path = spec_file(experiment)
+    spec = read_spec(path) if path else {}
+    name = spec.get("name", experiment)
+    uri = tracking_uri or spec.get("tracking_uri") or default_tracking_uri()
+    return Target(name, uri, path)
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client on an existing store: an SQLite file must exist (MLflow would make an empty one), a server answer."""
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme == "sqlite":
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise UserInputError(
+                f"no MLflow store at {database} (pass --tracking-uri, or run from the experiment's folder)"
+            )
+    elif parsed.scheme in ("http", "https"):
+        from orchestrator.tracking import check_reachable  # imports Ray: only for servers
+
+        check_reachable(tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def experiment_id(client: MlflowClient, target: Target) -> str:
+    experiment = client.get_experiment_by_name(target.experiment_name)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        raise UserInputError(f"no MLflow experiment named '{target.experiment_name}' in {target.tracking_uri}")
+    return experiment.experiment_id
+
+
+def launch_run(client: MlflowClient, experiment: str) -> Run | None:
+    """The experiment's parent run (`orchestrator.role=launch`), the most recent if there are several."""
+    runs = client.search_runs(
+        [experiment], filter_string=f"tags.`{ROLE}` = 'launch'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+# ---------------------------------------------------------------- rerunning the best configurations
+
+
+def spec_source(client: MlflowClient, target: Target, launch: Run | None) -> tuple[str, dict | None]:
+    """The spec to name in a rerun command, and its contents when readable.
+
+    In order: the spec given on the command line, the launch run's `spec_path` tag, its `spec.yaml`
+    artifact in a local artifact store, else the experiment name.
+    """
+    candidates = [target.spec_path]
+    if launch is not None:
+        if "spec_path" in launch.data.tags:
+            candidates.append(Path(launch.data.tags["spec_path"]))
+        artifacts = urlparse(launch.info.artifact_uri)
+        if artifacts.scheme in ("", "file"):
+            candidates.append(Path(unquote(artifacts.path)) / "spec.yaml")
+    for path in candidates:
+        if path is not None and path.is_file():
+            return str(path), read_spec(path)
+    return target.experiment_name, None
+
+
+def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict | None, experiment_name: str) -> str:
+    """`python -m orchestrator run SPEC --set ...` training one cell with its best searched values, as a new experiment.
+
+    A new name keeps the original experiment intact (the same name with other settings would need
+    --fresh); the search and the scheduler are switched off so that the one configuration trains fully.
+    """
+    cell_key = f"{best['setup']}-{best['dataset']}-r{best['label_ratio']:g}-s{best['seed']}"
+    overrides = [
+        f"name={experiment_name}-best-{cell_key}",
+        f"setups=[{best['setup']}]",
+        f"label_ratios=[{best['label_ratio']:g}]",
+        f"seeds=[{best['seed']}]",
+        "search={kind: grid}",
+        "scheduler={kind: none}",
+    ]
+    datasets = (spec_raw or {}).get("datasets") or []
+    chosen = [dataset for dataset in datasets if isinstance(dataset, dict) and dataset.get("name") == best["dataset"]]
+    if len(datasets) > 1 and chosen:
+        overrides.append("datasets=" + yaml.safe_dump(chosen, default_flow_style=True, width=10**6).strip())
+    overrides += [f"{param.removeprefix('params.')}={best[param]}" for param in params if isinstance(best[param], str)]
+    command = ["python", "-m", "orchestrator", "run", spec]
+    for override in overrides:
+        command += ["--set", override]
+    return shlex.join(command)
+
+
+def best_configs(
+    trials: pd.DataFrame, metric: str, spec: str, spec_raw: dict | None, experiment_name: str
+) -> pd.DataFrame:
+    """The best trial of every searched cell, its searched params and the command that reruns it."""
+    from orchestrator import tables
+
+    best = tables.best_search_configs(trials, metric)
+    if best.empty:
+        return best
+    params = tables.searched_params(trials)
+    commands = best.apply(lambda row: rerun_command(row, params, spec, spec_raw, experiment_name), axis=1)
+    columns = [*tables.CELL, metric, "trials_in_cell", "run_id", *params]
+    return best[columns].assign(command=commands)
+
+
+def describe_best(configs: pd.DataFrame, metric: str) -> str:
+    from orchestrator import tables
+
+    params = [column for column in configs.columns if column.startswith("params.")]
+    lines = [f"Best configuration per setup and searched cell (by {metric}):"]
+    for _, row in configs.iterrows():
+        values = ", ".join(f"{param.removeprefix('params.')}={row[param]}" for param in params)
+        lines.append(
+            f"  {tables.SETUP_LABELS.get(row['setup'], row['setup'])} · {row['dataset']} ({row['backbone']}) · "
+            f"{tables.ratio_label(row['label_ratio'])} · seed {row['seed']}: {metric} {row[metric]:.2f}"
+            f" (best of {row['trials_in_cell']} trials) with {values}"
+        )
+        lines.append(f"    {row['command']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_outputs(
+    table: ComparisonTable, trials: pd.DataFrame, configs: pd.DataFrame, metric: str, title: str, out_dir: Path
+) -> list[Path]:
+    """Every table format under `out_dir/tables`, the plots under `out_dir/plots`."""
+    from orchestrator import plots, tables
+
+    table_dir = out_dir / "tables"
+    table_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, file_name in tables.FILE_NAMES.items():
+        path = table_dir / file_name
+        path.write_text(tables.render(table, fmt, title=title))
+        written.append(path)
+    if not configs.empty:
+        configs.to_csv(table_dir / "best_configs.csv", index=False)
+        written.append(table_dir / "best_configs.csv")
+    written += plots.plot_map_vs_ratio(trials, metric, out_dir / "plots")
+    written += plots.plot_search(trials, metric, out_dir / "plots")
+    return written
+
+
+def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_dir: Path) -> str:
+    """Log `out_dir/tables` and `out_dir/plots` under the launch run (made if the experiment has none); its id."""
+    if launch is None:
+        run_id = client.create_run(experiment, tags={ROLE: "launch"}, run_name="aggregate").info.run_id
+        client.set_terminated(run_id, "FINISHED")
+    else:
+        run_id = launch.info.run_id
+    for folder in ("tables", "plots"):
+        if (out_dir / folder).is_dir():
+            client.log_artifacts(run_id, str(out_dir / folder), artifact_path=folder)
+    return run_id
+
+
+def run(args: argparse.Namespace) -> int:
+    """The `table` command; returns the exit code."""
+    from orchestrator import tables
+
+    target = resolve_target(args.experiment, args.tracking_uri)
+    client = open_store(target.tracking_uri)
+    experiment = experiment_id(client, target)
+    trials = tables.read_trials(client, experiment)
+    if trials.empty:
+        raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
+
+    reference = tables.load_reference() if args.reference == "paper" else None
+    table = tables.build_table(trials, args.metric, reference)
+    title = f"{target.experiment_name}: {args.metric}"
+    launch = launch_run(client, experiment)
+    spec, spec_raw = spec_source(client, target, launch)
+    configs = best_configs(trials, args.metric, spec, spec_raw, target.experiment_name)
+
+    if args.format == "rich":
+        tables.print_rich(table, title)
+        if not configs.empty:
+            print(describe_best(configs, args.metric))
+    else:
+        sys.stdout.write(tables.render(table, args.format, title=title))
+        if not configs.empty:  # stdout stays a clean document of the chosen format
+            print(describe_best(configs, args.metric), file=sys.stderr)
+
+    if args.out is None and args.no_log:
+        return 0
+    with tempfile.TemporaryDirectory(prefix="orchestrator-table-") as scratch:
+        out_dir = args.out if args.out is not None else Path(scratch)
+        write_outputs(table, trials, configs, args.metric, title, out_dir)
+        if args.out is not None:
+            print(f"Wrote tables to {out_dir / 'tables'} and plots to {out_dir / 'plots'}", file=sys.stderr)
+        if not args.no_log:
+            run_id = log_outputs(client, experiment, launch, out_dir)
+            where = f"run {run_id} of MLflow experiment '{target.experiment_name}'"
+            print(f"Logged tables/ and plots/ to {where}", file=sys.stderr)
+    return 0

@@ -1,0 +1,196 @@
+"""`python -m orchestrator {run,validate,describe,cache,table,ui}`: the command line.
+
+Bad input (a spec value, a dataset path, an unreachable tracking server) is printed as one line
+per problem with exit code 2 and no traceback; anything else is a bug and keeps its traceback.
+Heavy libraries (Ray, MLflow, torch) are imported by the commands that need them, so `--help` and
+`validate` stay quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from trainables.errors import UserInputError
+
+from orchestrator.spec import LoadedSpec, load_spec, resolve_tracking_uri
+
+EXIT_USER_ERROR = 2
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="spec file (a bare name such as smoke.yaml is looked up in search_spaces/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any spec field; KEY is dotted, list items by index, VALUE is YAML "
+        "(--set training.epochs=2 --set datasets.0.synthetic_num_train=64 --set 'setups=[baseline]')",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
+    parser.add_argument("--storage", help="folder for Ray results, checkpoints and the Optuna database (default: runs/)")
+
+
+def _load(args: argparse.Namespace, check_data: bool = True) -> LoadedSpec:
+    overrides = list(args.overrides)
+    if args.tracking_uri:
+        overrides.append(f"tracking_uri={args.tracking_uri}")
+    if args.storage:
+        overrides.append(f"storage={args.storage}")
+    return load_spec(args.spec, overrides, check_data=check_data)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from orchestrator.scheduling import run_experiment
+
+    return run_experiment(_load(args), address=args.address, fresh=args.fresh)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from orchestrator.grid import cells
+    from orchestrator.scheduling import total_trials
+
+    loaded = _load(args)
+    print(f"{loaded.path}: valid ({len(cells(loaded.spec))} cells, {total_trials(loaded.spec)} trials)")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from orchestrator.describe import describe
+
+    print(describe(_load(args)))
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from orchestrator.scheduling import fill_feature_cache
+
+    spec = _load(args).spec
+    fill_feature_cache(spec)
+    print(f"Feature cache: {spec.cache_dir}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    if args.spec:
+        uri = _load(args, check_data=False).spec.tracking_uri
+    else:
+        try:
+            uri = resolve_tracking_uri(args.tracking_uri)
+        except ValueError as error:
+            raise UserInputError(f"--tracking-uri: {error}") from None
+    database = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not database.is_file():
+        raise UserInputError(f"no MLflow store at {database} (run `python -m orchestrator run SPEC` first)")
+    if uri.startswith(("http://", "https://")):
+        print(f"The tracking server has its own UI: open {uri}")
+        return 0
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # reached only where execv is replaced (the tests)
+
+
+def _table(args: argparse.Namespace) -> int:
+    from orchestrator import aggregate
+
+    return aggregate.run(args)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator",
+        description="Ablation orchestrator for CLIP prompt learning: runs a spec's grid of trials on "
+        "Ray Tune (Optuna inside each cell if asked), logs them to MLflow, resumes after a crash.",
+        epilog="Start with: python -m orchestrator run smoke.yaml",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) every trial of a spec",
+        description="Validate the spec, then run every trial on Ray Tune and log it to MLflow. Running "
+        "the same command again resumes: finished trials are kept, unfinished ones continue from "
+        "their checkpoints.",
+    )
+    _add_spec_arguments(run)
+    run.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379) instead of local Ray")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: delete this spec's results folder, Optuna studies and MLflow runs",
+    )
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate",
+        help="check a spec and report every problem",
+        description="Check a spec (fields, cross-field rules, dataset layouts) and list every problem, "
+        "one line each: <file>: <field>: <message>. Exit code 2 if there are any.",
+    )
+    _add_spec_arguments(validate)
+    validate.set_defaults(handler=_validate)
+
+    describe = commands.add_parser(
+        "describe",
+        help="show trials, trainable parameters per setup and output paths, without running",
+        description="How many cells and trials a spec has, the trainable parameters of each setup on "
+        "its backbone, and where results, MLflow runs and cached features go. Runs nothing.",
+    )
+    _add_spec_arguments(describe)
+    describe.set_defaults(handler=_describe)
+
+    cache = commands.add_parser(
+        "cache",
+        help="fill the frozen-feature cache ahead of a run",
+        description="Encode every image a spec's trials will read with the frozen backbone, once per "
+        "(dataset, backbone, feature mode), with a progress bar.",
+    )
+    _add_spec_arguments(cache)
+    cache.set_defaults(handler=_cache)
+
+    table = commands.add_parser(
+        "table",
+        help="tables and plots of finished runs from MLflow",
+        description="Read the finished trial runs of an experiment from MLflow and print or save "
+        "tables and plots.",
+    )
+    from orchestrator import aggregate
+
+    aggregate.configure_parser(table)
+    table.set_defaults(handler=_table)
+
+    ui = commands.add_parser(
+        "ui",
+        help="open the MLflow UI on the run store",
+        description="Start `mlflow ui` on the tracking store of a spec (or of the working directory).",
+    )
+    ui.add_argument("spec", nargs="?", help="spec whose tracking URI to open (default: the working directory's store)")
+    ui.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)
+    ui.add_argument("--tracking-uri", help="tracking URI to open (default: sqlite:///<working dir>/mlflow.db)")
+    ui.add_argument("--storage", help=argparse.SUPPRESS)
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
+    ui.set_defaults(handler=_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserInputError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USER_ERROR

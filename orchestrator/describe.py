@@ -1,0 +1,80 @@
+"""`describe SPEC`: what a run would do, without running it."""
+
+from __future__ import annotations
+
+import logging
+
+from tabulate import tabulate
+
+from orchestrator import grid
+from orchestrator.spec import LoadedSpec, spec_hash
+
+
+def trainable_parameters(loaded: LoadedSpec) -> dict[str, dict[str, int]]:
+    """{setup: {dataset name: trainable parameter count}} on the spec's backbone and each dataset's classes.
+
+    The backbone is built with random weights: the count does not depend on them, and no weights
+    need to be present to describe a spec.
+    """
+    from trainables import clip, data, setups
+
+    spec = loaded.spec
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns that random weights are not pretrained
+    try:
+        backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)
+    finally:
+        logging.disable(previous)
+    classnames = {d.name: data.build_dataset(d, "test", spec.data_dir).classnames for d in spec.datasets}
+    return {
+        setup: {
+            name: setups.count_trainable(setups.build(setup, names, backbone, **spec.setup_options.get(setup, {})))
+            for name, names in classnames.items()
+        }
+        for setup in spec.setups
+    }
+
+
+def describe(loaded: LoadedSpec) -> str:
+    spec = loaded.spec
+    cells = grid.cells(spec)
+    per_cell = grid.trials_per_cell(spec)
+    if spec.search.kind == "optuna":
+        search = (
+            f"Optuna ({spec.search.sampler}, seed {spec.search.seed}) over {', '.join(spec.loss.ranges())}, "
+            f"{per_cell} trials per cell, {spec.search.mode} {spec.search.metric}"
+        )
+    else:
+        axes = spec.loss.axes()
+        search = f"grid over {', '.join(axes)} ({per_cell} trials per cell)" if axes else "grid (1 trial per cell)"
+    scheduler = "none" if spec.scheduler.kind == "none" else (
+        f"ASHA per cell (grace period {spec.scheduler.grace_period}, reduction factor {spec.scheduler.reduction_factor:g}, "
+        f"max {spec.training.epochs} epochs)"
+    )  # fmt: skip
+    resources = spec.resources
+    counts = trainable_parameters(loaded)
+    table = tabulate(
+        [[setup, *(f"{n:,}" for n in by_dataset.values())] for setup, by_dataset in counts.items()],
+        headers=["setup", *(f"{d.name} params" for d in spec.datasets)],
+        colalign=("left", *("right" for _ in spec.datasets)),
+    )
+    backbone = spec.backbone
+    return "\n".join(
+        [
+            f"Spec {spec.name} ({loaded.path}), hash {spec_hash(spec)}",
+            f"Cells: {len(cells)} = {len(spec.datasets)} datasets x {len(spec.setups)} setups x "
+            f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
+            f"Trials: {len(cells) * per_cell}; search: {search}; scheduler: {scheduler}",
+            f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}",
+            f"Resources per trial: {resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU; "
+            f"at most {resources.max_concurrent_trials or 'as many as fit'} at once",
+            "",
+            f"Trainable parameters on {backbone.model} at {backbone.image_size} px:",
+            table,
+            "",
+            f"Ray results:    {spec.experiment_dir}",
+            f"MLflow:         {spec.tracking_uri} (experiment '{spec.name}')",
+            f"Feature cache:  {spec.cache_dir}",
+            f"Generated data: {spec.data_dir}",
+        ]
+    )

@@ -1,0 +1,108 @@
+"""Expand a spec into cells (dataset x setup x label ratio x seed) and the trials of each cell.
+
+A cell is one point of the paper's grid; its trials differ only in the loss setting (a loss grid,
+or Optuna's samples). Every trial gets a readable name and a deterministic key, so a restarted
+driver finds the MLflow run it already made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+
+from trainables.config import DatasetConfig, TrialConfig
+
+from orchestrator.spec import ExperimentSpec
+
+MACHINE_FIELDS = ("cache_dir", "data_dir", "device")
+"""Trial config fields that say where, not what: left out of the trial key."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: DatasetConfig
+    setup: str
+    label_ratio: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """`dual_coop-coco-r0.3-s1`: the readable name of the cell, unique within a spec."""
+        return f"{self.setup}-{self.dataset.name}-r{self.label_ratio:g}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Trial:
+    cell_key: str
+    trial_name: str
+    trial_key: str
+    trial_config: dict
+    """The resolved `TrialConfig`, JSON-able (what the trainable validates and runs)."""
+
+    def as_config(self) -> dict:
+        """The Ray Tune config of this trial, as `trainables.trainable.mlr_trial` receives it."""
+        return {
+            "trial_config": self.trial_config,
+            "trial_key": self.trial_key,
+            "cell_key": self.cell_key,
+            "trial_name": self.trial_name,
+        }
+
+
+def cells(spec: ExperimentSpec) -> list[Cell]:
+    """Every cell, datasets outermost, seeds innermost."""
+    return [
+        Cell(dataset, setup, ratio, seed)
+        for dataset, setup, ratio, seed in itertools.product(spec.datasets, spec.setups, spec.label_ratios, spec.seeds)
+    ]
+
+
+def loss_grid(spec: ExperimentSpec) -> list[dict]:
+    """The complete loss settings of a grid search: the product of the list axes over the fixed values."""
+    fixed, axes = spec.loss.fixed(), spec.loss.axes()
+    return [{**fixed, **dict(zip(axes, values))} for values in itertools.product(*axes.values())]
+
+
+def trials_per_cell(spec: ExperimentSpec) -> int:
+    if spec.search.kind == "optuna":
+        return spec.search.num_samples
+    return len(loss_grid(spec))
+
+
+def resolve(spec: ExperimentSpec, cell: Cell, loss: dict) -> TrialConfig:
+    """The validated config of one trial of `cell` with the complete loss setting `loss`."""
+    return TrialConfig(
+        setup=cell.setup,
+        setup_options=spec.setup_options.get(cell.setup, {}),
+        dataset=cell.dataset,
+        backbone=spec.backbone,
+        features=spec.features,
+        training=spec.training,
+        loss=loss,
+        label_ratio=cell.label_ratio,
+        seed=cell.seed,
+        cache_dir=spec.cache_dir,
+        data_dir=spec.data_dir,
+    )
+
+
+def trial_key(trial_name: str, trial_config: dict) -> str:
+    """The trial name plus a short hash of what it computes (machine-specific paths left out)."""
+    what = {k: v for k, v in trial_config.items() if k not in MACHINE_FIELDS}
+    what["dataset"] = {k: v for k, v in what["dataset"].items() if k not in ("root", "train_manifest", "test_manifest")}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{trial_name}-{digest[:8]}"
+
+
+def make_trial(spec: ExperimentSpec, cell: Cell, loss: dict, number: int) -> Trial:
+    """Trial `number` (1-based) of `cell`; the name gets `-t<number>` when the cell has several trials."""
+    config = resolve(spec, cell, loss).model_dump(mode="json")
+    name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
+    return Trial(cell_key=cell.key, trial_name=name, trial_key=trial_key(name, config), trial_config=config)
+
+
+def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
+    """Every trial of `cell` in a grid search, in loss-grid order."""
+    return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]

@@ -1,0 +1,113 @@
+"""Progress of a run: a compact table of trials and their best metric instead of Ray's log stream.
+
+On a terminal the table refreshes in place; otherwise (a log file, a CI job) each trial's status
+change is one line, and the full table is printed when the run ends.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from orchestrator.trial_errors import error_path, trial_exception, user_error_cause
+
+_ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
+
+
+def _epochs(trial) -> int:
+    return trial.config["trial_config"]["training"]["epochs"]
+
+
+def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """(name, status, epoch/epochs, best mAP) per trial: running first, then by name."""
+    rows = []
+    for trial in sorted(trials, key=lambda t: (_ORDER.get(statuses[t.trial_id], 9), t.config["trial_name"])):
+        result = trial.last_result or {}
+        best = result.get("best_mAP")
+        rows.append(
+            (
+                trial.config["trial_name"],
+                statuses[trial.trial_id],
+                f"{result.get('epoch', 0)}/{_epochs(trial)}",
+                f"{best:.2f}" if best is not None else "-",
+            )
+        )
+    return rows
+
+
+def render(trials: list, statuses: dict[str, str]) -> Table:
+    """The table of `trials`, with their `statuses` by trial id."""
+    counts = {}
+    for trial in trials:
+        counts[statuses[trial.trial_id]] = counts.get(statuses[trial.trial_id], 0) + 1
+    summary = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 9)))
+    table = Table(title=f"{len(trials)} trials: {summary}", title_justify="left", box=None, pad_edge=False)
+    for column, justify in (("trial", "left"), ("status", "left"), ("epoch", "right"), ("best mAP", "right")):
+        table.add_column(column, justify=justify)
+    for row in trial_rows(trials, statuses):
+        table.add_row(*row)
+    return table
+
+
+class ProgressTable(Callback):
+    """Shows trials as a table refreshed at most every `interval_s` seconds."""
+
+    def __init__(self, interval_s: float = 5.0):
+        self.interval_s = interval_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self._console: Console | None = None
+        self._live: Live | None = None
+        self._last_shown = 0.0
+        self._shown: dict[str, tuple[str, int]] = {}  # what each trial's line last said
+        self._statuses: dict[str, str] = {}  # as of the last step: stopping marks every trial TERMINATED
+
+    def __getstate__(self) -> dict:
+        return {"interval_s": self.interval_s}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def setup(self, **info) -> None:
+        self._console = Console()
+        if self._console.is_terminal:
+            self._live = Live(console=self._console, auto_refresh=False, transient=False)
+            self._live.start()
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._statuses = {trial.trial_id: trial.status for trial in trials}
+        now = time.monotonic()
+        if now - self._last_shown < self.interval_s:
+            return
+        self._last_shown = now
+        if self._live is not None:
+            self._live.update(render(trials, self._statuses), refresh=True)
+            return
+        for trial in trials:
+            state = (trial.status, (trial.last_result or {}).get("epoch", 0))
+            if self._shown.get(trial.trial_id) != state:
+                self._shown[trial.trial_id] = state
+                name, status, epoch, best = trial_rows([trial], self._statuses)[0]
+                self._console.print(f"{name}  {status}  epoch {epoch}  best mAP {best}", highlight=False)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        name = trial.config["trial_name"]
+        cause = user_error_cause(trial_exception(trial))
+        message = f"{name} failed: {cause}" if cause else f"{name} failed; traceback in {error_path(trial)}"
+        self._console.print(message, style="red", highlight=False, soft_wrap=True)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        # Trials that ended after the last step (or were stopped by Ctrl-C) keep their last status.
+        statuses = {trial.trial_id: self._statuses.get(trial.trial_id, trial.status) for trial in trials}
+        if self._live is not None:
+            self._live.update(render(trials, statuses), refresh=True)
+            self._live.stop()
+            self._live = None
+        else:
+            self._console.print(render(trials, statuses))

@@ -1,0 +1,345 @@
+"""Run a spec on Ray Tune: one Tuner for the whole grid, built fresh or restored after a crash.
+
+Running the same command again resumes: finished trials are kept, unfinished (and failed) ones
+continue from their last checkpoint, the Optuna studies continue, and MLflow runs are found by key.
+`fresh=True` deletes the results folder, the Optuna database and the experiment's MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+
+import yaml
+
+from trainables.errors import UserInputError
+from trainables.features import fill_for_config
+
+from orchestrator import grid, tracking
+from orchestrator.spec import ExperimentSpec, LoadedSpec, spec_hash
+from orchestrator.trial_errors import HideUserErrorTracebacks, user_error_cause
+
+METADATA_FILE = "orchestrator.json"
+"""In the results folder: the spec hash and tracking URI that a resume must match."""
+
+EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass(frozen=True)
+class Outcome:
+    expected: int
+    finished: int
+    failed: int
+    interrupted: bool
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_FAILED_TRIALS if self.failed else EXIT_OK
+
+
+def optuna_storage(spec: ExperimentSpec) -> str:
+    return f"sqlite:///{spec.experiment_dir / 'optuna.db'}"
+
+
+def total_trials(spec: ExperimentSpec) -> int:
+    return len(grid.cells(spec)) * grid.trials_per_cell(spec)
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial_name"]
+
+
+def _prepare_environment() -> None:
+    """Tune's settings and the loggers' levels, set before Ray starts: progress and errors are
+    reported by the orchestrator, so Ray's and MLflow's routine messages are turned down."""
+    # Save Tune's experiment state after every step, so a SIGKILLed driver neither reruns finished
+    # trials nor restarts running ones from scratch (STACK-NOTES.md: the 10 s default loses both).
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours (orchestrator.progress)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # tune.run's closing messages point at Tuner.restore; the orchestrator says what to run instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    # After Ctrl-C it warns that trials which never started have no results yet.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Database migrations on every new store; Optuna's line per study and per trial.
+    for chatty in ("mlflow", "alembic", "optuna"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # A trial that failed on bad input is reported in one line (orchestrator.progress), not a traceback.
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(HideUserErrorTracebacks())
+    # A notice on every start of a local Ray, not a problem of this run.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # Tune's automatic loggers include TensorBoard's, which warns about every non-numeric result
+    # (class names); the JSON and CSV ones are added explicitly in _build_tuner.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+def prepare_results_folder(spec: ExperimentSpec, digest: str, store: tracking.TrackingStore, fresh: bool) -> bool:
+    """Decide between resuming and starting over; return True to resume. Refuse a changed spec."""
+    from ray import tune
+
+    folder = spec.experiment_dir
+    if fresh:
+        shutil.rmtree(folder, ignore_errors=True)
+        store.delete_all()
+        return False
+    others = [r for r in store.runs(f"tags.`{tracking.ROLE}` = 'launch'") if r.data.tags.get("spec_hash") != digest]
+    if others:
+        raise UserInputError(
+            f"MLflow experiment '{spec.name}' at {spec.tracking_uri} holds runs of a different spec "
+            f"(hash {others[0].data.tags.get('spec_hash')}, this one {digest}); pass --fresh to replace them "
+            "or give the spec another name (--set name=...)"
+        )
+    # `can_restore` only sees tuner.pkl, written before any trial runs; without an experiment
+    # state (Tune's `experiment_state-<time>.json`) there is nothing to resume.
+    if not (tune.Tuner.can_restore(str(folder)) and any(folder.glob("experiment_state-*.json"))):
+        # A first launch, or one killed before Tune's first save: start over.
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    metadata = json.loads((folder / METADATA_FILE).read_text()) if (folder / METADATA_FILE).exists() else {}
+    if metadata.get("spec_hash") != digest:
+        raise UserInputError(
+            f"{folder} holds results of a different spec (hash {metadata.get('spec_hash')}, this one {digest}); "
+            "pass --fresh to start over or give the spec another name (--set name=...)"
+        )
+    if metadata.get("tracking_uri") != spec.tracking_uri:
+        raise UserInputError(
+            f"{folder} was logged to MLflow at {metadata.get('tracking_uri')}; resume with "
+            f"--tracking-uri {metadata.get('tracking_uri')} or pass --fresh"
+        )
+    return True
+
+
+def _start_ray(address: str | None) -> bool:
+    """Start local Ray, or join the cluster at `address`; return whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(
+            # "local" starts a Ray of this run's own: without it Ray joins whatever cluster
+            # `ray start` last left on this machine (and fails if that one has died).
+            address=address or "local",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,  # trial output goes to each trial's folder (RunConfig.log_to_file)
+        )
+    except ConnectionError as error:
+        raise UserInputError(f"cannot join the Ray cluster at {address}: {error}") from None
+    return True
+
+
+def _keep_resources_busy(spec: ExperimentSpec, address: str | None) -> None:
+    """Let Tune queue as many trials as the cluster can run at once.
+
+    With a custom searcher Tune queues one pending trial at a time unless a concurrency limit is
+    set, so the first trials would start one after another instead of filling every CPU and GPU.
+    """
+    import ray
+
+    if spec.resources.max_concurrent_trials is not None:
+        return  # Tune's ConcurrencyLimiter then sets the queue length itself
+    available = ray.cluster_resources()
+    fits = int(available.get("CPU", 0) // spec.resources.cpus_per_trial)
+    if spec.resources.gpus_per_trial > 0:
+        fits = min(fits, int(available.get("GPU", 0) // spec.resources.gpus_per_trial))
+    if fits == 0 and address is None:
+        raise UserInputError(
+            f"a trial needs {spec.resources.cpus_per_trial:g} CPUs and {spec.resources.gpus_per_trial:g} GPUs "
+            f"(resources.*_per_trial) but this machine has {available.get('CPU', 0):g} CPUs and "
+            f"{available.get('GPU', 0):g} GPUs"
+        )
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(fits, 1))  # a cluster may scale up: queue one at least
+
+
+def _build_tuner(spec: ExperimentSpec, digest: str, resume: bool):
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from trainables.trainable import mlr_trial
+
+    from orchestrator.progress import ProgressTable
+    from orchestrator.search import CellASHA, CellSearcher
+
+    trainable = tune.with_resources(
+        mlr_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    )
+    if resume:
+        return tune.Tuner.restore(
+            str(spec.experiment_dir), trainable, resume_unfinished=True, resume_errored=True, param_space={}
+        )
+    scheduler = None
+    if spec.scheduler.kind == "asha":
+        scheduler = CellASHA(
+            max_t=spec.training.epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    searcher = CellSearcher(spec, optuna_storage(spec) if spec.search.kind == "optuna" else None)
+    return tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1,  # the searcher says when every cell is done
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(spec.storage),
+            callbacks=[
+                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest),
+                ProgressTable(),
+                JsonLoggerCallback(),
+                CSVLoggerCallback(),
+            ],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=0),
+            log_to_file=True,
+            verbose=0,
+        ),
+    )
+
+
+def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool) -> Outcome:
+    """Close the runs of this launch once Tune has returned (`stopped`: by a KeyboardInterrupt).
+
+    The MLflow runs say what happened: Tune returns normally after Ctrl-C, with the trials it
+    stopped still RUNNING here (only Tune's own completion marks a run FINISHED, its error FAILED)
+    and the trials it never started missing. Those make the launch interrupted: RUNNING trials
+    become KILLED (FAILED if nothing interrupted the launch). A cell is FINISHED once all its
+    trials are, the launch run once every cell is. Every cell run is looked at, not only RUNNING
+    ones: a cell whose trials all finished before a crash was marked FAILED by the next launch,
+    and no trial start revives it.
+    """
+    trials = store.runs(f"tags.`{tracking.ROLE}` = 'trial'")
+    interrupted = stopped or len(trials) < total_trials(spec) or any(r.info.status == "RUNNING" for r in trials)
+    unfinished = "KILLED" if interrupted else "FAILED"
+    finished_per_cell: dict[str, int] = {}
+    failed = 0
+    for run in trials:
+        status = run.info.status
+        if status == "RUNNING":
+            store.end(run.info.run_id, unfinished)
+            status = unfinished
+        if status == "FINISHED":
+            key = run.data.tags[tracking.CELL_KEY]
+            finished_per_cell[key] = finished_per_cell.get(key, 0) + 1
+        elif status == "FAILED":
+            failed += 1
+    per_cell = grid.trials_per_cell(spec)
+    complete = {key for key, n in finished_per_cell.items() if n >= per_cell}
+    for run in store.runs(f"tags.`{tracking.ROLE}` = 'cell'"):
+        _close(store, run, done=run.data.tags[tracking.CELL_KEY] in complete, unfinished=unfinished)
+    for run in store.runs(f"tags.`{tracking.ROLE}` = 'launch'"):
+        _close(store, run, done=len(complete) == len(grid.cells(spec)), unfinished=unfinished)
+    finished = sum(min(n, per_cell) for n in finished_per_cell.values())
+    return Outcome(expected=total_trials(spec), finished=finished, failed=failed, interrupted=interrupted)
+
+
+def _close(store: tracking.TrackingStore, run, done: bool, unfinished: str) -> None:
+    if done and run.info.status != "FINISHED":
+        store.end(run.info.run_id, "FINISHED")
+    elif not done and run.info.status == "RUNNING":
+        store.end(run.info.run_id, unfinished)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def fill_feature_cache(spec: ExperimentSpec) -> None:
+    """Encode everything the trials read (and pre-train a `synthetic` backbone) before any trial starts.
+
+    The features depend on (dataset, backbone, feature mode) only, so one trial config per dataset
+    covers every setup, ratio, seed and loss setting.
+    """
+    first_cell = {}
+    for cell in grid.cells(spec):
+        first_cell.setdefault(cell.dataset.name, cell)
+    loss = grid.loss_grid(spec)[0]
+    for name, cell in first_cell.items():
+        print(f"Feature cache for dataset '{name}' ({spec.backbone.model}, {spec.features.mode}):", flush=True)
+        summary = fill_for_config(grid.resolve(spec, cell, loss), progress=True)
+        print(
+            f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
+            f"{summary['skipped_images']} unreadable images skipped",
+            flush=True,
+        )
+
+
+def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool = False) -> int:
+    """Run (or resume) every trial of the spec; return the exit code (0 done, 1 failed trials, 130 interrupted)."""
+    spec = loaded.spec
+    tracking.check_reachable(spec.tracking_uri)
+    _prepare_environment()
+    digest = spec_hash(spec)
+    store = tracking.TrackingStore(spec.tracking_uri, spec.name)
+    resume = prepare_results_folder(spec, digest, store, fresh)
+    spec.experiment_dir.mkdir(parents=True, exist_ok=True)
+    (spec.experiment_dir / METADATA_FILE).write_text(
+        json.dumps({"spec_hash": digest, "tracking_uri": spec.tracking_uri, "spec_path": str(loaded.path)}, indent=2)
+    )
+    leftovers = store.close_running("FAILED")  # runs a crashed driver left RUNNING
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    store.launch_run(digest, spec_yaml, loaded.path, tracking.git_commit())
+
+    print(
+        f"{'Resuming' if resume else 'Starting'} '{spec.name}': {total_trials(spec)} trials in "
+        f"{len(grid.cells(spec))} cells; results in {spec.experiment_dir}; MLflow at {spec.tracking_uri}"
+        + (f" ({leftovers} runs a crash left RUNNING marked FAILED until resumed)" if leftovers else ""),
+        flush=True,
+    )
+    if address is None:
+        # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
+        # nothing else runs; on a cluster the trials fill the shared cache on their GPU nodes.
+        fill_feature_cache(spec)
+    started_ray = _start_ray(address)
+    results, stopped = None, False
+    # A batch system's SIGTERM ends the launch like a second Ctrl-C: runs closed, state kept.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        _keep_resources_busy(spec, address)
+        results = _build_tuner(spec, digest, resume).fit()
+    except KeyboardInterrupt:
+        stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
+    except BaseException:
+        store.close_running("FAILED")
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    outcome = finalize(store, spec, stopped)
+    user_errors = sorted({str(cause) for cause in map(user_error_cause, results.errors if results else []) if cause})
+    if user_errors:
+        raise UserInputError("\n".join(user_errors))  # the runs are closed; fix the input and rerun
+    _report(spec, outcome)
+    return outcome.exit_code
+
+
+def _report(spec: ExperimentSpec, outcome: Outcome) -> None:
+    if outcome.interrupted:
+        print(
+            f"Stopped with {outcome.finished} of {outcome.expected} trials finished; "
+            "run the same command again to resume."
+        )
+    elif outcome.failed:
+        print(
+            f"{outcome.failed} of {outcome.expected} trials failed (errors in each trial's folder under "
+            f"{spec.experiment_dir}); run the same command again to retry them from their last checkpoint."
+        )
+    else:
+        print(f"All {outcome.expected} trials finished. Browse them with: python -m orchestrator ui")
+

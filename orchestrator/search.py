@@ -1,0 +1,196 @@
+"""One Ray Tune searcher for every cell of a spec, and ASHA that compares trials of one cell only.
+
+Ray's OptunaSearch refuses grid axes and serves one study, so the grid is expanded here: the
+searcher hands out trials round-robin across cells (so every cell runs at once and no cell waits
+for another), either each cell's fixed trials (grid) or samples of that cell's own Optuna study.
+The studies live in an SQLite database beside Ray's results, so a resumed driver continues them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import pickle
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.search import Searcher
+
+from orchestrator.grid import Cell, cells, grid_trials, make_trial, trials_per_cell
+from orchestrator.spec import ExperimentSpec
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial as RayTrial
+
+_SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+
+
+def _cell_seed(seed: int, cell: Cell) -> int:
+    """A sampler seed per cell: reproducible, and different cells do not sample in lockstep."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{cell.key}".encode()).digest()[:4], "little")
+
+
+class CellSearcher(Searcher):
+    """Serves every cell of `spec` from one Tuner; returns each trial's full Ray config.
+
+    Grid search: each cell's trials as the spec lists them. Optuna: one study per cell (named by
+    the cell key) in `optuna_storage`, `num_samples` trials each, told the trial's final
+    `search.metric`; the Ray trial id is stored in the Optuna trial's user attributes.
+    """
+
+    def __init__(self, spec: ExperimentSpec, optuna_storage: str | None = None):
+        optuna_search = spec.search.kind == "optuna"
+        super().__init__(
+            metric=spec.search.metric if optuna_search else None,
+            mode=spec.search.mode if optuna_search else None,
+        )
+        if optuna_search and optuna_storage is None:
+            raise ValueError("an Optuna search needs a storage URL")
+        self._spec = spec
+        self._cells = cells(spec)
+        self._per_cell = trials_per_cell(spec)
+        self._optuna_storage = optuna_storage
+        self._handed_out = {cell.key: 0 for cell in self._cells}
+        self._cursor = 0
+        self._optuna_trials: dict[str, tuple[str, int]] = {}  # Ray trial id -> (cell key, Optuna number)
+        self._reconcile = False  # after a restore: fail Optuna trials that Ray no longer knows
+        self._studies: dict[str, optuna.Study] = {}
+
+    # -- Searcher API ------------------------------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
+        # The metric and mode come from the spec; Tune's global ones (unset) do not apply.
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for offset in range(len(self._cells)):
+            cell = self._cells[(self._cursor + offset) % len(self._cells)]
+            if self._handed_out[cell.key] < self._per_cell:
+                self._cursor = (self._cursor + offset + 1) % len(self._cells)
+                self._handed_out[cell.key] += 1
+                if self._spec.search.kind == "optuna":
+                    return self._sample(cell, trial_id)
+                return grid_trials(self._spec, cell)[self._handed_out[cell.key] - 1].as_config()
+        return Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._optuna_trials:
+            return
+        cell_key, number = self._optuna_trials.pop(trial_id)
+        value = (result or {}).get(self.metric)
+        study = self._study(cell_key)
+        if error or value is None or not math.isfinite(value):
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        else:
+            study.tell(number, float(value), skip_if_finished=True)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__getstate__(), file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__setstate__(pickle.load(file))
+        self._reconcile = True
+
+    def __getstate__(self) -> dict:
+        # Optuna studies hold database connections; they are reopened on first use.
+        return {k: v for k, v in self.__dict__.items() if k != "_studies"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._studies = {}
+
+    # -- Optuna ------------------------------------------------------------------------------
+
+    def _sample(self, cell: Cell, trial_id: str) -> dict:
+        study = self._study(cell.key)
+        optuna_trial = study.ask()
+        loss = self._spec.loss.fixed()
+        for field, interval in self._spec.loss.ranges().items():
+            loss[field] = optuna_trial.suggest_float(field, interval.low, interval.high, log=interval.log)
+        trial = make_trial(self._spec, cell, loss, optuna_trial.number + 1)
+        optuna_trial.set_user_attr("ray_trial_id", trial_id)
+        optuna_trial.set_user_attr("trial_key", trial.trial_key)
+        self._optuna_trials[trial_id] = (cell.key, optuna_trial.number)
+        return trial.as_config()
+
+    def _study(self, cell_key: str) -> optuna.Study:
+        if cell_key not in self._studies:
+            cell = next(c for c in self._cells if c.key == cell_key)
+            search = self._spec.search
+            if search.sampler == "cmaes":
+                sampler = optuna.samplers.CmaEsSampler(seed=_cell_seed(search.seed, cell))
+            else:
+                sampler = _SAMPLERS[search.sampler](seed=_cell_seed(search.seed, cell))
+            study = optuna.create_study(
+                study_name=cell_key,
+                storage=self._optuna_storage,
+                sampler=sampler,
+                direction="maximize" if search.mode == "max" else "minimize",
+                load_if_exists=True,
+            )
+            if self._reconcile:
+                self._fail_orphans(study, cell_key)
+            self._studies[cell_key] = study
+        return self._studies[cell_key]
+
+    def _fail_orphans(self, study: optuna.Study, cell_key: str) -> None:
+        """Fail trials asked before a crash whose Ray trial was never saved: nothing will finish them."""
+        live = {number for key, number in self._optuna_trials.values() if key == cell_key}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number not in live:
+                study.tell(frozen.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+class CellASHA(FIFOScheduler):
+    """ASHA per cell: trials are compared only with trials of the same cell.
+
+    Different setups, datasets and label ratios reach very different mAPs, so one ASHA over the
+    whole grid would stop every trial of the harder cells. This keeps one
+    `AsyncHyperBandScheduler` per `cell_key` (metric `mAP`, time `training_iteration`, max_t =
+    epochs) and delegates to it; trials run in FIFO order.
+    """
+
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: float, metric: str = "mAP", mode: str = "max"):
+        super().__init__()
+        self._settings = {
+            "time_attr": "training_iteration",
+            "metric": metric,
+            "mode": mode,
+            "max_t": max_t,
+            "grace_period": grace_period,
+            "reduction_factor": reduction_factor,
+        }
+        self._metric = metric
+        self._by_cell: dict[str, AsyncHyperBandScheduler] = {}
+
+    def _of(self, trial: RayTrial) -> AsyncHyperBandScheduler:
+        key = trial.config["cell_key"]
+        if key not in self._by_cell:
+            self._by_cell[key] = AsyncHyperBandScheduler(**self._settings)
+        return self._by_cell[key]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        return True  # metric and mode are the spec's, set at construction
+
+    def on_trial_add(self, tune_controller, trial: RayTrial) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller, trial: RayTrial) -> None:
+        self._of(trial).on_trial_error(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial: RayTrial, result: dict) -> str:
+        return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial: RayTrial, result: dict) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial: RayTrial) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return f"ASHA per cell over {len(self._by_cell)} cells: {self._settings}"
+

@@ -1,0 +1,527 @@
+"""The experiment spec: one YAML file that describes a whole ablation grid, validated all at once.
+
+`load_spec` reads the file, applies `--set key=value` overrides, validates the structure with
+pydantic (unknown keys rejected) and then the cross-field rules, and raises one `SpecError` that
+lists every problem as `<file>: <dotted.field>: <message>`. Relative paths resolve against the
+working directory, so everything a run writes lands under it unless the spec says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import typing
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+from trainables.config import (
+    BackboneConfig,
+    DatasetConfig,
+    FeatureConfig,
+    LossConfig,
+    Strict,
+    TrainingConfig,
+)
+from trainables.errors import UserInputError
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+"""Where a bare spec file name (`smoke.yaml`) is looked up when it is not in the working directory."""
+
+_TAG = "~"
+"""Prefix of the union tags below; pydantic puts tags in error locations, and the report drops them."""
+
+_ALL_GROUPS = frozenset({"prompt", "embedding", "projector"})
+"""Every learning-rate group a setup may have (docs/ARCHITECTURE.md); the default `training.lr` names all three."""
+
+_TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class SpecError(UserInputError):
+    """Every problem found in one spec, one line each: `<source>: <dotted.field>: <message>`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# -- loss settings: a fixed value, a grid axis or a search range -----------------------------------
+
+
+class SearchRange(Strict):
+    """A continuous interval for Optuna (`{low: 0, high: 4}`; `log: true` samples on a log scale)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SearchRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+def _axis_kind(value: Any) -> str:
+    if isinstance(value, (dict, SearchRange)):
+        return f"{_TAG}range"
+    if isinstance(value, (list, tuple)):
+        return f"{_TAG}list"
+    return f"{_TAG}number"
+
+
+def _loss_axis(name: str) -> Any:
+    """The type of a numeric loss setting, with the bounds `LossConfig` puts on that field."""
+    value = Annotated[float, *LossConfig.model_fields[name].metadata]
+    return Annotated[
+        Annotated[value, Tag(f"{_TAG}number")]
+        | Annotated[list[value], Field(min_length=1), Tag(f"{_TAG}list")]
+        | Annotated[SearchRange, Tag(f"{_TAG}range")],
+        Discriminator(_axis_kind),
+    ]
+
+
+def _loss_default(name: str) -> Any:
+    return LossConfig.model_fields[name].default
+
+
+NUMERIC_LOSS_FIELDS = ("gamma_neg", "gamma_pos", "clip", "eps", "weight")
+"""The loss settings that may be a grid axis (a list) or a search range; the rest are fixed."""
+
+
+class LossSpec(Strict):
+    """`LossConfig`'s fields; the numeric ones may also be a list (grid axis) or a range (Optuna)."""
+
+    activation: Literal["softmax", "sigmoid"] = _loss_default("activation")
+    gamma_neg: _loss_axis("gamma_neg") = _loss_default("gamma_neg")
+    gamma_pos: _loss_axis("gamma_pos") = _loss_default("gamma_pos")
+    clip: _loss_axis("clip") = _loss_default("clip")
+    eps: _loss_axis("eps") = _loss_default("eps")
+    reduction: Literal["sum", "mean"] = _loss_default("reduction")
+    weight: _loss_axis("weight") = _loss_default("weight")
+    detach_focal_weight: bool = _loss_default("detach_focal_weight")
+
+    def axes(self) -> dict[str, list[float]]:
+        """The grid axes: numeric settings given as lists."""
+        return {f: getattr(self, f) for f in NUMERIC_LOSS_FIELDS if isinstance(getattr(self, f), list)}
+
+    def ranges(self) -> dict[str, SearchRange]:
+        """The Optuna search space: numeric settings given as ranges."""
+        return {f: getattr(self, f) for f in NUMERIC_LOSS_FIELDS if isinstance(getattr(self, f), SearchRange)}
+
+    def fixed(self) -> dict[str, Any]:
+        """Every setting given as a single value."""
+        return {
+            f: getattr(self, f)
+            for f in LossSpec.model_fields
+            if not isinstance(getattr(self, f), (list, SearchRange))
+        }
+
+
+# -- search, scheduler, resources ------------------------------------------------------------------
+
+
+def _kind_of(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return f"{_TAG}{kind}" if kind is not None else None
+
+
+class GridSearch(Strict):
+    """Every trial of every cell is given by the spec (list axes of the loss, if any)."""
+
+    kind: Literal["grid"] = "grid"
+
+
+class OptunaSearch(Strict):
+    """One Optuna study per cell over the loss ranges; `num_samples` trials per cell."""
+
+    kind: Literal["optuna"]
+    sampler: Literal["tpe", "random", "cmaes"] = "tpe"
+    num_samples: int = Field(ge=1)
+    metric: Literal["best_mAP", "mAP"] = "best_mAP"
+    """What a finished trial tells its study: the best epoch's mAP, or the last epoch's (`mAP`)."""
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+
+
+class NoScheduler(Strict):
+    kind: Literal["none"] = "none"
+
+
+class AshaScheduler(Strict):
+    """Asynchronous successive halving on the per-epoch mAP, within each cell (max_t = epochs)."""
+
+    kind: Literal["asha"]
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+Search = Annotated[
+    Annotated[GridSearch, Tag(f"{_TAG}grid")] | Annotated[OptunaSearch, Tag(f"{_TAG}optuna")],
+    Discriminator(_kind_of, custom_error_type="invalid_kind", custom_error_message="kind must be grid or optuna"),
+]
+Scheduler = Annotated[
+    Annotated[NoScheduler, Tag(f"{_TAG}none")] | Annotated[AshaScheduler, Tag(f"{_TAG}asha")],
+    Discriminator(_kind_of, custom_error_type="invalid_kind", custom_error_message="kind must be none or asha"),
+]
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    """A fraction (0.5) packs several trials on one GPU; above 1 it must be a whole number."""
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """None: as many as the cluster's CPUs and GPUs allow."""
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not value.is_integer():
+            raise ValueError("above 1, gpus_per_trial must be a whole number")
+        return value
+
+
+# -- the spec --------------------------------------------------------------------------------------
+
+
+def _absolute(path: Path) -> Path:
+    return (Path.cwd() / path.expanduser()).absolute()
+
+
+def _unique(values: list) -> list:
+    duplicates = [value for value, count in Counter(values).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"duplicate values {duplicates}")
+    return values
+
+
+class ExperimentSpec(Strict):
+    """A whole experiment: the grid (datasets x setups x label ratios x seeds), how each trial
+    trains, what is searched, how trials are scheduled, and where results go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Names the MLflow experiment and the results folder `<storage>/<name>`."""
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    backbone: BackboneConfig = BackboneConfig()
+    features: FeatureConfig = FeatureConfig()
+    setups: list[str] = Field(min_length=1)
+    setup_options: dict[str, dict] = Field(default_factory=dict)
+    """Keyword options per setup name, passed to `trainables.setups.build`."""
+    label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    training: TrainingConfig = TrainingConfig()
+    loss: LossSpec = LossSpec()
+    search: Search = GridSearch()
+    scheduler: Scheduler = NoScheduler()
+    resources: Resources = Resources()
+    storage: Path = Field(Path("runs"), validate_default=True)
+    """Ray Tune results, checkpoints and the Optuna database: `<storage>/<name>/`."""
+    data_dir: Path = Field(Path("runs/data"), validate_default=True)
+    """Where generated (synthetic) datasets are written."""
+    cache_dir: Path = Field(Path("runs/cache"), validate_default=True)
+    """The frozen-feature cache, shared by every trial."""
+    tracking_uri: str | None = Field(None, validate_default=True)
+    """MLflow tracking URI; default `sqlite:///<working dir>/mlflow.db`."""
+
+    @field_validator("setups")
+    @classmethod
+    def _known_setups(cls, value: list[str]) -> list[str]:
+        from trainables import setups
+
+        unknown = [name for name in value if name not in setups.names()]
+        if unknown:
+            raise ValueError(f"unknown setup(s) {unknown}; known: {sorted(setups.names())}")
+        return _unique(value)
+
+    @field_validator("label_ratios", "seeds")
+    @classmethod
+    def _no_duplicates(cls, value: list) -> list:
+        return _unique(value)
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_paths(cls, value: list[DatasetConfig]) -> list[DatasetConfig]:
+        _unique([d.name for d in value])
+        absolute = ("root", "train_manifest", "test_manifest")
+        return [
+            d.model_copy(update={f: _absolute(getattr(d, f)) for f in absolute if getattr(d, f) is not None})
+            for d in value
+        ]
+
+    @field_validator("storage", "data_dir", "cache_dir")
+    @classmethod
+    def _absolute_path(cls, value: Path) -> Path:
+        return _absolute(value)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str:
+        return resolve_tracking_uri(value)
+
+    @property
+    def experiment_dir(self) -> Path:
+        """Ray Tune's experiment folder for this spec; the Optuna database lives in it too."""
+        return self.storage / self.name
+
+
+def resolve_tracking_uri(value: str | None) -> str:
+    """An absolute MLflow tracking URI: the working directory's `mlflow.db` by default, a relative
+    SQLite path made absolute; ValueError for anything that is not a tracking URI."""
+    if value is None:
+        return f"sqlite:///{_absolute(Path('mlflow.db'))}"
+    scheme = urlparse(value).scheme
+    if scheme not in _TRACKING_SCHEMES:
+        raise ValueError(f"'{value}' is not a tracking URI; expected sqlite:///path.db or http(s)://host:port")
+    if scheme == "sqlite":
+        path = value.removeprefix("sqlite:///")
+        if path in ("", ":memory:") or value == path:
+            raise ValueError("an sqlite tracking URI needs a file: sqlite:///path/to/mlflow.db")
+        return f"sqlite:///{_absolute(Path(path))}"
+    return value.rstrip("/")
+
+
+RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
+                 "seeds", "training", "loss", "search", "scheduler")  # fmt: skip
+"""What decides the trials and their results; paths, resources and the tracking URI do not."""
+
+
+def spec_hash(spec: ExperimentSpec) -> str:
+    """A short stable hash of what decides the results; resuming with a different one is refused."""
+    payload = spec.model_dump(mode="json", include=set(RESULT_FIELDS))
+    for dataset in payload["datasets"]:
+        for field in ("root", "train_manifest", "test_manifest"):
+            dataset.pop(field, None)  # the same data may live elsewhere on another machine
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: ExperimentSpec
+    path: Path
+
+
+def resolve_spec_path(name: str | Path) -> Path:
+    """A path as given if it exists, else a bare file name looked up in `search_spaces/`."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.absolute()
+    if len(path.parts) == 1:
+        for candidate in (SEARCH_SPACES_DIR / path, SEARCH_SPACES_DIR / f"{path}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise UserInputError(f"spec file not found: {name} (looked in the working directory and {SEARCH_SPACES_DIR})")
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise UserInputError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{path}: expected a mapping of spec fields at the top level")
+    return raw
+
+
+def apply_override(raw: dict, assignment: str) -> str:
+    """Set one `dotted.key=value` (the value parsed as YAML; list items by index) in `raw`; return the key."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserInputError(f"--set {assignment}: expected key=value, e.g. --set training.epochs=2")
+    value = yaml.safe_load(text) if text.strip() else None
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserInputError(f"--set {key}: {where} is not an index of a list of {len(node)}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise UserInputError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    return key
+
+
+def _field_type(annotation: Any, part: str | int) -> Any:
+    """The type one location step leads to: a model's field, a list's items, a dict's values."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin is list and isinstance(part, int):
+        return typing.get_args(annotation)[0]
+    if origin is dict and isinstance(part, str):
+        return typing.get_args(annotation)[1]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+        return annotation.model_fields[part].annotation
+    return None  # a union (search, scheduler) or a plain value: no single set of keys
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    """The field names of the section holding `loc`'s last key, for the unknown-key message."""
+    annotation: Any = ExperimentSpec
+    for part in loc[:-1]:
+        annotation = _field_type(annotation, part)
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith(_TAG))) or "(top level)"
+
+
+def _format_error(error: dict) -> tuple[str, str]:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        keys = _valid_keys(loc)
+        hint = f"; expected one of: {', '.join(keys)}" if keys else ""
+        return _dotted(loc), f"unknown key{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] not in ("missing", "value_error") and "input" in error:
+        shown = repr(error["input"])
+        message += f" (got {shown[:60] + '...' if len(shown) > 60 else shown})"
+    return _dotted(loc), message
+
+
+def _source(field: str, path: Path, overridden: list[str]) -> str:
+    if any(field == key or field.startswith(f"{key}.") for key in overridden):
+        return "--set"
+    return str(path)
+
+
+def load_spec(name: str | Path, overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> LoadedSpec:
+    """Read, override and validate a spec; raise `SpecError` listing every problem.
+
+    `check_data=False` skips the dataset layout checks (for commands that do not touch the data).
+    """
+    path = resolve_spec_path(name)
+    raw = _read_yaml(path)
+    overridden = [apply_override(raw, assignment) for assignment in overrides]
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as error:
+        problems = [_format_error(e) for e in error.errors()]
+        raise SpecError([f"{_source(field, path, overridden)}: {field}: {message}" for field, message in problems])
+    problems = semantic_problems(spec, check_data=check_data)
+    if problems:
+        raise SpecError([f"{_source(field, path, overridden)}: {field}: {message}" for field, message in problems])
+    return LoadedSpec(spec=spec, path=path)
+
+
+def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tuple[str, str]]:
+    """Cross-field rules, all of them: `(dotted.field, message)` per problem."""
+    problems: list[tuple[str, str]] = []
+    problems += _loss_problems(spec)
+    problems += _setup_problems(spec)
+    if spec.search.kind == "optuna" and spec.search.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        problems.append(("search.sampler", "the cmaes sampler needs the `cmaes` package (pip install cmaes)"))
+    if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
+        problems.append(
+            (
+                "scheduler.grace_period",
+                f"{spec.scheduler.grace_period} is more than training.epochs ({spec.training.epochs})",
+            )
+        )
+    for field in ("data_dir", "cache_dir"):
+        # `--fresh` deletes the experiment folder; it must not hold data shared with other specs.
+        if getattr(spec, field).is_relative_to(spec.experiment_dir):
+            inside = f"{getattr(spec, field)} lies inside this spec's results folder {spec.experiment_dir}"
+            problems.append((field, inside))
+    if check_data:
+        problems += _dataset_problems(spec)
+    return problems
+
+
+def _loss_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    problems = []
+    axes, ranges = spec.loss.axes(), spec.loss.ranges()
+    if spec.search.kind == "optuna":
+        for field in axes:
+            problems.append((f"loss.{field}", "a list is a grid axis; with search.kind optuna give a range {low, high}"))
+        if not ranges:
+            problems.append(("search.kind", "optuna needs at least one loss setting given as a range {low, high}"))
+    else:
+        for field in ranges:
+            problems.append((f"loss.{field}", "a range {low, high} needs search.kind optuna; give a number or a list"))
+    # Range ends must themselves be valid loss values (gamma >= 0, 0 <= clip < 1, ...).
+    for field, interval in ranges.items():
+        for end in ("low", "high"):
+            try:
+                LossConfig(**{field: getattr(interval, end)})
+            except ValidationError as error:
+                problems.append((f"loss.{field}.{end}", error.errors()[0]["msg"]))
+    return problems
+
+
+def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Check each setup's options and learning-rate groups by building it on a tiny stand-in backbone.
+
+    Building is the one authority on options and groups, and on a 32-pixel random `ViT-tiny` it
+    takes milliseconds; neither depends on the real backbone.
+    """
+    from trainables import clip, setups
+
+    problems = []
+    for name in spec.setup_options:
+        if name not in spec.setups:
+            problems.append((f"setup_options.{name}", f"'{name}' is not one of this spec's setups {spec.setups}"))
+    previous_level = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns that the stand-in has no pretrained weights
+    try:
+        probe = clip.load("ViT-tiny", None, image_size=32)
+    finally:
+        logging.disable(previous_level)
+    groups: dict[str, list[str]] = {}
+    for name in spec.setups:
+        try:
+            setup = setups.build(name, ["cat", "dog"], probe, **spec.setup_options.get(name, {}))
+            groups[name] = list(setup.parameter_groups())
+        except UserInputError as error:
+            problems.append((f"setup_options.{name}", str(error)))
+    known = {group for names in groups.values() for group in names}
+    unknown = sorted(set(spec.training.lr) - (_ALL_GROUPS | known))
+    if unknown:
+        problems.append(("training.lr", f"unknown parameter group(s) {unknown}; groups: {sorted(_ALL_GROUPS)}"))
+    for name, names in groups.items():
+        missing = sorted(set(names) - set(spec.training.lr))
+        if missing:
+            problems.append(("training.lr", f"setup '{name}' needs a learning rate for group(s) {missing}"))
+    return problems
+
+
+def _dataset_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    from trainables import data
+
+    problems = []
+    for index, dataset in enumerate(spec.datasets):
+        try:
+            data.check(dataset, spec.data_dir)
+        except UserInputError as error:
+            problems.append((f"datasets.{index}", str(error)))
+    return problems
+

@@ -1,0 +1,350 @@
+"""MLflow: the driver is the one writer; every run is keyed by tags and looked up before it is made.
+
+Run tree in one experiment per spec (docs/ARCHITECTURE.md): a launch run keyed by the spec hash,
+a run per cell under it, and a run per trial under its cell. The Tune callback here writes the
+cell and trial runs as trials start, report and end; the driver writes the launch run and closes
+whatever is still RUNNING when it exits, so a crash never leaves a run RUNNING for long: the next
+launch marks leftovers FAILED before resuming, and a resumed trial sets its run back to RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+from mlflow.entities import Metric, Param, ViewType
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+from ray.tune import Callback
+
+from trainables.config import TrialConfig
+from trainables.errors import UserInputError
+
+from orchestrator.trial_errors import error_path
+
+ROLE = "orchestrator.role"
+TRIAL_KEY = "orchestrator.trial_key"
+CELL_KEY = "orchestrator.cell_key"
+PARENT = "mlflow.parentRunId"
+
+EPOCH_METRICS = ("train_loss", "mAP")
+"""Logged every epoch at step = epoch, with every `lr_<group>`."""
+FINAL_METRICS = ("best_mAP", "best_epoch", "trainable_params", "train_seconds", "gpu_seconds", "kept_fraction")
+"""Logged when a trial ends, with `last_mAP` (the last epoch's mAP)."""
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """An http(s) tracking server must answer `/health` before any work starts."""
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri}/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                raise UserInputError(f"MLflow tracking server {tracking_uri} answered /health with {response.status}")
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserInputError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
+
+
+def git_commit(directory: Path | None = None) -> str:
+    """`git rev-parse HEAD` of the working directory, or "unknown" outside a repository."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> `{"loss.gamma_neg": "2.0", ...}`, values cut to MLflow's parameter length limit."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value)
+            flat[name] = text[:MAX_PARAM_VAL_LENGTH]
+    return flat
+
+
+def backbone_tag(config: TrialConfig) -> str:
+    """`RN101/openai@448`: model, weights (`random` without, a checkpoint by file name), input size."""
+    weights = config.backbone.pretrained
+    if weights is None:
+        weights = "random"
+    elif Path(weights).suffix:
+        weights = Path(weights).name
+    return f"{config.backbone.model}/{weights}@{config.backbone.image_size}"
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class TrackingStore:
+    """The MLflow experiment of one spec, through `MlflowClient` with an explicit tracking URI."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.experiment_id = self._experiment()
+
+    def _experiment(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is None:
+            return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_location())
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """Beside an SQLite store (`mlartifacts/<name>`), so that a run writes under one folder; a
+        server chooses its own."""
+        if urlparse(self.tracking_uri).scheme != "sqlite":
+            return None
+        database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        return (database.parent / "mlartifacts" / self.experiment_name).as_uri()
+
+    # -- lookup --------------------------------------------------------------------------------
+
+    def runs(self, filter_string: str = "") -> list:
+        """Every active run of the experiment matching `filter_string`, all pages."""
+        found, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string, run_view_type=ViewType.ACTIVE_ONLY, page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
+    def find(self, **tags: str):
+        """The one active run with these tags, or None."""
+        clauses = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+        matches = self.runs(clauses)
+        return matches[0] if matches else None
+
+    def find_or_create(self, run_name: str, tags: dict[str, str], key_tags: tuple[str, ...]) -> tuple[str, bool]:
+        """(run id, created) of the run keyed by `key_tags` of `tags`, created RUNNING if missing."""
+        existing = self.find(**{key: tags[key] for key in key_tags})
+        if existing is not None:
+            if existing.info.status != "RUNNING":
+                self.client.update_run(existing.info.run_id, status="RUNNING")
+            return existing.info.run_id, False
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id, True
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def log(
+        self,
+        run_id: str,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        stamp = int(time.time() * 1000)
+        metric_list = [Metric(k, float(v), stamp, step) for k, v in (metrics or {}).items()]
+        param_list = [Param(k, v) for k, v in (params or {}).items()]
+        for chunk in _chunks(metric_list, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+        for chunk in _chunks(param_list, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+
+    def log_file(self, run_id: str, name: str, write) -> None:
+        """Log an artifact `name`, written by `write(path)` into a temporary folder."""
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / name
+            write(path)
+            self.client.log_artifact(run_id, str(path))
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def close_running(self, status: str) -> int:
+        """Set every run still RUNNING in the experiment to `status`; return how many."""
+        running = self.runs("attributes.status = 'RUNNING'")
+        for run in running:
+            self.end(run.info.run_id, status)
+        return len(running)
+
+    def delete_all(self) -> int:
+        """Delete every run of the experiment (`--fresh`); return how many."""
+        everything = self.runs()
+        for run in everything:
+            self.client.delete_run(run.info.run_id)
+        return len(everything)
+
+    def max_step(self, run_id: str, metric: str = "mAP") -> int:
+        history = self.client.get_metric_history(run_id, metric)
+        return max((m.step for m in history), default=0)
+
+    # -- the launch run ------------------------------------------------------------------------
+
+    def launch_run(self, spec_hash: str, spec_yaml: str, spec_path: Path, commit: str) -> str:
+        """The experiment's parent run for this spec hash, RUNNING, with the resolved spec attached."""
+        tags = {ROLE: "launch", "spec_hash": spec_hash, "spec_path": str(spec_path), "git_commit": commit}
+        run_id, _ = self.find_or_create(f"{self.experiment_name}-{spec_hash}", tags, (ROLE, "spec_hash"))
+        self.log_file(run_id, "spec.yaml", lambda path: path.write_text(spec_yaml))
+        return run_id
+
+
+class MlflowCallback(Callback):
+    """Writes the cell and trial runs of one spec from the Tune driver (no trial talks to MLflow).
+
+    Not Ray's MLflowLoggerCallback, which duplicates runs after `Tuner.restore`: here a trial's run
+    is looked up by its `orchestrator.trial_key` tag before one is made, and a resumed trial
+    continues logging after the last epoch its run already has.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_name: str, spec_hash: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.spec_hash = spec_hash
+        self._reset()
+
+    def _reset(self) -> None:
+        self._store: TrackingStore | None = None
+        self._commit = "unknown"
+        self._launch_run: str | None = None
+        self._cell_runs: dict[str, str] = {}
+        self._trial_runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self._logged_up_to: dict[str, int] = {}  # Ray trial id -> last epoch its run holds
+        self._final_logged: set[str] = set()  # Ray trial ids whose run already has its final metrics
+        self._train_sets: dict[str, object] = {}
+
+    def __getstate__(self) -> dict:
+        # Pickled into Tune's experiment state: configuration only, never a client or a dataset.
+        return {"tracking_uri": self.tracking_uri, "experiment_name": self.experiment_name, "spec_hash": self.spec_hash}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def store(self) -> TrackingStore:
+        if self._store is None:
+            self._store = TrackingStore(self.tracking_uri, self.experiment_name)
+        return self._store
+
+    def setup(self, **info) -> None:
+        self._commit = git_commit()
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def _launch(self) -> str:
+        if self._launch_run is None:
+            run = self.store.find(**{ROLE: "launch", "spec_hash": self.spec_hash})
+            if run is None:
+                raise RuntimeError("the driver creates the launch run before Tune starts")
+            self._launch_run = run.info.run_id
+        return self._launch_run
+
+    def _tags(self, config: TrialConfig, cell_key: str) -> dict[str, str]:
+        return {
+            CELL_KEY: cell_key,
+            "setup": config.setup,
+            "dataset": config.dataset.name,
+            "backbone": backbone_tag(config),
+            "label_ratio": f"{config.label_ratio:g}",
+            "seed": str(config.seed),
+            "spec_hash": self.spec_hash,
+            "git_commit": self._commit,
+        }
+
+    def _cell_run(self, config: TrialConfig, cell_key: str) -> str:
+        if cell_key not in self._cell_runs:
+            tags = {**self._tags(config, cell_key), ROLE: "cell", PARENT: self._launch()}
+            run_id, created = self.store.find_or_create(cell_key, tags, (ROLE, CELL_KEY, "spec_hash"))
+            if created:
+                self._log_partial_labels(run_id, config)
+            self._cell_runs[cell_key] = run_id
+        return self._cell_runs[cell_key]
+
+    def _log_partial_labels(self, run_id: str, config: TrialConfig) -> None:
+        """The cell's partial-label mask, as every trial of the cell draws it (cheap, deterministic)."""
+        from trainables import data
+
+        dataset_key = config.dataset.model_dump_json()
+        if dataset_key not in self._train_sets:
+            self._train_sets[dataset_key] = data.build_dataset(config.dataset, "train", config.data_dir)
+        train = self._train_sets[dataset_key]
+        mask = data.dataset_partial_labels(train, config.label_ratio, config.seed)
+        self.store.log_file(
+            run_id,
+            "partial_labels.npz",
+            lambda path: data.save_partial_labels(
+                path, mask, train.labels, ratio=config.label_ratio, seed=config.seed, key=data.dataset_key(train)
+            ),
+        )
+        self.store.log(run_id, {"kept_fraction": data.kept_fraction(mask, train.labels)})
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        config = TrialConfig.model_validate(trial.config["trial_config"])
+        cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
+        existing = self.store.find(**{TRIAL_KEY: trial_key})
+        if existing is not None and trial.checkpoint is None and existing.data.metrics:
+            # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
+            # knows of): a clean run, so that its history holds each epoch once.
+            self.store.client.delete_run(existing.info.run_id)
+            existing = None
+        if existing is None:
+            tags = {**self._tags(config, cell_key), ROLE: "trial", TRIAL_KEY: trial_key,
+                    PARENT: self._cell_run(config, cell_key)}  # fmt: skip
+            run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=trial.config["trial_name"])
+            run_id = run.info.run_id
+            self.store.log(run_id, params=flatten(trial.config["trial_config"]))
+            self._logged_up_to[trial.trial_id] = 0
+        else:
+            run_id = existing.info.run_id
+            self.store.client.update_run(run_id, status="RUNNING")
+            self._cell_run(config, cell_key)  # a cell run left FAILED by a crash is RUNNING again
+            self._logged_up_to[trial.trial_id] = self.store.max_step(run_id)
+            if "best_mAP" in existing.data.metrics:
+                # It finished just before a crash that kept Tune from recording it: Tune resumes
+                # it from its last checkpoint, and it ends at once without a new epoch.
+                self._final_logged.add(trial.trial_id)
+        self._trial_runs[trial.trial_id] = run_id
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        epoch = int(result["epoch"])
+        if epoch <= self._logged_up_to.get(trial.trial_id, 0):
+            return  # already logged before a restart from an older checkpoint
+        metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
+        self.store.log(self._trial_runs[trial.trial_id], metrics, step=epoch)
+        self._logged_up_to[trial.trial_id] = epoch
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id = self._trial_runs[trial.trial_id]
+        result = trial.last_result
+        if trial.trial_id in self._final_logged:
+            self.store.end(run_id, "FINISHED")
+        elif "epoch" in result:
+            final = {k: result[k] for k in FINAL_METRICS}
+            final["last_mAP"] = result["mAP"]
+            self.store.log(run_id, final, step=int(result["epoch"]))
+            per_class = pd.DataFrame({"class": result["classnames"], "ap": result["best_per_class_ap"]})
+            self.store.log_file(run_id, "per_class_ap.csv", lambda path: per_class.to_csv(path, index=False))
+            self.store.end(run_id, "FINISHED")
+        else:
+            self.store.end(run_id, "FAILED")  # stopped before its first epoch
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id = self._trial_runs.get(trial.trial_id)
+        if run_id is not None:
+            path = error_path(trial)
+            if path is not None:
+                self.store.client.set_tag(run_id, "orchestrator.error_file", str(path))
+            self.store.end(run_id, "FAILED")
+

@@ -1,0 +1,104 @@
+"""Grid expansion: cells, loss grids, trial names and deterministic keys."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from orchestrator import grid
+from orchestrator.spec import load_spec
+from trainables.config import TrialConfig
+
+
+@pytest.fixture
+def make_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def make(**changes):
+        raw = {
+            "name": "g",
+            "datasets": [
+                {"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8},
+                {"name": "blobs", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8,
+                 "synthetic_num_classes": 4},  # fmt: skip
+            ],
+            "backbone": {"model": "RN-tiny", "image_size": 64},
+            "setups": ["baseline", "positive_coop", "negative_coop", "dual_coop"],
+            "label_ratios": [0.1, 0.3, 0.5],
+            "seeds": [1, 2],
+        }
+        raw.update(changes)
+        path = tmp_path / "g.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return load_spec(path).spec
+
+    return make
+
+
+def test_cells_are_the_product_of_datasets_setups_ratios_seeds(make_spec):
+    spec = make_spec()
+    cells = grid.cells(spec)
+    assert len(cells) == 2 * 4 * 3 * 2
+    expected = {
+        f"{setup}-{dataset}-r{ratio}-s{seed}"
+        for dataset in ("shapes", "blobs")
+        for setup in ("baseline", "positive_coop", "negative_coop", "dual_coop")
+        for ratio in ("0.1", "0.3", "0.5")
+        for seed in (1, 2)
+    }
+    assert {cell.key for cell in cells} == expected
+
+
+def test_one_trial_per_cell_without_loss_axes(make_spec):
+    spec = make_spec()
+    assert grid.trials_per_cell(spec) == 1
+    trials = [t for cell in grid.cells(spec) for t in grid.grid_trials(spec, cell)]
+    assert len(trials) == 48
+    assert all(t.trial_name == t.cell_key for t in trials)
+    assert "dual_coop-shapes-r0.3-s2" in {t.trial_name for t in trials}
+
+
+def test_loss_lists_are_grid_axes_within_each_cell(make_spec):
+    spec = make_spec(loss={"gamma_neg": [0, 2, 4], "clip": [0.0, 0.05], "gamma_pos": 1})
+    assert grid.trials_per_cell(spec) == 3 * 2
+    cell = grid.cells(spec)[0]
+    trials = grid.grid_trials(spec, cell)
+    settings = {(t.trial_config["loss"]["gamma_neg"], t.trial_config["loss"]["clip"]) for t in trials}
+    assert settings == {(g, c) for g in (0.0, 2.0, 4.0) for c in (0.0, 0.05)}
+    assert all(t.trial_config["loss"]["gamma_pos"] == 1.0 for t in trials)
+    assert [t.trial_name for t in trials] == [f"{cell.key}-t{n}" for n in range(1, 7)]
+    assert len({t.trial_key for t in trials}) == 6
+
+
+def test_optuna_trials_per_cell_is_num_samples(make_spec):
+    spec = make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 5})
+    assert grid.trials_per_cell(spec) == 5
+
+
+def test_trial_config_is_the_resolved_trial_config(make_spec, tmp_path):
+    spec = make_spec(setup_options={"dual_coop": {"n_ctx": 4}})
+    cell = next(c for c in grid.cells(spec) if c.key == "dual_coop-blobs-r0.5-s2")
+    trial = grid.grid_trials(spec, cell)[0]
+    config = TrialConfig.model_validate(trial.trial_config)
+    assert (config.setup, config.dataset.name, config.label_ratio, config.seed) == ("dual_coop", "blobs", 0.5, 2)
+    assert config.setup_options == {"n_ctx": 4}
+    assert config.cache_dir == tmp_path / "runs" / "cache"
+    assert config.data_dir == tmp_path / "runs" / "data"
+    assert trial.as_config() == {
+        "trial_config": trial.trial_config,
+        "trial_key": trial.trial_key,
+        "cell_key": "dual_coop-blobs-r0.5-s2",
+        "trial_name": "dual_coop-blobs-r0.5-s2",
+    }
+
+
+def test_trial_keys_are_deterministic_and_ignore_machine_paths(make_spec, tmp_path, monkeypatch):
+    spec = make_spec()
+    cell = grid.cells(spec)[0]
+    key = grid.grid_trials(spec, cell)[0].trial_key
+    assert key.startswith(f"{cell.key}-") and len(key) == len(cell.key) + 9
+    assert grid.grid_trials(spec, cell)[0].trial_key == key
+    moved = make_spec(cache_dir=str(tmp_path / "other-cache"), data_dir=str(tmp_path / "other-data"))
+    assert grid.grid_trials(moved, grid.cells(moved)[0])[0].trial_key == key
+    changed = make_spec(training={"epochs": 7})
+    assert grid.grid_trials(changed, grid.cells(changed)[0])[0].trial_key != key

@@ -1,0 +1,86 @@
+"""Resume or start over: what the results folder and the MLflow store allow, decided before Ray starts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import yaml
+
+from orchestrator import tracking
+from orchestrator.scheduling import METADATA_FILE, prepare_results_folder
+from orchestrator.spec import load_spec, spec_hash
+from trainables.errors import UserInputError
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating one takes seconds); one experiment per test."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+_experiments = itertools.count()
+
+
+@pytest.fixture
+def spec(tmp_path, monkeypatch, tracking_uri):
+    monkeypatch.chdir(tmp_path)
+    raw = {
+        "name": f"again{next(_experiments)}",
+        "tracking_uri": tracking_uri,
+        "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8}],
+        "backbone": {"model": "RN-tiny", "image_size": 64},
+        "setups": ["baseline"],
+        "label_ratios": [0.5],
+        "seeds": [1],
+    }
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(raw))
+    return load_spec(tmp_path / "again.yaml").spec
+
+
+@pytest.fixture
+def store(spec):
+    return tracking.TrackingStore(spec.tracking_uri, spec.name)
+
+
+def saved_experiment(spec, digest: str, tracking_uri: str) -> None:
+    """A results folder Tune can restore (its experiment state file) with the orchestrator's metadata."""
+    spec.experiment_dir.mkdir(parents=True)
+    (spec.experiment_dir / "tuner.pkl").write_bytes(b"")
+    (spec.experiment_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (spec.experiment_dir / METADATA_FILE).write_text(json.dumps({"spec_hash": digest, "tracking_uri": tracking_uri}))
+
+
+def test_the_same_spec_resumes(spec, store):
+    saved_experiment(spec, spec_hash(spec), spec.tracking_uri)
+    assert prepare_results_folder(spec, spec_hash(spec), store, fresh=False) is True
+    assert spec.experiment_dir.is_dir()
+
+
+def test_a_folder_tune_cannot_restore_is_started_over(spec, store):
+    spec.experiment_dir.mkdir(parents=True)
+    (spec.experiment_dir / "tuner.pkl").write_bytes(b"")  # killed before Tune saved any state
+    (spec.experiment_dir / "optuna.db").write_text("stale")
+    assert prepare_results_folder(spec, spec_hash(spec), store, fresh=False) is False
+    assert not spec.experiment_dir.exists()
+
+
+def test_a_changed_spec_is_refused(spec, store):
+    saved_experiment(spec, "0ld0ld0ld0ld", spec.tracking_uri)
+    with pytest.raises(UserInputError, match="holds results of a different spec .hash 0ld0ld0ld0ld.*--fresh"):
+        prepare_results_folder(spec, spec_hash(spec), store, fresh=False)
+
+
+def test_another_tracking_store_is_refused(spec, store, tmp_path):
+    saved_experiment(spec, spec_hash(spec), f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(UserInputError, match=f"resume with --tracking-uri sqlite:///{tmp_path / 'other.db'}"):
+        prepare_results_folder(spec, spec_hash(spec), store, fresh=False)
+
+
+def test_fresh_deletes_the_folder_and_the_runs(spec, store, tmp_path):
+    saved_experiment(spec, "0ld0ld0ld0ld", spec.tracking_uri)
+    store.launch_run("0ld0ld0ld0ld", "", tmp_path / "again.yaml", "c")
+    assert prepare_results_folder(spec, spec_hash(spec), store, fresh=True) is False
+    assert not spec.experiment_dir.exists()
+    assert store.runs() == []

@@ -1,0 +1,164 @@
+"""The searcher that serves every cell (grid and Optuna modes) and ASHA within each cell."""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import Searcher
+
+from orchestrator.search import CellASHA, CellSearcher
+from orchestrator.spec import load_spec
+
+
+@pytest.fixture
+def make_spec(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def make(**changes):
+        raw = {
+            "name": "s",
+            "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8}],
+            "backbone": {"model": "RN-tiny", "image_size": 64},
+            "setups": ["baseline", "dual_coop"],
+            "label_ratios": [0.1, 0.5],
+            "seeds": [1],
+        }
+        raw.update(changes)
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return load_spec(path).spec
+
+    return make
+
+
+def drain(searcher: CellSearcher, prefix: str = "t", start: int = 0) -> list[dict]:
+    """Ask for trials until the searcher says FINISHED."""
+    configs = []
+    for n in range(start, start + 1000):
+        config = searcher.suggest(f"{prefix}{n}")
+        if config == Searcher.FINISHED:
+            return configs
+        configs.append(config)
+    raise AssertionError("the searcher never finished")
+
+
+def test_grid_hands_out_every_trial_once_round_robin(make_spec):
+    spec = make_spec(loss={"gamma_neg": [1, 3]})
+    configs = drain(CellSearcher(spec))
+    assert len(configs) == 2 * 2 * 2
+    pairs = {(c["cell_key"], c["trial_config"]["loss"]["gamma_neg"]) for c in configs}
+    cell_keys = {f"{s}-shapes-r{r}-s1" for s in ("baseline", "dual_coop") for r in ("0.1", "0.5")}
+    assert pairs == {(k, g) for k in cell_keys for g in (1.0, 3.0)}
+    # Round robin: the first four trials are one per cell, so every cell starts at once.
+    assert {c["cell_key"] for c in configs[:4]} == cell_keys
+    assert len({c["trial_key"] for c in configs}) == 8
+
+
+def test_grid_state_survives_save_and_restore(make_spec, tmp_path):
+    spec = make_spec(loss={"gamma_neg": [1, 3]})
+    first = CellSearcher(spec)
+    before = [first.suggest(f"a{n}") for n in range(3)]
+    first.save(str(tmp_path / "searcher.pkl"))
+    second = CellSearcher(spec)
+    second.restore(str(tmp_path / "searcher.pkl"))
+    after = drain(second, "b")
+    keys = [c["trial_key"] for c in before + after]
+    assert len(keys) == 8 and len(set(keys)) == 8
+
+
+def test_optuna_mode_samples_each_cell_within_the_ranges(make_spec, tmp_path):
+    spec = make_spec(
+        loss={"gamma_neg": {"low": 0, "high": 4}, "clip": {"low": 0.0, "high": 0.1}, "gamma_pos": 0.5},
+        search={"kind": "optuna", "num_samples": 3, "seed": 7},
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = CellSearcher(spec, storage)
+    configs = drain(searcher)
+    assert len(configs) == 4 * 3
+    for config in configs:
+        loss = config["trial_config"]["loss"]
+        assert 0 <= loss["gamma_neg"] <= 4 and 0 <= loss["clip"] <= 0.1 and loss["gamma_pos"] == 0.5
+    per_cell = {}
+    for config in configs:
+        per_cell.setdefault(config["cell_key"], []).append(config["trial_name"])
+    assert all(sorted(names) == [f"{key}-t{n}" for n in (1, 2, 3)] for key, names in per_cell.items())
+    # One study per cell in the database, each trial holding its Ray trial id.
+    summaries = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert summaries == {key: 3 for key in per_cell}
+    study = optuna.load_study(study_name=configs[0]["cell_key"], storage=storage)
+    assert study.trials[0].user_attrs["ray_trial_id"] == "t0"
+    assert study.trials[0].params["gamma_neg"] == configs[0]["trial_config"]["loss"]["gamma_neg"]
+
+
+def test_optuna_is_told_results_and_failures(make_spec, tmp_path):
+    spec = make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 2})
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = CellSearcher(spec, storage)
+    first, second = searcher.suggest("r1"), searcher.suggest("r2")
+    searcher.on_trial_complete("r1", result={"best_mAP": 42.5, "mAP": 40.0})
+    searcher.on_trial_complete("r2", error=True)
+    told = {
+        t.user_attrs["ray_trial_id"]: (t.state, t.value)
+        for key in (first["cell_key"], second["cell_key"])
+        for t in optuna.load_study(study_name=key, storage=storage).trials
+    }
+    assert told == {"r1": (TrialState.COMPLETE, 42.5), "r2": (TrialState.FAIL, None)}
+
+
+def test_optuna_search_continues_after_restore_and_fails_orphans(make_spec, tmp_path):
+    spec = make_spec(
+        setups=["baseline"], label_ratios=[0.5],
+        loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 4},
+    )  # fmt: skip
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = CellSearcher(spec, storage)
+    running = first.suggest("r1")
+    first.suggest("r2")
+    first.on_trial_complete("r2", result={"best_mAP": 10.0})
+    first.save(str(tmp_path / "searcher.pkl"))
+    # Asked after the last save: Ray never recorded this trial, so nothing will ever finish it.
+    orphan = first.suggest("r3")
+
+    restored = pickle.loads(pickle.dumps(CellSearcher(spec, storage)))  # Tune pickles the searcher
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    rest = drain(restored, "s")
+    assert len(rest) == 2
+    restored.on_trial_complete("r1", result={"best_mAP": 30.0})
+    states = {
+        t.user_attrs["ray_trial_id"]: t.state
+        for t in optuna.load_study(study_name=running["cell_key"], storage=storage).trials
+    }
+    assert states["r1"] == TrialState.COMPLETE and states["r2"] == TrialState.COMPLETE
+    assert states["r3"] == TrialState.FAIL
+    assert orphan["trial_name"] not in {c["trial_name"] for c in rest}
+
+
+def _trial(trial_id: str, cell_key: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=trial_id, config={"cell_key": cell_key})
+
+
+def test_asha_compares_trials_of_the_same_cell_only():
+    scheduler = CellASHA(max_t=10, grace_period=1, reduction_factor=2)
+    strong, weak, other = _trial("a1", "cell-a"), _trial("a2", "cell-a"), _trial("b1", "cell-b")
+    for trial in (strong, weak, other):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, strong, {"training_iteration": 1, "mAP": 80.0}) == TrialScheduler.CONTINUE
+    # In cell a, 20 is below the rung's cutoff (the median of what it recorded: 80).
+    assert scheduler.on_trial_result(None, weak, {"training_iteration": 1, "mAP": 20.0}) == TrialScheduler.STOP
+    # Cell b's first trial is compared with nobody: a harder cell is not stopped by an easier one.
+    assert scheduler.on_trial_result(None, other, {"training_iteration": 1, "mAP": 20.0}) == TrialScheduler.CONTINUE
+    # max_t: the last epoch stops a trial.
+    assert scheduler.on_trial_result(None, strong, {"training_iteration": 10, "mAP": 90.0}) == TrialScheduler.STOP
+
+
+def test_asha_survives_pickling():
+    scheduler = CellASHA(max_t=4, grace_period=1, reduction_factor=3)
+    scheduler.on_trial_add(None, _trial("x", "c"))
+    copy = pickle.loads(pickle.dumps(scheduler))
+    assert copy.on_trial_result(None, _trial("x", "c"), {"training_iteration": 1, "mAP": 5.0}) == TrialScheduler.CONTINUE

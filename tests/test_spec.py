@@ -1,0 +1,217 @@
+"""The experiment spec: structure, cross-field rules, overrides, paths, and the error report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.spec import SEARCH_SPACES_DIR, SpecError, apply_override, load_spec, resolve_spec_path, spec_hash
+from trainables.errors import UserInputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def minimal_spec(**changes) -> dict:
+    spec = {
+        "name": "unit",
+        "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8}],
+        "backbone": {"model": "RN-tiny", "image_size": 64},
+        "setups": ["baseline", "dual_coop"],
+        "label_ratios": [0.1, 0.5],
+        "seeds": [1],
+        "training": {"epochs": 2},
+    }
+    spec.update(changes)
+    return spec
+
+
+@pytest.fixture
+def write_spec(tmp_path, monkeypatch):
+    """Write a spec into a fresh working directory and return its path."""
+    monkeypatch.chdir(tmp_path)
+
+    def write(spec: dict, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
+
+
+def problems(path: Path, overrides=()) -> list[str]:
+    with pytest.raises(SpecError) as caught:
+        load_spec(path, list(overrides))
+    return caught.value.problems
+
+
+def test_valid_spec_gets_absolute_defaults_under_the_working_directory(write_spec, tmp_path):
+    spec = load_spec(write_spec(minimal_spec())).spec
+    assert spec.storage == tmp_path / "runs"
+    assert spec.data_dir == tmp_path / "runs" / "data"
+    assert spec.cache_dir == tmp_path / "runs" / "cache"
+    assert spec.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert spec.experiment_dir == tmp_path / "runs" / "unit"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"label_ratios": [0.1, 1.5]}, "label_ratios.1", "less than or equal to 1"),
+        ({"label_ratios": [0.0]}, "label_ratios.0", "greater than 0"),
+        ({"setups": ["baseline", "triple_coop"]}, "setups", "unknown setup(s) ['triple_coop']"),
+        ({"trainig": {"epochs": 3}}, "trainig", "unknown key; expected one of: name, datasets"),
+        ({"training": {"epocs": 3}}, "training.epocs", "unknown key; expected one of: epochs, batch_size"),
+        ({"seeds": [1, 1]}, "seeds", "duplicate values [1]"),
+        ({"search": {"kind": "bayes"}}, "search", "kind must be grid or optuna"),
+        ({"resources": {"gpus_per_trial": 1.5}}, "resources.gpus_per_trial", "whole number"),
+        ({"tracking_uri": "mlflow.db"}, "tracking_uri", "is not a tracking URI"),
+    ],
+)
+def test_each_structural_problem_is_one_line_naming_file_and_field(write_spec, change, field, words):
+    path = write_spec(minimal_spec(**change))
+    found = problems(path)
+    assert len(found) == 1
+    assert found[0].startswith(f"{path}: {field}: ")
+    assert words in found[0]
+
+
+def test_every_problem_is_reported_at_once(write_spec):
+    path = write_spec(minimal_spec(label_ratios=[2.0], setups=["nope"], extra_key=1))
+    found = problems(path)
+    assert [line.split(": ")[1] for line in found] == ["setups", "label_ratios.0", "extra_key"]
+
+
+def test_loss_axis_bounds_come_from_the_loss_config(write_spec):
+    path = write_spec(minimal_spec(loss={"gamma_neg": [1, -2], "clip": 1.0}))
+    found = problems(path)
+    assert any(line.startswith(f"{path}: loss.gamma_neg.1: ") for line in found)
+    assert any(line.startswith(f"{path}: loss.clip: ") and "less than 1" in line for line in found)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"loss": {"gamma_neg": {"low": 0, "high": 4}}}, "loss.gamma_neg", "needs search.kind optuna"),
+        (
+            {"loss": {"gamma_neg": [1, 2]}, "search": {"kind": "optuna", "num_samples": 2}},
+            "loss.gamma_neg",
+            "a list is a grid axis",
+        ),
+        ({"search": {"kind": "optuna", "num_samples": 2}}, "search.kind", "at least one loss setting"),
+        (
+            {"loss": {"clip": {"low": 0.5, "high": 1.5}}, "search": {"kind": "optuna", "num_samples": 2}},
+            "loss.clip.high",
+            "less than 1",
+        ),
+        ({"training": {"lr": {"prompt": 0.1, "projecter": 1.0}}}, "training.lr", "unknown parameter group(s) ['projecter']"),
+        ({"training": {"lr": {"prompt": 0.1}}}, "training.lr", "'baseline' needs a learning rate for group(s) ['projector']"),
+        ({"setup_options": {"dual_coop": {"n_kontext": 4}}}, "setup_options.dual_coop", "unknown option(s) n_kontext"),
+        ({"setup_options": {"positive_coop": {}}}, "setup_options.positive_coop", "not one of this spec's setups"),
+        ({"scheduler": {"kind": "asha", "grace_period": 5}}, "scheduler.grace_period", "more than training.epochs (2)"),
+        ({"cache_dir": "runs/unit/cache"}, "cache_dir", "inside this spec's results folder"),
+        ({"datasets": [{"name": "voc", "kind": "voc", "root": "no/such/voc"}]}, "datasets.0", "no/such/voc"),
+    ],
+)
+def test_cross_field_rules(write_spec, change, field, words):
+    path = write_spec(minimal_spec(**change))
+    found = problems(path)
+    assert any(line.startswith(f"{path}: {field}: ") and words in line for line in found), found
+
+
+def test_overrides_set_nested_fields_list_items_and_yaml_values(write_spec):
+    path = write_spec(minimal_spec())
+    spec = load_spec(
+        path,
+        ["training.epochs=3", "datasets.0.synthetic_num_train=16", "setups=[baseline]", "loss.gamma_neg=[1, 3]"],
+    ).spec
+    assert spec.training.epochs == 3
+    assert spec.datasets[0].synthetic_num_train == 16
+    assert spec.setups == ["baseline"]
+    assert spec.loss.gamma_neg == [1.0, 3.0]
+
+
+def test_problems_from_overrides_name_the_override(write_spec):
+    found = problems(write_spec(minimal_spec()), ["datasets.0.synthetic_num_train=2"])
+    assert found == ["--set: datasets.0.synthetic_num_train: Input should be greater than or equal to 8 (got 2)"]
+
+
+@pytest.mark.parametrize(
+    ("assignment", "words"),
+    [
+        ("training.epochs", "expected key=value"),
+        ("datasets.3.name=x", "not an index of a list of 1"),
+        ("name.first=x", "name is a value, not a section"),
+    ],
+)
+def test_malformed_overrides(assignment, words):
+    with pytest.raises(UserInputError, match=words.replace("(", r"\(")):
+        apply_override(minimal_spec(), assignment)
+
+
+def test_bare_name_resolves_in_search_spaces(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_spec_path("smoke.yaml") == SEARCH_SPACES_DIR / "smoke.yaml"
+    assert resolve_spec_path("smoke") == SEARCH_SPACES_DIR / "smoke.yaml"
+    (tmp_path / "smoke.yaml").write_text("name: local\n")
+    assert resolve_spec_path("smoke.yaml") == tmp_path / "smoke.yaml"  # the working directory wins
+    with pytest.raises(UserInputError, match="spec file not found: nowhere.yaml"):
+        resolve_spec_path("nowhere.yaml")
+
+
+def test_invalid_yaml_is_one_line_with_its_position(write_spec, tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nsetups: [baseline\n")
+    with pytest.raises(UserInputError) as caught:
+        load_spec(path)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith(f"{path}: invalid YAML at line")
+
+
+def test_spec_hash_follows_results_not_paths_or_resources(write_spec, tmp_path):
+    base = spec_hash(load_spec(write_spec(minimal_spec())).spec)
+    moved = minimal_spec(storage="elsewhere", cache_dir="c", resources={"cpus_per_trial": 2})
+    assert spec_hash(load_spec(write_spec(moved, "moved.yaml")).spec) == base
+    assert spec_hash(load_spec(write_spec(minimal_spec(loss={"gamma_neg": 3}), "loss.yaml")).spec) != base
+
+
+def test_every_shipped_spec_is_structurally_valid(tmp_path, monkeypatch):
+    """The shipped specs pass every check but the dataset roots (COCO and VOC are not on this machine)."""
+    monkeypatch.chdir(tmp_path)
+    for path in sorted(SEARCH_SPACES_DIR.glob("*.yaml")):
+        assert load_spec(path, check_data=False).spec.name == path.stem
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"label_ratios": [1.5]}, "label_ratios.0"), ({"setups": ["nope"]}, "setups"), ({"bogus": 1}, "bogus")],
+)
+def test_cli_validate_exits_2_with_one_line(write_spec, capsys, change, field):
+    path = write_spec(minimal_spec(**change))
+    assert main(["validate", str(path)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith(f"error: {path}: {field}: ")
+    assert "Traceback" not in captured.err
+
+
+def test_python_m_orchestrator_validate(write_spec, tmp_path):
+    """The real entry point: one line per problem on stderr, exit code 2, no traceback."""
+    path = write_spec(minimal_spec(label_ratios=[1.5], setups=["nope"], bogus=1))
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "validate", str(path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert [line.split(": ")[2] for line in lines] == ["setups", "label_ratios.0", "bogus"]
+    assert "Traceback" not in done.stderr

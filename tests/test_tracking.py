@@ -1,0 +1,253 @@
+"""MLflow from the driver, against a real temporary SQLite store: keyed runs, no duplicates, resume."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.entities import ViewType
+
+from orchestrator import grid, tracking
+from orchestrator.scheduling import finalize
+from orchestrator.spec import load_spec
+from trainables import data
+from trainables.errors import UserInputError
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating one takes seconds); one experiment per test."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+_experiments = itertools.count()
+
+
+@pytest.fixture
+def spec(tmp_path, monkeypatch, tracking_uri):
+    monkeypatch.chdir(tmp_path)
+    raw = {
+        "name": f"tracked{next(_experiments)}",
+        "tracking_uri": tracking_uri,
+        "datasets": [
+            {"name": "shapes", "kind": "synthetic", "synthetic_num_train": 12, "synthetic_num_test": 8,
+             "synthetic_image_size": 32, "synthetic_num_classes": 4}
+        ],  # fmt: skip
+        "backbone": {"model": "RN-tiny", "image_size": 64},
+        "setups": ["baseline", "dual_coop"],
+        "label_ratios": [0.5],
+        "seeds": [3],
+        "training": {"epochs": 3},
+    }
+    path = tmp_path / "tracked.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_spec(path).spec
+
+
+@pytest.fixture
+def store(spec):
+    return tracking.TrackingStore(spec.tracking_uri, spec.name)
+
+
+def ray_trial(spec, setup: str = "baseline", trial_id: str = "abc", checkpoint=None) -> SimpleNamespace:
+    """What the callback reads from a Ray Tune trial."""
+    cell = next(c for c in grid.cells(spec) if c.setup == setup)
+    config = grid.grid_trials(spec, cell)[0].as_config()
+    return SimpleNamespace(
+        trial_id=trial_id, config=config, checkpoint=checkpoint, last_result={},
+        path=f"/results/{config['trial_name']}", run_metadata=SimpleNamespace(error_filename=None),
+    )  # fmt: skip
+
+
+def epoch_result(epoch: int, mAP: float) -> dict:
+    return {
+        "epoch": epoch, "train_loss": 10.0 / epoch, "mAP": mAP, "best_mAP": mAP, "best_epoch": epoch,
+        "lr_projector": 0.01 / epoch, "trainable_params": 24, "train_seconds": 1.5 * epoch, "gpu_seconds": 0.0,
+        "kept_fraction": 0.5, "classnames": ["circle", "square", "star"], "best_per_class_ap": [0.5, float("nan"), 1.0],
+    }  # fmt: skip
+
+
+def callback(spec) -> tracking.MlflowCallback:
+    made = tracking.MlflowCallback(spec.tracking_uri, spec.name, "h4sh")
+    made.setup()
+    return made
+
+
+def trial_runs(store, **tags) -> list:
+    clauses = " and ".join([f"tags.`{tracking.ROLE}` = 'trial'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    return store.runs(clauses)
+
+
+def test_trial_run_under_cell_under_launch_with_tags_params_and_mask(spec, store, tmp_path):
+    launch = store.launch_run("h4sh", "name: tracked\n", tmp_path / "tracked.yaml", "abc123")
+    logger = callback(spec)
+    trial = ray_trial(spec)
+    logger.on_trial_start(0, [], trial)
+
+    (run,) = trial_runs(store)
+    tags = run.data.tags
+    assert tags[tracking.TRIAL_KEY] == trial.config["trial_key"]
+    assert {k: tags[k] for k in ("setup", "dataset", "backbone", "label_ratio", "seed", "spec_hash")} == {
+        "setup": "baseline", "dataset": "shapes", "backbone": "RN-tiny/random@64", "label_ratio": "0.5",
+        "seed": "3", "spec_hash": "h4sh",
+    }  # fmt: skip
+    assert run.info.run_name == "baseline-shapes-r0.5-s3"
+    assert run.data.params["loss.gamma_neg"] == "2.0"
+    assert run.data.params["training.lr.projector"] == "0.01"
+    assert run.data.params["dataset.name"] == "shapes"
+
+    cell = store.client.get_run(tags[tracking.PARENT])
+    assert cell.data.tags[tracking.ROLE] == "cell" and cell.data.tags[tracking.PARENT] == launch
+    assert store.client.get_run(launch).data.tags["spec_path"] == str(tmp_path / "tracked.yaml")
+
+    # The cell's mask is the one every trial of the cell draws: recomputed here from the dataset.
+    train = data.build_dataset(spec.datasets[0], "train", spec.data_dir)
+    local = store.client.download_artifacts(cell.info.run_id, "partial_labels.npz", str(tmp_path))
+    saved = data.load_partial_labels(local)
+    expected = data.partial_labels(train.labels, 0.5, 3, key=f"{train.fingerprint}/train")
+    np.testing.assert_array_equal(saved["partial"], expected)
+    known = train.labels != -1
+    assert cell.data.metrics["kept_fraction"] == pytest.approx((expected[known] != -1).mean())
+
+
+def test_epochs_final_metrics_and_per_class_artifact(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    trial = ray_trial(spec)
+    logger.on_trial_start(0, [], trial)
+    for epoch, mAP in ((1, 30.0), (2, 50.0), (3, 40.0)):
+        logger.on_trial_result(0, [], trial, epoch_result(epoch, mAP))
+    trial.last_result = {**epoch_result(3, 40.0), "best_mAP": 50.0, "best_epoch": 2}
+    logger.on_trial_complete(0, [], trial)
+
+    (run,) = trial_runs(store)
+    assert run.info.status == "FINISHED"
+    history = store.client.get_metric_history(run.info.run_id, "mAP")
+    assert [(m.step, m.value) for m in history] == [(1, 30.0), (2, 50.0), (3, 40.0)]
+    assert [m.step for m in store.client.get_metric_history(run.info.run_id, "lr_projector")] == [1, 2, 3]
+    metrics = run.data.metrics
+    assert (metrics["best_mAP"], metrics["last_mAP"], metrics["best_epoch"]) == (50.0, 40.0, 2)
+    assert (metrics["trainable_params"], metrics["train_seconds"], metrics["kept_fraction"]) == (24, 4.5, 0.5)
+    assert len(store.client.get_metric_history(run.info.run_id, "best_mAP")) == 1  # final only
+    table = pd.read_csv(store.client.download_artifacts(run.info.run_id, "per_class_ap.csv", str(tmp_path)))
+    assert table["class"].tolist() == ["circle", "square", "star"]
+    assert table["ap"].tolist()[0] == 0.5 and np.isnan(table["ap"].tolist()[1])
+
+
+def test_resumed_trial_continues_its_run_without_duplicates(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    first = callback(spec)
+    trial = ray_trial(spec)
+    first.on_trial_start(0, [], trial)
+    for epoch in (1, 2):
+        first.on_trial_result(0, [], trial, epoch_result(epoch, 10.0 * epoch))
+    assert store.close_running("FAILED") == 3  # the crash: the next driver closes launch, cell and trial
+
+    # A new driver (Tune unpickles the callback), the trial resumed from its epoch-1 checkpoint.
+    second = pickle.loads(pickle.dumps(first))
+    second.setup()
+    resumed = ray_trial(spec, checkpoint=object())
+    second.on_trial_start(0, [], resumed)
+    for epoch in (2, 3):
+        second.on_trial_result(0, [], resumed, epoch_result(epoch, 11.0 * epoch))
+
+    (run,) = trial_runs(store)
+    assert run.info.status == "RUNNING"
+    history = store.client.get_metric_history(run.info.run_id, "mAP")
+    assert [(m.step, m.value) for m in history] == [(1, 10.0), (2, 20.0), (3, 33.0)]
+    cell = store.client.get_run(run.data.tags[tracking.PARENT])
+    assert cell.info.status == "RUNNING"
+
+
+def test_trial_finished_just_before_a_crash_is_not_logged_twice(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    first = callback(spec)
+    trial = ray_trial(spec)
+    first.on_trial_start(0, [], trial)
+    first.on_trial_result(0, [], trial, epoch_result(1, 10.0))
+    trial.last_result = epoch_result(1, 10.0)
+    first.on_trial_complete(0, [], trial)
+    # Tune had not recorded the completion: it resumes the trial, which ends without a new epoch.
+    second = callback(spec)
+    resumed = ray_trial(spec, checkpoint=object())
+    resumed.last_result = epoch_result(1, 10.0)
+    second.on_trial_start(0, [], resumed)
+    second.on_trial_complete(0, [], resumed)
+    (run,) = trial_runs(store)
+    assert run.info.status == "FINISHED"
+    assert len(store.client.get_metric_history(run.info.run_id, "best_mAP")) == 1
+    assert len(store.client.get_metric_history(run.info.run_id, "mAP")) == 1
+
+
+def test_trial_restarted_from_scratch_gets_a_clean_run(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    trial = ray_trial(spec)
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(0, [], trial, epoch_result(1, 10.0))
+    again = callback(spec)
+    again.on_trial_start(0, [], ray_trial(spec, trial_id="new"))  # no checkpoint: Tune starts at epoch 1
+    (run,) = trial_runs(store, **{tracking.TRIAL_KEY: trial.config["trial_key"]})
+    assert store.client.get_metric_history(run.info.run_id, "mAP") == []
+    everything = store.client.search_runs([store.experiment_id], run_view_type=ViewType.ALL)
+    assert sum(r.data.tags.get(tracking.ROLE) == "trial" for r in everything) == 2  # one deleted, one active
+
+
+def test_failed_trial_is_marked_failed(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    trial = ray_trial(spec)
+    logger.on_trial_start(0, [], trial)
+    trial.run_metadata.error_filename = "error.txt"
+    logger.on_trial_error(0, [], trial)
+    (run,) = trial_runs(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["orchestrator.error_file"] == "/results/baseline-shapes-r0.5-s3/error.txt"
+
+
+def test_finalize_closes_cells_and_launch_by_their_trials(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    done, unfinished = ray_trial(spec, "baseline", "t1"), ray_trial(spec, "dual_coop", "t2")
+    for trial in (done, unfinished):
+        logger.on_trial_start(0, [], trial)
+    done.last_result = epoch_result(3, 40.0)
+    logger.on_trial_complete(0, [], done)
+
+    outcome = finalize(store, spec, stopped=False)  # a trial still RUNNING: interrupted
+    assert (outcome.expected, outcome.finished, outcome.failed, outcome.exit_code) == (2, 1, 0, 130)
+    status = {r.data.tags[tracking.CELL_KEY]: r.info.status for r in store.runs(f"tags.`{tracking.ROLE}` = 'cell'")}
+    assert status == {"baseline-shapes-r0.5-s3": "FINISHED", "dual_coop-shapes-r0.5-s3": "KILLED"}
+    assert [r.info.status for r in trial_runs(store, **{tracking.CELL_KEY: "dual_coop-shapes-r0.5-s3"})] == ["KILLED"]
+    (launch,) = store.runs(f"tags.`{tracking.ROLE}` = 'launch'")
+    assert launch.info.status == "KILLED"
+    assert store.runs("attributes.status = 'RUNNING'") == []
+
+
+def test_lookup_never_duplicates_and_fresh_deletes_everything(spec, store, tmp_path):
+    first = store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    store.end(first, "FAILED")
+    assert store.launch_run("h4sh", "", tmp_path / "s.yaml", "c") == first
+    assert store.client.get_run(first).info.status == "RUNNING"
+    assert store.delete_all() == 1
+    assert store.runs() == []
+
+
+def test_flatten_dots_nested_keys_and_limits_values():
+    flat = tracking.flatten({"loss": {"gamma_neg": 2.0}, "setup_options": {}, "root": None, "long": "x" * 7000})
+    assert flat == {"loss.gamma_neg": "2.0", "setup_options": "{}", "root": "null", "long": "x" * 6000}
+
+
+def test_unreachable_tracking_server_is_a_user_error():
+    with socket.socket() as probe:  # a free port: nothing listens on it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(UserInputError, match=f"http://127.0.0.1:{port} is unreachable"):
+        tracking.check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
+    tracking.check_reachable("sqlite:////nonexistent/mlflow.db")  # a file store needs no server
