@@ -25,7 +25,7 @@ def trainable_parameters(loaded: LoadedSpec) -> dict[str, dict[str, int]]:
         backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)
     finally:
         logging.disable(previous)
-    classnames = {d.name: data.build_dataset(d, "test", spec.data_dir).classnames for d in spec.datasets}
+    classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
     return {
         setup: {
             name: setups.count_trainable(setups.build(setup, names, backbone, **spec.setup_options.get(setup, {})))

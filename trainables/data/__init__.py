@@ -35,6 +35,17 @@ def check(cfg: DatasetConfig, data_dir: Path | None = None) -> None:
         {"coco": coco.check, "voc": voc.check, "manifest": manifest.check}[cfg.kind](cfg)
 
 
+def classnames(cfg: DatasetConfig, data_dir: Path | None = None) -> list[str]:
+    """The dataset's class names; COCO's, VOC's and the generated set's are fixed, so they need no data on disk."""
+    if cfg.kind == "coco":
+        return list(coco.CLASSNAMES)
+    if cfg.kind == "voc":
+        return list(voc.CLASSNAMES)
+    if cfg.kind == "synthetic":
+        return synthetic.classnames(cfg.synthetic_num_classes)
+    return build_dataset(cfg, "train", data_dir).classnames
+
+
 def build_dataset(cfg: DatasetConfig, split: Split, data_dir: Path | None = None) -> MultiLabelDataset:
     """One split of the dataset `cfg` declares; `data_dir` holds generated data when root is None."""
     if split not in SPLITS:

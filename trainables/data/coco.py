@@ -18,6 +18,20 @@ from trainables.data.base import MultiLabelDataset, check_layout, describe
 from trainables.errors import UserInputError
 
 SPLIT_FOLDERS = {"train": "train2014", "test": "val2014"}
+CLASSNAMES = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+]  # fmt: skip
+"""The 80 COCO 2014 category names in category-id order, as the annotation files give them; for
+describing a grid without the data. Loading always reads the names from the annotation file."""
+
 LAYOUT = "the COCO 2014 layout: annotations/instances_{train2014,val2014}.json, train2014/, val2014/"
 
 
