@@ -21,6 +21,9 @@ import yaml
 
 from trainables.errors import UserInputError
 
+from orchestrator.schema import LAUNCH_ROLE, RANKING_METRICS, ROLE_TAG, SPEC_PATH_TAG, role_filter
+from orchestrator.spec import resolve_spec_path, resolve_tracking_uri
+
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
@@ -29,14 +32,11 @@ if TYPE_CHECKING:
     from orchestrator.tables import ComparisonTable
 
 # The CLI builds every subcommand's parser at start-up: this module imports pandas, MLflow and
-# matplotlib (through `tables` and `plots`) only when the command runs, so the choices are repeated
-# here (tests/test_aggregate.py checks they match `tables.METRICS` and `tables.FORMATS`).
-METRIC_CHOICES = ("best_mAP", "last_mAP")
+# matplotlib (through `tables` and `plots`) only when the command runs, so the format choices are
+# repeated here (tests/test_aggregate.py checks they match `tables.FORMATS`).
 FORMAT_CHOICES = ("rich", "markdown", "csv", "latex", "html")
-ROLE = "orchestrator.role"
-SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-"""Where a bare spec file name is looked up, as `orchestrator.spec` does."""
 SPEC_SUFFIXES = (".yaml", ".yml")
+"""A name that is not a file but ends so is a spec file name (looked up in search_spaces/), not an experiment."""
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="MLflow tracking URI (default: the spec's tracking_uri, else sqlite:///<working dir>/mlflow.db)",
     )
     parser.add_argument(
-        "--metric", choices=METRIC_CHOICES, default="best_mAP",
+        "--metric", choices=RANKING_METRICS, default="best_mAP",
         help="what a cell's value is and how its best trial is chosen (default: best_mAP)",
     )
     parser.add_argument(
@@ -79,13 +79,9 @@ class Target:
 def spec_file(name: str) -> Path | None:
     """The spec file `name` means (a path, or a bare .yaml name in search_spaces/); None for an experiment name."""
     path = Path(name).expanduser()
-    if path.is_file():
-        return path.absolute()
-    if path.suffix not in SPEC_SUFFIXES:
+    if not path.is_file() and path.suffix not in SPEC_SUFFIXES:
         return None
-    if len(path.parts) == 1 and (SEARCH_SPACES_DIR / path).is_file():
-        return SEARCH_SPACES_DIR / path
-    raise UserInputError(f"spec file not found: {name} (looked in the working directory and {SEARCH_SPACES_DIR})")
+    return resolve_spec_path(path)
 
 
 def read_spec(path: Path) -> dict:
@@ -98,16 +94,12 @@ def read_spec(path: Path) -> dict:
     return raw
 
 
-def default_tracking_uri() -> str:
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
 def resolve_target(experiment: str, tracking_uri: str | None = None) -> Target:
     """Experiment name and tracking URI from the command line: `--tracking-uri`, else the spec's, else the default."""
     path = spec_file(experiment)
     spec = read_spec(path) if path else {}
     name = spec.get("name", experiment)
-    uri = tracking_uri or spec.get("tracking_uri") or default_tracking_uri()
+    uri = tracking_uri or spec.get("tracking_uri") or resolve_tracking_uri(None)
     return Target(name, uri, path)
 
 
@@ -139,7 +131,10 @@ def experiment_id(client: MlflowClient, target: Target) -> str:
 def launch_run(client: MlflowClient, experiment: str) -> Run | None:
     """The experiment's parent run (`orchestrator.role=launch`), the most recent if there are several."""
     runs = client.search_runs(
-        [experiment], filter_string=f"tags.`{ROLE}` = 'launch'", order_by=["attributes.start_time DESC"], max_results=1
+        [experiment],
+        filter_string=role_filter(LAUNCH_ROLE),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
     )
     return runs[0] if runs else None
 
@@ -155,8 +150,8 @@ def spec_source(client: MlflowClient, target: Target, launch: Run | None) -> tup
     """
     candidates = [target.spec_path]
     if launch is not None:
-        if "spec_path" in launch.data.tags:
-            candidates.append(Path(launch.data.tags["spec_path"]))
+        if SPEC_PATH_TAG in launch.data.tags:
+            candidates.append(Path(launch.data.tags[SPEC_PATH_TAG]))
         artifacts = urlparse(launch.info.artifact_uri)
         if artifacts.scheme in ("", "file"):
             candidates.append(Path(unquote(artifacts.path)) / "spec.yaml")
@@ -250,7 +245,7 @@ def write_outputs(
 def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_dir: Path) -> str:
     """Log `out_dir/tables` and `out_dir/plots` under the launch run (made if the experiment has none); its id."""
     if launch is None:
-        run_id = client.create_run(experiment, tags={ROLE: "launch"}, run_name="aggregate").info.run_id
+        run_id = client.create_run(experiment, tags={ROLE_TAG: LAUNCH_ROLE}, run_name="aggregate").info.run_id
         client.set_terminated(run_id, "FINISHED")
     else:
         run_id = launch.info.run_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from trainables.errors import UserInputError
@@ -18,21 +19,8 @@ from trainables.errors import UserInputError
 from orchestrator.spec import LoadedSpec, load_spec, resolve_tracking_uri
 
 EXIT_USER_ERROR = 2
-
-
-def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", help="spec file (a bare name such as smoke.yaml is looked up in search_spaces/)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any spec field; KEY is dotted, list items by index, VALUE is YAML "
-        "(--set training.epochs=2 --set datasets.0.synthetic_num_train=64 --set 'setups=[baseline]')",
-    )
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
-    parser.add_argument("--storage", help="folder for Ray results, checkpoints and the Optuna database (default: runs/)")
+EXIT_BROKEN_PIPE = 1
+"""What Python itself exits with when stdout's reader has gone away."""
 
 
 def _load(args: argparse.Namespace, check_data: bool = True) -> LoadedSpec:
@@ -65,7 +53,8 @@ def _validate(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     from orchestrator.describe import describe
 
-    print(describe(_load(args)))
+    # Describing needs no data on disk: COCO's, VOC's and the generated set's classes are known.
+    print(describe(_load(args, check_data=False)))
     return 0
 
 
@@ -108,6 +97,31 @@ def _table(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def _add_spec_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """A subcommand on one spec: the spec, its `--set` overrides, `--tracking-uri` and `--storage`."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=handler)
+    parser.add_argument("spec", help="spec file (a bare name such as smoke.yaml is looked up in search_spaces/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any spec field; KEY is dotted, list items by index, VALUE is YAML "
+        "(--set training.epochs=2 --set datasets.0.synthetic_num_train=64 --set 'setups=[baseline]')",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
+    parser.add_argument("--storage", help="folder for Ray results, checkpoints and the Optuna database (default: runs/)")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
@@ -117,48 +131,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser(
+    run = _add_spec_command(
+        commands,
         "run",
+        _run,
         help="run (or resume) every trial of a spec",
         description="Validate the spec, then run every trial on Ray Tune and log it to MLflow. Running "
         "the same command again resumes: finished trials are kept, unfinished ones continue from "
         "their checkpoints.",
     )
-    _add_spec_arguments(run)
     run.add_argument("--address", help="join a running Ray cluster (e.g. auto or 10.0.0.1:6379) instead of local Ray")
     run.add_argument(
         "--fresh",
         action="store_true",
         help="start over: delete this spec's results folder, Optuna studies and MLflow runs",
     )
-    run.set_defaults(handler=_run)
-
-    validate = commands.add_parser(
+    _add_spec_command(
+        commands,
         "validate",
+        _validate,
         help="check a spec and report every problem",
         description="Check a spec (fields, cross-field rules, dataset layouts) and list every problem, "
         "one line each: <file>: <field>: <message>. Exit code 2 if there are any.",
     )
-    _add_spec_arguments(validate)
-    validate.set_defaults(handler=_validate)
-
-    describe = commands.add_parser(
+    _add_spec_command(
+        commands,
         "describe",
+        _describe,
         help="show trials, trainable parameters per setup and output paths, without running",
         description="How many cells and trials a spec has, the trainable parameters of each setup on "
         "its backbone, and where results, MLflow runs and cached features go. Runs nothing.",
     )
-    _add_spec_arguments(describe)
-    describe.set_defaults(handler=_describe)
-
-    cache = commands.add_parser(
+    _add_spec_command(
+        commands,
         "cache",
+        _cache,
         help="fill the frozen-feature cache ahead of a run",
         description="Encode every image a spec's trials will read with the frozen backbone, once per "
         "(dataset, backbone, feature mode), with a progress bar.",
     )
-    _add_spec_arguments(cache)
-    cache.set_defaults(handler=_cache)
 
     table = commands.add_parser(
         "table",
@@ -187,10 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
-    except UserInputError as error:
-        for line in str(error).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        try:
+            args = build_parser().parse_args(argv)
+            return args.handler(args)
+        except UserInputError as error:
+            for line in str(error).splitlines():
+                print(f"error: {line}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (`... | head`): exit quietly. Python flushes stdout again at exit, so
+        # it is pointed at devnull first (the recipe of the `signal` docs, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -20,6 +20,7 @@ from trainables.errors import UserInputError
 from trainables.features import fill_for_config
 
 from orchestrator import grid, tracking
+from orchestrator.schema import CELL_KEY_TAG, CELL_ROLE, LAUNCH_ROLE, SPEC_HASH_TAG, TRIAL_ROLE, role_filter
 from orchestrator.spec import ExperimentSpec, LoadedSpec, spec_hash
 from orchestrator.trial_errors import HideUserErrorTracebacks, user_error_cause
 
@@ -88,11 +89,11 @@ def prepare_results_folder(spec: ExperimentSpec, digest: str, store: tracking.Tr
         shutil.rmtree(folder, ignore_errors=True)
         store.delete_all()
         return False
-    others = [r for r in store.runs(f"tags.`{tracking.ROLE}` = 'launch'") if r.data.tags.get("spec_hash") != digest]
+    others = [r for r in store.runs(role_filter(LAUNCH_ROLE)) if r.data.tags.get(SPEC_HASH_TAG) != digest]
     if others:
         raise UserInputError(
             f"MLflow experiment '{spec.name}' at {spec.tracking_uri} holds runs of a different spec "
-            f"(hash {others[0].data.tags.get('spec_hash')}, this one {digest}); pass --fresh to replace them "
+            f"(hash {others[0].data.tags.get(SPEC_HASH_TAG)}, this one {digest}); pass --fresh to replace them "
             "or give the spec another name (--set name=...)"
         )
     # `can_restore` only sees tuner.pkl, written before any trial runs; without an experiment
@@ -222,7 +223,7 @@ def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool)
     ones: a cell whose trials all finished before a crash was marked FAILED by the next launch,
     and no trial start revives it.
     """
-    trials = store.runs(f"tags.`{tracking.ROLE}` = 'trial'")
+    trials = store.runs(role_filter(TRIAL_ROLE))
     interrupted = stopped or len(trials) < total_trials(spec) or any(r.info.status == "RUNNING" for r in trials)
     unfinished = "KILLED" if interrupted else "FAILED"
     finished_per_cell: dict[str, int] = {}
@@ -233,15 +234,15 @@ def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool)
             store.end(run.info.run_id, unfinished)
             status = unfinished
         if status == "FINISHED":
-            key = run.data.tags[tracking.CELL_KEY]
+            key = run.data.tags[CELL_KEY_TAG]
             finished_per_cell[key] = finished_per_cell.get(key, 0) + 1
         elif status == "FAILED":
             failed += 1
     per_cell = grid.trials_per_cell(spec)
     complete = {key for key, n in finished_per_cell.items() if n >= per_cell}
-    for run in store.runs(f"tags.`{tracking.ROLE}` = 'cell'"):
-        _close(store, run, done=run.data.tags[tracking.CELL_KEY] in complete, unfinished=unfinished)
-    for run in store.runs(f"tags.`{tracking.ROLE}` = 'launch'"):
+    for run in store.runs(role_filter(CELL_ROLE)):
+        _close(store, run, done=run.data.tags[CELL_KEY_TAG] in complete, unfinished=unfinished)
+    for run in store.runs(role_filter(LAUNCH_ROLE)):
         _close(store, run, done=len(complete) == len(grid.cells(spec)), unfinished=unfinished)
     finished = sum(min(n, per_cell) for n in finished_per_cell.values())
     return Outcome(expected=total_trials(spec), finished=finished, failed=failed, interrupted=interrupted)

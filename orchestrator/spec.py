@@ -9,7 +9,6 @@ working directory, so everything a run writes lands under it unless the spec say
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import typing
@@ -438,8 +437,6 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
     problems: list[tuple[str, str]] = []
     problems += _loss_problems(spec)
     problems += _setup_problems(spec)
-    if spec.search.kind == "optuna" and spec.search.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
-        problems.append(("search.sampler", "the cmaes sampler needs the `cmaes` package (pip install cmaes)"))
     if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
         problems.append(
             (

@@ -28,6 +28,16 @@ from tabulate import tabulate
 
 from trainables.errors import UserInputError
 
+from orchestrator.schema import (
+    CELL_KEY_TAG,
+    FINAL_METRICS,
+    KEY_TAGS,
+    RANKING_METRICS,
+    TRIAL_KEY_TAG,
+    TRIAL_ROLE,
+    role_filter,
+)
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -39,12 +49,6 @@ SETUP_LABELS = {
     "dual_coop": "DualCoOp",
     "positive_coop": "PositiveCoOp",
 }
-METRICS = ("best_mAP", "last_mAP")
-"""Metrics a cell can be judged by: per-trial final metrics, mAP in percent."""
-FINAL_METRICS = (
-    "best_mAP", "last_mAP", "best_epoch", "trainable_params", "train_seconds", "gpu_seconds", "kept_fraction",
-)  # fmt: skip
-KEY_TAGS = ("setup", "dataset", "backbone", "label_ratio", "seed")
 BLOCK = ["dataset", "backbone"]
 ROW = [*BLOCK, "setup"]
 CELL = [*ROW, "label_ratio", "seed"]
@@ -78,8 +82,8 @@ def setup_sort_key(setup: str) -> tuple[int, str]:
 
 
 def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise UserInputError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
+    if metric not in RANKING_METRICS:
+        raise UserInputError(f"unknown metric '{metric}': choose one of {', '.join(RANKING_METRICS)}")
 
 
 # ---------------------------------------------------------------- reading
@@ -96,7 +100,10 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     page_token = None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string="tags.`orchestrator.role` = 'trial'", max_results=1000, page_token=page_token
+            [experiment_id],
+            filter_string=role_filter(TRIAL_ROLE),
+            max_results=1000,
+            page_token=page_token,
         )
         for run in page:
             tags = run.data.tags
@@ -109,8 +116,8 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
                     "status": run.info.status,
                     "start_time": run.info.start_time,
                     **{tag: tags[tag] for tag in KEY_TAGS},
-                    "cell_key": tags.get("orchestrator.cell_key"),
-                    "trial_key": tags.get("orchestrator.trial_key"),
+                    "cell_key": tags.get(CELL_KEY_TAG),
+                    "trial_key": tags.get(TRIAL_KEY_TAG),
                     **{metric: run.data.metrics.get(metric, math.nan) for metric in FINAL_METRICS},
                     **{f"params.{name}": value for name, value in run.data.params.items()},
                 }

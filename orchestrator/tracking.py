@@ -27,17 +27,23 @@ from ray.tune import Callback
 from trainables.config import TrialConfig
 from trainables.errors import UserInputError
 
+from orchestrator.schema import (
+    CELL_KEY_TAG,
+    CELL_ROLE,
+    EPOCH_METRICS,
+    ERROR_FILE_TAG,
+    FINAL_METRICS,
+    GIT_COMMIT_TAG,
+    LAST_MAP,
+    LAUNCH_ROLE,
+    PARENT_RUN_TAG,
+    ROLE_TAG,
+    SPEC_HASH_TAG,
+    SPEC_PATH_TAG,
+    TRIAL_KEY_TAG,
+    TRIAL_ROLE,
+)
 from orchestrator.trial_errors import error_path
-
-ROLE = "orchestrator.role"
-TRIAL_KEY = "orchestrator.trial_key"
-CELL_KEY = "orchestrator.cell_key"
-PARENT = "mlflow.parentRunId"
-
-EPOCH_METRICS = ("train_loss", "mAP")
-"""Logged every epoch at step = epoch, with every `lr_<group>`."""
-FINAL_METRICS = ("best_mAP", "best_epoch", "trainable_params", "train_seconds", "gpu_seconds", "kept_fraction")
-"""Logged when a trial ends, with `last_mAP` (the last epoch's mAP)."""
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -53,15 +59,20 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
         raise UserInputError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
 
 
-def git_commit(directory: Path | None = None) -> str:
-    """`git rev-parse HEAD` of the working directory, or "unknown" outside a repository."""
+def git_commit() -> str:
+    """The commit of the code that runs: `git rev-parse HEAD` where this package lives, with
+    `-dirty` for uncommitted changes, or "unknown" for an installed copy outside a repository."""
+    source = Path(__file__).resolve().parent
     try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=False
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=source, capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    return done.stdout.strip() if done.returncode == 0 else "unknown"
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
@@ -194,8 +205,10 @@ class TrackingStore:
 
     def launch_run(self, spec_hash: str, spec_yaml: str, spec_path: Path, commit: str) -> str:
         """The experiment's parent run for this spec hash, RUNNING, with the resolved spec attached."""
-        tags = {ROLE: "launch", "spec_hash": spec_hash, "spec_path": str(spec_path), "git_commit": commit}
-        run_id, _ = self.find_or_create(f"{self.experiment_name}-{spec_hash}", tags, (ROLE, "spec_hash"))
+        tags = {
+            ROLE_TAG: LAUNCH_ROLE, SPEC_HASH_TAG: spec_hash, SPEC_PATH_TAG: str(spec_path), GIT_COMMIT_TAG: commit,
+        }  # fmt: skip
+        run_id, _ = self.find_or_create(f"{self.experiment_name}-{spec_hash}", tags, (ROLE_TAG, SPEC_HASH_TAG))
         self.log_file(run_id, "spec.yaml", lambda path: path.write_text(spec_yaml))
         return run_id
 
@@ -245,28 +258,29 @@ class MlflowCallback(Callback):
 
     def _launch(self) -> str:
         if self._launch_run is None:
-            run = self.store.find(**{ROLE: "launch", "spec_hash": self.spec_hash})
+            run = self.store.find(**{ROLE_TAG: LAUNCH_ROLE, SPEC_HASH_TAG: self.spec_hash})
             if run is None:
                 raise RuntimeError("the driver creates the launch run before Tune starts")
             self._launch_run = run.info.run_id
         return self._launch_run
 
     def _tags(self, config: TrialConfig, cell_key: str) -> dict[str, str]:
+        """The tags of a cell's runs: its key, the key tags (`schema.KEY_TAGS`), the spec hash and the commit."""
         return {
-            CELL_KEY: cell_key,
+            CELL_KEY_TAG: cell_key,
             "setup": config.setup,
             "dataset": config.dataset.name,
             "backbone": backbone_tag(config),
             "label_ratio": f"{config.label_ratio:g}",
             "seed": str(config.seed),
-            "spec_hash": self.spec_hash,
-            "git_commit": self._commit,
+            SPEC_HASH_TAG: self.spec_hash,
+            GIT_COMMIT_TAG: self._commit,
         }
 
     def _cell_run(self, config: TrialConfig, cell_key: str) -> str:
         if cell_key not in self._cell_runs:
-            tags = {**self._tags(config, cell_key), ROLE: "cell", PARENT: self._launch()}
-            run_id, created = self.store.find_or_create(cell_key, tags, (ROLE, CELL_KEY, "spec_hash"))
+            tags = {**self._tags(config, cell_key), ROLE_TAG: CELL_ROLE, PARENT_RUN_TAG: self._launch()}
+            run_id, created = self.store.find_or_create(cell_key, tags, (ROLE_TAG, CELL_KEY_TAG, SPEC_HASH_TAG))
             if created:
                 self._log_partial_labels(run_id, config)
             self._cell_runs[cell_key] = run_id
@@ -293,15 +307,15 @@ class MlflowCallback(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         config = TrialConfig.model_validate(trial.config["trial_config"])
         cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
-        existing = self.store.find(**{TRIAL_KEY: trial_key})
+        existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
         if existing is not None and trial.checkpoint is None and existing.data.metrics:
             # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
             # knows of): a clean run, so that its history holds each epoch once.
             self.store.client.delete_run(existing.info.run_id)
             existing = None
         if existing is None:
-            tags = {**self._tags(config, cell_key), ROLE: "trial", TRIAL_KEY: trial_key,
-                    PARENT: self._cell_run(config, cell_key)}  # fmt: skip
+            tags = {**self._tags(config, cell_key), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
+                    PARENT_RUN_TAG: self._cell_run(config, cell_key)}  # fmt: skip
             run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=trial.config["trial_name"])
             run_id = run.info.run_id
             self.store.log(run_id, params=flatten(trial.config["trial_config"]))
@@ -331,8 +345,8 @@ class MlflowCallback(Callback):
         if trial.trial_id in self._final_logged:
             self.store.end(run_id, "FINISHED")
         elif "epoch" in result:
-            final = {k: result[k] for k in FINAL_METRICS}
-            final["last_mAP"] = result["mAP"]
+            final = {k: result[k] for k in FINAL_METRICS if k != LAST_MAP}
+            final[LAST_MAP] = result["mAP"]
             self.store.log(run_id, final, step=int(result["epoch"]))
             per_class = pd.DataFrame({"class": result["classnames"], "ap": result["best_per_class_ap"]})
             self.store.log_file(run_id, "per_class_ap.csv", lambda path: per_class.to_csv(path, index=False))
@@ -345,6 +359,6 @@ class MlflowCallback(Callback):
         if run_id is not None:
             path = error_path(trial)
             if path is not None:
-                self.store.client.set_tag(run_id, "orchestrator.error_file", str(path))
+                self.store.client.set_tag(run_id, ERROR_FILE_TAG, str(path))
             self.store.end(run_id, "FAILED")
 

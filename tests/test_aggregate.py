@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from test_tables import log_trial
 
 from orchestrator import aggregate, cli, tables
 from orchestrator.spec import load_spec
@@ -46,7 +45,7 @@ tracking_uri: sqlite:///%s
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict:
+def store(tmp_path_factory, log_trial) -> dict:
     """An experiment with an Optuna-like search and a launch run, one without a launch run, an empty one."""
     folder = tmp_path_factory.mktemp("aggregate")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
@@ -87,7 +86,13 @@ def commands_from(stderr: str) -> dict[str, list[str]]:
 
 
 def test_parser_choices_are_the_tables_choices():
-    assert aggregate.METRIC_CHOICES == tables.METRICS
+    for metric in ("best_mAP", "last_mAP"):  # the metrics the tables judge a cell by
+        tables.check_metric(metric)
+        assert table_args("experiment", "--metric", metric).metric == metric
+    with pytest.raises(UserInputError):
+        tables.check_metric("mAP")
+    with pytest.raises(SystemExit):
+        table_args("experiment", "--metric", "mAP")
     assert aggregate.FORMAT_CHOICES == tables.FORMATS
 
 

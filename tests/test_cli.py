@@ -3,35 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-import yaml
 
 from orchestrator import cli, tracking
 from orchestrator.spec import SEARCH_SPACES_DIR
 
-MODEL_CONFIGS = SEARCH_SPACES_DIR.parent / "trainables" / "model_configs"
+REPO = SEARCH_SPACES_DIR.parent
+MODEL_CONFIGS = REPO / "trainables" / "model_configs"
 
 
 @pytest.fixture
-def tiny_spec(tmp_path, monkeypatch):
+def tiny_spec(write_spec, minimal_spec):
     """A valid spec in a fresh working directory: 1 dataset x 2 setups x 2 ratios x 1 seed."""
-    monkeypatch.chdir(tmp_path)
-    raw = {
-        "name": "tiny",
-        "datasets": [
+    raw = minimal_spec(
+        name="tiny",
+        datasets=[
             {"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8,
              "synthetic_image_size": 32, "synthetic_num_classes": 5}
         ],  # fmt: skip
-        "backbone": {"model": "RN-tiny", "image_size": 64},
-        "setups": ["baseline", "dual_coop"],
-        "label_ratios": [0.2, 0.7],
-        "seeds": [4],
-        "training": {"epochs": 2, "eval_batch_size": 8},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+        label_ratios=[0.2, 0.7],
+        seeds=[4],
+        training={"epochs": 2, "eval_batch_size": 8},
+    )
+    return write_spec(raw, "tiny.yaml")
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["describe"], ["cache"], ["table"], ["ui"]])
@@ -111,3 +109,18 @@ def test_run_refuses_a_missing_dataset_root(tiny_spec, capsys, tmp_path):
     assert cli.main(["run", str(tiny_spec), "--set", "datasets.0={name: voc, kind: voc, root: nowhere}"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: --set: datasets.0: dataset 'voc': root ") and str(tmp_path / "nowhere") in line
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_output_piped_into_a_reader_that_has_gone_is_no_traceback(tiny_spec, tmp_path, buffered):
+    """`python -m orchestrator validate SPEC | head -c 0`: exit code 1 (as Python's own), nothing on stderr."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "-m", "orchestrator", "validate", str(tiny_spec)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # the reader is gone before the command writes
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert stderr == ""

@@ -44,6 +44,18 @@ def test_sixteen_classes_are_real_words(tmp_path: Path) -> None:
     assert len(set(names)) == 16 and all(name.isalpha() and name.islower() for name in names)
 
 
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_fewer_classes_than_objects_per_image(tmp_path: Path, num_classes: int) -> None:
+    """With fewer than 4 classes an image shows at most one object of each class."""
+    cfg = SMALL.model_copy(update={"synthetic_num_classes": num_classes, "synthetic_num_train": 16})
+    train = data.build_dataset(cfg, "train", tmp_path)
+    assert train.classnames == ["circle", "square", "triangle"][:num_classes]
+    objects = train.labels.sum(axis=1)
+    assert objects.min() >= 1 and objects.max() == num_classes  # 16 images: some show every class
+    assert (train.labels.sum(axis=0) > 0).all()
+    assert pixels(train).shape == (16, 40, 40, 3)
+
+
 def test_deterministic_and_independent_of_location(tmp_path: Path) -> None:
     one_train = data.build_dataset(SMALL, "train", tmp_path / "one")
     two_train = data.build_dataset(SMALL, "train", tmp_path / "two")

@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from orchestrator import grid
-from orchestrator.spec import load_spec
 from trainables.config import TrialConfig
 
 
+GRID = {
+    "datasets": [
+        {"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8},
+        {"name": "blobs", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8,
+         "synthetic_num_classes": 4},  # fmt: skip
+    ],
+    "setups": ["baseline", "positive_coop", "negative_coop", "dual_coop"],
+    "label_ratios": [0.1, 0.3, 0.5],
+    "seeds": [1, 2],
+}
+"""The grid these tests expand: 2 datasets x 4 setups x 3 ratios x 2 seeds."""
+
+
 @pytest.fixture
-def make_spec(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def make_spec(make_spec):
+    """The conftest `make_spec` on GRID."""
 
     def make(**changes):
-        raw = {
-            "name": "g",
-            "datasets": [
-                {"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8},
-                {"name": "blobs", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8,
-                 "synthetic_num_classes": 4},  # fmt: skip
-            ],
-            "backbone": {"model": "RN-tiny", "image_size": 64},
-            "setups": ["baseline", "positive_coop", "negative_coop", "dual_coop"],
-            "label_ratios": [0.1, 0.3, 0.5],
-            "seeds": [1, 2],
-        }
-        raw.update(changes)
-        path = tmp_path / "g.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        return load_spec(path).spec
+        return make_spec(**{**GRID, **changes})
 
     return make
 

@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
-import yaml
 
 from orchestrator import tracking
 from orchestrator.scheduling import METADATA_FILE, prepare_results_folder
-from orchestrator.spec import load_spec, spec_hash
+from orchestrator.spec import spec_hash
 from trainables.errors import UserInputError
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    """One SQLite store for the module (creating one takes seconds); one experiment per test."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-_experiments = itertools.count()
-
-
 @pytest.fixture
-def spec(tmp_path, monkeypatch, tracking_uri):
-    monkeypatch.chdir(tmp_path)
-    raw = {
-        "name": f"again{next(_experiments)}",
-        "tracking_uri": tracking_uri,
-        "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8}],
-        "backbone": {"model": "RN-tiny", "image_size": 64},
-        "setups": ["baseline"],
-        "label_ratios": [0.5],
-        "seeds": [1],
-    }
-    (tmp_path / "again.yaml").write_text(yaml.safe_dump(raw))
-    return load_spec(tmp_path / "again.yaml").spec
+def spec(tracked_spec):
+    return tracked_spec(setups=["baseline"], label_ratios=[0.5])
 
 
 @pytest.fixture

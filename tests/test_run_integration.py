@@ -23,7 +23,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from orchestrator import tracking
+from orchestrator.schema import ROLE_TAG, TRIAL_KEY_TAG
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def runs_by_role(cwd: Path, experiment: str) -> dict[str, list]:
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     found: dict[str, list] = {}
     for run in mlflow.search_runs([experiment_id]):
-        found.setdefault(run.data.tags[tracking.ROLE], []).append(run)
+        found.setdefault(run.data.tags[ROLE_TAG], []).append(run)
     return found
 
 
@@ -146,7 +146,7 @@ def _wait_for_finished_trial(cwd: Path, experiment: str, process: subprocess.Pop
             found = mlflow.get_experiment_by_name(experiment)
             if found is not None:
                 finished = mlflow.search_runs(
-                    [found.experiment_id], f"tags.`{tracking.ROLE}` = 'trial' and attributes.status = 'FINISHED'"
+                    [found.experiment_id], f"tags.`{ROLE_TAG}` = 'trial' and attributes.status = 'FINISHED'"
                 )
                 if finished:
                     return
@@ -163,7 +163,7 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
     finally:
         kill_group(process)  # SIGKILL: the driver and Ray, with no chance to clean up
 
-    before = {r.data.tags[tracking.TRIAL_KEY]: r for r in runs_by_role(tmp_path, "smoke")["trial"]}
+    before = {r.data.tags[TRIAL_KEY_TAG]: r for r in runs_by_role(tmp_path, "smoke")["trial"]}
     finished_before = {key: r for key, r in before.items() if r.info.status == "FINISHED"}
     assert finished_before
     mlflow = client(tmp_path)
@@ -176,7 +176,7 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
     runs = runs_by_role(tmp_path, "smoke")
     after = {}
     for run_ in runs["trial"]:
-        key = run_.data.tags[tracking.TRIAL_KEY]
+        key = run_.data.tags[TRIAL_KEY_TAG]
         assert key not in after, f"two runs for {key}"
         after[key] = run_
     assert len(after) == 4

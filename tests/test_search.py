@@ -6,35 +6,11 @@ import pickle
 from types import SimpleNamespace
 
 import optuna
-import pytest
-import yaml
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.search import CellASHA, CellSearcher
-from orchestrator.spec import load_spec
-
-
-@pytest.fixture
-def make_spec(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def make(**changes):
-        raw = {
-            "name": "s",
-            "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8}],
-            "backbone": {"model": "RN-tiny", "image_size": 64},
-            "setups": ["baseline", "dual_coop"],
-            "label_ratios": [0.1, 0.5],
-            "seeds": [1],
-        }
-        raw.update(changes)
-        path = tmp_path / "s.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        return load_spec(path).spec
-
-    return make
 
 
 def drain(searcher: CellSearcher, prefix: str = "t", start: int = 0) -> list[dict]:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator.cli import main
 from orchestrator.spec import SEARCH_SPACES_DIR, SpecError, apply_override, load_spec, resolve_spec_path, spec_hash
@@ -17,41 +16,14 @@ from trainables.errors import UserInputError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def minimal_spec(**changes) -> dict:
-    spec = {
-        "name": "unit",
-        "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 8, "synthetic_num_test": 8}],
-        "backbone": {"model": "RN-tiny", "image_size": 64},
-        "setups": ["baseline", "dual_coop"],
-        "label_ratios": [0.1, 0.5],
-        "seeds": [1],
-        "training": {"epochs": 2},
-    }
-    spec.update(changes)
-    return spec
-
-
-@pytest.fixture
-def write_spec(tmp_path, monkeypatch):
-    """Write a spec into a fresh working directory and return its path."""
-    monkeypatch.chdir(tmp_path)
-
-    def write(spec: dict, name: str = "spec.yaml") -> Path:
-        path = tmp_path / name
-        path.write_text(yaml.safe_dump(spec))
-        return path
-
-    return write
-
-
 def problems(path: Path, overrides=()) -> list[str]:
     with pytest.raises(SpecError) as caught:
         load_spec(path, list(overrides))
     return caught.value.problems
 
 
-def test_valid_spec_gets_absolute_defaults_under_the_working_directory(write_spec, tmp_path):
-    spec = load_spec(write_spec(minimal_spec())).spec
+def test_valid_spec_gets_absolute_defaults_under_the_working_directory(make_spec, tmp_path):
+    spec = make_spec()
     assert spec.storage == tmp_path / "runs"
     assert spec.data_dir == tmp_path / "runs" / "data"
     assert spec.cache_dir == tmp_path / "runs" / "cache"
@@ -73,7 +45,7 @@ def test_valid_spec_gets_absolute_defaults_under_the_working_directory(write_spe
         ({"tracking_uri": "mlflow.db"}, "tracking_uri", "is not a tracking URI"),
     ],
 )
-def test_each_structural_problem_is_one_line_naming_file_and_field(write_spec, change, field, words):
+def test_each_structural_problem_is_one_line_naming_file_and_field(write_spec, minimal_spec, change, field, words):
     path = write_spec(minimal_spec(**change))
     found = problems(path)
     assert len(found) == 1
@@ -81,13 +53,13 @@ def test_each_structural_problem_is_one_line_naming_file_and_field(write_spec, c
     assert words in found[0]
 
 
-def test_every_problem_is_reported_at_once(write_spec):
+def test_every_problem_is_reported_at_once(write_spec, minimal_spec):
     path = write_spec(minimal_spec(label_ratios=[2.0], setups=["nope"], extra_key=1))
     found = problems(path)
     assert [line.split(": ")[1] for line in found] == ["setups", "label_ratios.0", "extra_key"]
 
 
-def test_loss_axis_bounds_come_from_the_loss_config(write_spec):
+def test_loss_axis_bounds_come_from_the_loss_config(write_spec, minimal_spec):
     path = write_spec(minimal_spec(loss={"gamma_neg": [1, -2], "clip": 1.0}))
     found = problems(path)
     assert any(line.startswith(f"{path}: loss.gamma_neg.1: ") for line in found)
@@ -118,13 +90,13 @@ def test_loss_axis_bounds_come_from_the_loss_config(write_spec):
         ({"datasets": [{"name": "voc", "kind": "voc", "root": "no/such/voc"}]}, "datasets.0", "no/such/voc"),
     ],
 )
-def test_cross_field_rules(write_spec, change, field, words):
+def test_cross_field_rules(write_spec, minimal_spec, change, field, words):
     path = write_spec(minimal_spec(**change))
     found = problems(path)
     assert any(line.startswith(f"{path}: {field}: ") and words in line for line in found), found
 
 
-def test_overrides_set_nested_fields_list_items_and_yaml_values(write_spec):
+def test_overrides_set_nested_fields_list_items_and_yaml_values(write_spec, minimal_spec):
     path = write_spec(minimal_spec())
     spec = load_spec(
         path,
@@ -136,7 +108,7 @@ def test_overrides_set_nested_fields_list_items_and_yaml_values(write_spec):
     assert spec.loss.gamma_neg == [1.0, 3.0]
 
 
-def test_problems_from_overrides_name_the_override(write_spec):
+def test_problems_from_overrides_name_the_override(write_spec, minimal_spec):
     found = problems(write_spec(minimal_spec()), ["datasets.0.synthetic_num_train=2"])
     assert found == ["--set: datasets.0.synthetic_num_train: Input should be greater than or equal to 8 (got 2)"]
 
@@ -149,7 +121,7 @@ def test_problems_from_overrides_name_the_override(write_spec):
         ("name.first=x", "name is a value, not a section"),
     ],
 )
-def test_malformed_overrides(assignment, words):
+def test_malformed_overrides(minimal_spec, assignment, words):
     with pytest.raises(UserInputError, match=words.replace("(", r"\(")):
         apply_override(minimal_spec(), assignment)
 
@@ -173,7 +145,7 @@ def test_invalid_yaml_is_one_line_with_its_position(write_spec, tmp_path):
     assert str(caught.value).startswith(f"{path}: invalid YAML at line")
 
 
-def test_spec_hash_follows_results_not_paths_or_resources(write_spec, tmp_path):
+def test_spec_hash_follows_results_not_paths_or_resources(write_spec, minimal_spec, tmp_path):
     base = spec_hash(load_spec(write_spec(minimal_spec())).spec)
     moved = minimal_spec(storage="elsewhere", cache_dir="c", resources={"cpus_per_trial": 2})
     assert spec_hash(load_spec(write_spec(moved, "moved.yaml")).spec) == base
@@ -191,7 +163,7 @@ def test_every_shipped_spec_is_structurally_valid(tmp_path, monkeypatch):
     ("change", "field"),
     [({"label_ratios": [1.5]}, "label_ratios.0"), ({"setups": ["nope"]}, "setups"), ({"bogus": 1}, "bogus")],
 )
-def test_cli_validate_exits_2_with_one_line(write_spec, capsys, change, field):
+def test_cli_validate_exits_2_with_one_line(write_spec, minimal_spec, capsys, change, field):
     path = write_spec(minimal_spec(**change))
     assert main(["validate", str(path)]) == 2
     captured = capsys.readouterr()
@@ -200,7 +172,7 @@ def test_cli_validate_exits_2_with_one_line(write_spec, capsys, change, field):
     assert "Traceback" not in captured.err
 
 
-def test_python_m_orchestrator_validate(write_spec, tmp_path):
+def test_python_m_orchestrator_validate(write_spec, minimal_spec, tmp_path):
     """The real entry point: one line per problem on stderr, exit code 2, no traceback."""
     path = write_spec(minimal_spec(label_ratios=[1.5], setups=["nope"], bogus=1))
     done = subprocess.run(

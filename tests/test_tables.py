@@ -10,11 +10,9 @@ import io
 import math
 import re
 import statistics
-import time
 
 import pandas as pd
 import pytest
-from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tables
@@ -33,71 +31,8 @@ PAPER_DUAL_COOP_COCO = [78.7, 80.9, 81.7, 82.0, 82.5, 82.7, 82.8, 83.0, 83.1]
 PAPER_BASELINE_COCO = [78.9, 80.6, 81.3, 81.9, 82.7, 82.8, 82.9, 83.2, 83.5]
 
 
-def log_trial(
-    client: MlflowClient,
-    experiment_id: str,
-    setup: str,
-    block: tuple[str, str],
-    ratio: float,
-    seed: int,
-    best_map: float,
-    status: str = "FINISHED",
-    trainable_params: int = 1000,
-    gpu_seconds: float = 0.0,
-    train_seconds: float = 60.0,
-    params: dict[str, str] | None = None,
-    trial: int = 0,
-) -> str:
-    """One trial run as the orchestrator's MLflow callback writes it; RUNNING stays unterminated."""
-    dataset, backbone = block
-    cell_key = f"{setup}-{dataset}-r{ratio:g}-s{seed}"
-    tags = {
-        "orchestrator.role": "trial",
-        "orchestrator.cell_key": cell_key,
-        "orchestrator.trial_key": f"{cell_key}-t{trial}-0123abcd",
-        "setup": setup,
-        "dataset": dataset,
-        "backbone": backbone,
-        "label_ratio": str(ratio),
-        "seed": str(seed),
-        "spec_hash": "0123456789ab",
-        "git_commit": "unknown",
-    }
-    run_id = client.create_run(experiment_id, tags=tags, run_name=cell_key).info.run_id
-    now = int(time.time() * 1000)
-    history = [Metric("mAP", best_map - 5 + epoch, now, epoch) for epoch in (1, 2)] + [Metric("mAP", best_map - 1, now, 3)]
-    final = {
-        "best_mAP": best_map,
-        "last_mAP": best_map - 1,
-        "best_epoch": 2,
-        "trainable_params": trainable_params,
-        "train_seconds": train_seconds,
-        "gpu_seconds": gpu_seconds,
-        "kept_fraction": ratio,
-    }
-    config = {
-        "setup": setup,
-        "label_ratio": str(ratio),
-        "seed": str(seed),
-        "dataset.name": dataset,
-        "loss.gamma_neg": "2.0",
-        "loss.gamma_pos": "1.0",
-        "loss.clip": "0.05",
-        "training.epochs": "3",
-        **(params or {}),
-    }
-    client.log_batch(
-        run_id,
-        metrics=history + [Metric(key, float(value), now, 0) for key, value in final.items()],
-        params=[Param(key, value) for key, value in config.items()],
-    )
-    if status != "RUNNING":
-        client.set_terminated(run_id, status)
-    return run_id
-
-
-def fill_synthetic(client: MlflowClient, experiment_id: str) -> None:
-    """The runs whose expected table the tests below write out."""
+def fill_synthetic(log_trial, client: MlflowClient, experiment_id: str) -> None:
+    """The runs whose expected table the tests below write out (`log_trial`: the conftest fixture)."""
     log = lambda *args, **kwargs: log_trial(client, experiment_id, *args, **kwargs)  # noqa: E731
     positive = {"trainable_params": 730_000}
     # PositiveCoOp on COCO, two seeds; the (0.1, seed 1) cell has three trials: the best finished one counts,
@@ -125,11 +60,11 @@ def fill_synthetic(client: MlflowClient, experiment_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[MlflowClient, str]:
+def store(tmp_path_factory, log_trial) -> tuple[MlflowClient, str]:
     folder = tmp_path_factory.mktemp("mlflow")
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
     experiment_id = client.create_experiment("synthetic", artifact_location=(folder / "artifacts").as_uri())
-    fill_synthetic(client, experiment_id)
+    fill_synthetic(log_trial, client, experiment_id)
     return client, experiment_id
 
 

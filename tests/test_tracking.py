@@ -2,52 +2,35 @@
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import socket
+import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from mlflow.entities import ViewType
 
 from orchestrator import grid, tracking
+from orchestrator.schema import CELL_KEY_TAG, PARENT_RUN_TAG, ROLE_TAG, TRIAL_KEY_TAG, role_filter
 from orchestrator.scheduling import finalize
-from orchestrator.spec import load_spec
 from trainables import data
 from trainables.errors import UserInputError
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    """One SQLite store for the module (creating one takes seconds); one experiment per test."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-_experiments = itertools.count()
-
-
 @pytest.fixture
-def spec(tmp_path, monkeypatch, tracking_uri):
-    monkeypatch.chdir(tmp_path)
-    raw = {
-        "name": f"tracked{next(_experiments)}",
-        "tracking_uri": tracking_uri,
-        "datasets": [
+def spec(tracked_spec):
+    return tracked_spec(
+        datasets=[
             {"name": "shapes", "kind": "synthetic", "synthetic_num_train": 12, "synthetic_num_test": 8,
              "synthetic_image_size": 32, "synthetic_num_classes": 4}
         ],  # fmt: skip
-        "backbone": {"model": "RN-tiny", "image_size": 64},
-        "setups": ["baseline", "dual_coop"],
-        "label_ratios": [0.5],
-        "seeds": [3],
-        "training": {"epochs": 3},
-    }
-    path = tmp_path / "tracked.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return load_spec(path).spec
+        label_ratios=[0.5],
+        seeds=[3],
+        training={"epochs": 3},
+    )
 
 
 @pytest.fixture
@@ -80,8 +63,18 @@ def callback(spec) -> tracking.MlflowCallback:
 
 
 def trial_runs(store, **tags) -> list:
-    clauses = " and ".join([f"tags.`{tracking.ROLE}` = 'trial'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
+    clauses = " and ".join([role_filter("trial"), *(f"tags.`{k}` = '{v}'" for k, v in tags.items())])
     return store.runs(clauses)
+
+
+@pytest.fixture
+def started(spec, store, tmp_path) -> tuple[tracking.MlflowCallback, SimpleNamespace]:
+    """A launch run, a callback, and the baseline trial started under them: (callback, trial)."""
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    trial = ray_trial(spec)
+    logger.on_trial_start(0, [], trial)
+    return logger, trial
 
 
 def test_trial_run_under_cell_under_launch_with_tags_params_and_mask(spec, store, tmp_path):
@@ -92,7 +85,7 @@ def test_trial_run_under_cell_under_launch_with_tags_params_and_mask(spec, store
 
     (run,) = trial_runs(store)
     tags = run.data.tags
-    assert tags[tracking.TRIAL_KEY] == trial.config["trial_key"]
+    assert tags[TRIAL_KEY_TAG] == trial.config["trial_key"]
     assert {k: tags[k] for k in ("setup", "dataset", "backbone", "label_ratio", "seed", "spec_hash")} == {
         "setup": "baseline", "dataset": "shapes", "backbone": "RN-tiny/random@64", "label_ratio": "0.5",
         "seed": "3", "spec_hash": "h4sh",
@@ -102,8 +95,8 @@ def test_trial_run_under_cell_under_launch_with_tags_params_and_mask(spec, store
     assert run.data.params["training.lr.projector"] == "0.01"
     assert run.data.params["dataset.name"] == "shapes"
 
-    cell = store.client.get_run(tags[tracking.PARENT])
-    assert cell.data.tags[tracking.ROLE] == "cell" and cell.data.tags[tracking.PARENT] == launch
+    cell = store.client.get_run(tags[PARENT_RUN_TAG])
+    assert cell.data.tags[ROLE_TAG] == "cell" and cell.data.tags[PARENT_RUN_TAG] == launch
     assert store.client.get_run(launch).data.tags["spec_path"] == str(tmp_path / "tracked.yaml")
 
     # The cell's mask is the one every trial of the cell draws: recomputed here from the dataset.
@@ -116,11 +109,8 @@ def test_trial_run_under_cell_under_launch_with_tags_params_and_mask(spec, store
     assert cell.data.metrics["kept_fraction"] == pytest.approx((expected[known] != -1).mean())
 
 
-def test_epochs_final_metrics_and_per_class_artifact(spec, store, tmp_path):
-    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
-    logger = callback(spec)
-    trial = ray_trial(spec)
-    logger.on_trial_start(0, [], trial)
+def test_epochs_final_metrics_and_per_class_artifact(started, store, tmp_path):
+    logger, trial = started
     for epoch, mAP in ((1, 30.0), (2, 50.0), (3, 40.0)):
         logger.on_trial_result(0, [], trial, epoch_result(epoch, mAP))
     trial.last_result = {**epoch_result(3, 40.0), "best_mAP": 50.0, "best_epoch": 2}
@@ -140,11 +130,8 @@ def test_epochs_final_metrics_and_per_class_artifact(spec, store, tmp_path):
     assert table["ap"].tolist()[0] == 0.5 and np.isnan(table["ap"].tolist()[1])
 
 
-def test_resumed_trial_continues_its_run_without_duplicates(spec, store, tmp_path):
-    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
-    first = callback(spec)
-    trial = ray_trial(spec)
-    first.on_trial_start(0, [], trial)
+def test_resumed_trial_continues_its_run_without_duplicates(started, spec, store):
+    first, trial = started
     for epoch in (1, 2):
         first.on_trial_result(0, [], trial, epoch_result(epoch, 10.0 * epoch))
     assert store.close_running("FAILED") == 3  # the crash: the next driver closes launch, cell and trial
@@ -161,15 +148,12 @@ def test_resumed_trial_continues_its_run_without_duplicates(spec, store, tmp_pat
     assert run.info.status == "RUNNING"
     history = store.client.get_metric_history(run.info.run_id, "mAP")
     assert [(m.step, m.value) for m in history] == [(1, 10.0), (2, 20.0), (3, 33.0)]
-    cell = store.client.get_run(run.data.tags[tracking.PARENT])
+    cell = store.client.get_run(run.data.tags[PARENT_RUN_TAG])
     assert cell.info.status == "RUNNING"
 
 
-def test_trial_finished_just_before_a_crash_is_not_logged_twice(spec, store, tmp_path):
-    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
-    first = callback(spec)
-    trial = ray_trial(spec)
-    first.on_trial_start(0, [], trial)
+def test_trial_finished_just_before_a_crash_is_not_logged_twice(started, spec, store):
+    first, trial = started
     first.on_trial_result(0, [], trial, epoch_result(1, 10.0))
     trial.last_result = epoch_result(1, 10.0)
     first.on_trial_complete(0, [], trial)
@@ -185,25 +169,19 @@ def test_trial_finished_just_before_a_crash_is_not_logged_twice(spec, store, tmp
     assert len(store.client.get_metric_history(run.info.run_id, "mAP")) == 1
 
 
-def test_trial_restarted_from_scratch_gets_a_clean_run(spec, store, tmp_path):
-    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
-    logger = callback(spec)
-    trial = ray_trial(spec)
-    logger.on_trial_start(0, [], trial)
+def test_trial_restarted_from_scratch_gets_a_clean_run(started, spec, store):
+    logger, trial = started
     logger.on_trial_result(0, [], trial, epoch_result(1, 10.0))
     again = callback(spec)
     again.on_trial_start(0, [], ray_trial(spec, trial_id="new"))  # no checkpoint: Tune starts at epoch 1
-    (run,) = trial_runs(store, **{tracking.TRIAL_KEY: trial.config["trial_key"]})
+    (run,) = trial_runs(store, **{TRIAL_KEY_TAG: trial.config["trial_key"]})
     assert store.client.get_metric_history(run.info.run_id, "mAP") == []
     everything = store.client.search_runs([store.experiment_id], run_view_type=ViewType.ALL)
-    assert sum(r.data.tags.get(tracking.ROLE) == "trial" for r in everything) == 2  # one deleted, one active
+    assert sum(r.data.tags.get(ROLE_TAG) == "trial" for r in everything) == 2  # one deleted, one active
 
 
-def test_failed_trial_is_marked_failed(spec, store, tmp_path):
-    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
-    logger = callback(spec)
-    trial = ray_trial(spec)
-    logger.on_trial_start(0, [], trial)
+def test_failed_trial_is_marked_failed(started, store):
+    logger, trial = started
     trial.run_metadata.error_filename = "error.txt"
     logger.on_trial_error(0, [], trial)
     (run,) = trial_runs(store)
@@ -222,10 +200,10 @@ def test_finalize_closes_cells_and_launch_by_their_trials(spec, store, tmp_path)
 
     outcome = finalize(store, spec, stopped=False)  # a trial still RUNNING: interrupted
     assert (outcome.expected, outcome.finished, outcome.failed, outcome.exit_code) == (2, 1, 0, 130)
-    status = {r.data.tags[tracking.CELL_KEY]: r.info.status for r in store.runs(f"tags.`{tracking.ROLE}` = 'cell'")}
+    status = {r.data.tags[CELL_KEY_TAG]: r.info.status for r in store.runs(role_filter("cell"))}
     assert status == {"baseline-shapes-r0.5-s3": "FINISHED", "dual_coop-shapes-r0.5-s3": "KILLED"}
-    assert [r.info.status for r in trial_runs(store, **{tracking.CELL_KEY: "dual_coop-shapes-r0.5-s3"})] == ["KILLED"]
-    (launch,) = store.runs(f"tags.`{tracking.ROLE}` = 'launch'")
+    assert [r.info.status for r in trial_runs(store, **{CELL_KEY_TAG: "dual_coop-shapes-r0.5-s3"})] == ["KILLED"]
+    (launch,) = store.runs(role_filter("launch"))
     assert launch.info.status == "KILLED"
     assert store.runs("attributes.status = 'RUNNING'") == []
 
@@ -251,3 +229,10 @@ def test_unreachable_tracking_server_is_a_user_error():
     with pytest.raises(UserInputError, match=f"http://127.0.0.1:{port} is unreachable"):
         tracking.check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
     tracking.check_reachable("sqlite:////nonexistent/mlflow.db")  # a file store needs no server
+
+
+def test_git_commit_is_the_codes_not_the_working_directorys(tmp_path, monkeypatch):
+    repo = Path(tracking.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)  # runs start from any folder; the tag names the code that ran
+    assert tracking.git_commit().removesuffix("-dirty") == head

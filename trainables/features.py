@@ -247,13 +247,13 @@ def train_views(features: FeatureConfig) -> list[View]:
     return [("train", v) for v in range(features.views)]
 
 
-def fill_for_config(cfg: TrialConfig, data_dir: Path | None = None, *, progress: bool = True) -> dict:
+def fill_for_config(cfg: TrialConfig, *, progress: bool = True) -> dict:
     """Encode everything one trial of `cfg` reads (its train views and the test split) ahead of a run.
 
     Call it once per distinct (dataset, backbone, features) combination: the setup, label ratio,
     seed and loss do not change the features. Returns counts for a report.
     """
-    data_dir = cfg.data_dir if data_dir is None else data_dir
+    data_dir = cfg.data_dir
     device = clip_lib.resolve_device(cfg.device)
     backbone = cfg.backbone
     pretrained = resolve_pretrained(backbone, data_dir)

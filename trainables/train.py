@@ -61,7 +61,6 @@ class _Trial:
     def __init__(self, config: TrialConfig):
         self.config = config
         self.device = clip_lib.resolve_device(config.device)
-        torch.manual_seed(config.seed)
         backbone = config.backbone
         pretrained = resolve_pretrained(backbone, config.data_dir)
         self.clip = clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(self.device))

@@ -1,10 +1,11 @@
 """A generated multi-label image set ("shapes"): the embedded default for the demo and the tests.
 
-Each image shows 1-4 objects of distinct classes, one per quadrant of a 2x2 grid (so none hides
-another), with a random size, position inside its quadrant and rotation, on a noisy low-saturation
-background. A class is a shape with a real-word name ("circle", "star", ...) AND a hue family
-(and, for classes 9-16, a striped texture), because a random-weight backbone sees colour and local
-texture far better than outline: that is what makes the set learnable by a tiny untrained CLIP.
+Each image shows 1-4 objects of distinct classes (no more than there are classes), one per quadrant
+of a 2x2 grid (so none hides another), with a random size, position inside its quadrant and
+rotation, on a noisy low-saturation background. A class is a shape with a real-word name
+("circle", "star", ...) AND a hue family (and, for classes 9-16, a striped texture), because a
+random-weight backbone sees colour and local texture far better than outline: that is what makes
+the set learnable by a tiny untrained CLIP.
 
 Generation is deterministic (image i of a split depends only on (split, i, number of classes,
 image size)), written into a temporary folder and renamed into place under a file lock, so
@@ -142,7 +143,9 @@ def render_image(rng: np.random.Generator, num_classes: int, size: int) -> tuple
     """One image (uint8 [size, size, 3]) and the sorted classes it shows."""
     background = 255.0 * np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.7)))
     canvas = background + rng.normal(0.0, 12.0, (size, size, 3))
-    count = int(rng.integers(1, MAX_OBJECTS + 1))
+    # Capped by the number of classes (objects are of distinct classes). The draw itself stays the
+    # same for every class count, so that sets with 4 or more classes keep their images.
+    count = min(int(rng.integers(1, MAX_OBJECTS + 1)), num_classes)
     classes = rng.choice(num_classes, size=count, replace=False)
     quadrants = rng.permutation(4)[:count]
     ys, xs = np.mgrid[0:size, 0:size]

@@ -1,0 +1,51 @@
+"""The MLflow schema: the tag names, role values and metric names that the writer (`tracking`, run by
+the Tune driver) and the readers (`tables`, `aggregate`) must agree on.
+
+Plain names (and the search filter built from them), so that the readers can import them without
+Ray. The run tree and what each run holds are described in docs/ARCHITECTURE.md ("Per-trial metrics").
+"""
+
+# -- tags ------------------------------------------------------------------------------------------
+
+ROLE_TAG = "orchestrator.role"
+"""Which kind of run: one of the role values below."""
+TRIAL_KEY_TAG = "orchestrator.trial_key"
+"""A trial run's stable key: a resumed trial finds its run by it."""
+CELL_KEY_TAG = "orchestrator.cell_key"
+"""The cell (dataset, setup, label ratio, seed) of a cell or trial run."""
+PARENT_RUN_TAG = "mlflow.parentRunId"
+"""MLflow's own nesting tag: a cell run's parent is the launch run, a trial run's its cell run."""
+ERROR_FILE_TAG = "orchestrator.error_file"
+"""On a failed trial's run: the trial's error file."""
+SPEC_HASH_TAG = "spec_hash"
+SPEC_PATH_TAG = "spec_path"
+"""On the launch run: the spec file it was started from."""
+GIT_COMMIT_TAG = "git_commit"
+
+KEY_TAGS = ("setup", "dataset", "backbone", "label_ratio", "seed")
+"""What a cell and trial run is tagged with to say which cell it belongs to; the tables pivot on them."""
+
+# -- role values (of ROLE_TAG) ---------------------------------------------------------------------
+
+LAUNCH_ROLE = "launch"
+"""The experiment's parent run, one per spec hash."""
+CELL_ROLE = "cell"
+TRIAL_ROLE = "trial"
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+EPOCH_METRICS = ("train_loss", "mAP")
+"""Logged by every trial run at every epoch (step = epoch), with every `lr_<group>`."""
+LAST_MAP = "last_mAP"
+"""The last epoch's mAP, logged as a final metric."""
+FINAL_METRICS = (
+    "best_mAP", LAST_MAP, "best_epoch", "trainable_params", "train_seconds", "gpu_seconds", "kept_fraction",
+)  # fmt: skip
+"""Logged by a trial run when the trial ends (mAP in percent)."""
+RANKING_METRICS = ("best_mAP", LAST_MAP)
+"""The final metrics a trial can be judged by: which trial is a cell's best, and a table cell's value."""
+
+
+def role_filter(role: str) -> str:
+    """An MLflow `search_runs` filter for the runs of one role."""
+    return f"tags.`{ROLE_TAG}` = '{role}'"
