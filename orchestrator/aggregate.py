@@ -22,7 +22,7 @@ import yaml
 from trainables.errors import UserInputError
 
 from orchestrator.schema import LAUNCH_ROLE, RANKING_METRICS, ROLE_TAG, SPEC_PATH_TAG, role_filter
-from orchestrator.spec import resolve_spec_path, resolve_tracking_uri
+from orchestrator.spec import require_existing_store, resolve_spec_path, resolve_tracking_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,14 +105,8 @@ def resolve_target(experiment: str, tracking_uri: str | None = None) -> Target:
 
 def open_store(tracking_uri: str) -> MlflowClient:
     """A client on an existing store: an SQLite file must exist (MLflow would make an empty one), a server answer."""
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme == "sqlite":
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise UserInputError(
-                f"no MLflow store at {database} (pass --tracking-uri, or run from the experiment's folder)"
-            )
-    elif parsed.scheme in ("http", "https"):
+    require_existing_store(tracking_uri, "pass --tracking-uri, or run from the experiment's folder")
+    if urlparse(tracking_uri).scheme in ("http", "https"):
         from orchestrator.tracking import check_reachable  # imports Ray: only for servers
 
         check_reachable(tracking_uri)

@@ -12,11 +12,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from trainables.errors import UserInputError
 
-from orchestrator.spec import LoadedSpec, load_spec, resolve_tracking_uri
+from orchestrator.spec import LoadedSpec, load_spec, require_existing_store, resolve_tracking_uri
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 1
@@ -75,9 +74,7 @@ def _ui(args: argparse.Namespace) -> int:
             uri = resolve_tracking_uri(args.tracking_uri)
         except ValueError as error:
             raise UserInputError(f"--tracking-uri: {error}") from None
-    database = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and not database.is_file():
-        raise UserInputError(f"no MLflow store at {database} (run `python -m orchestrator run SPEC` first)")
+    require_existing_store(uri, "run `python -m orchestrator run SPEC` first")
     if uri.startswith(("http://", "https://")):
         print(f"The tracking server has its own UI: open {uri}")
         return 0

@@ -288,6 +288,14 @@ def resolve_tracking_uri(value: str | None) -> str:
     return value.rstrip("/")
 
 
+def require_existing_store(tracking_uri: str, hint: str) -> None:
+    """Readers must not open a missing SQLite store: MLflow would create an empty one in its place."""
+    if urlparse(tracking_uri).scheme == "sqlite":
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise UserInputError(f"no MLflow store at {database} ({hint})")
+
+
 RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
                  "seeds", "training", "loss", "search", "scheduler")  # fmt: skip
 """What decides the trials and their results; paths, resources and the tracking URI do not."""

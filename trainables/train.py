@@ -43,7 +43,7 @@ def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float
 
 @dataclass
 class _Split:
-    """Features (or images, in online mode) and targets of one split, as the loop consumes them."""
+    """One split's dataset and the targets the loop uses (partial labels for training)."""
 
     dataset: data.MultiLabelDataset
     targets: torch.Tensor  # [N, K] int8 in {1, 0, -1}
@@ -96,8 +96,7 @@ class _Trial:
             weight_decay=opt.weight_decay,
             nesterov=opt.nesterov,
         )
-        loss_cfg = config.loss.model_dump(exclude={"weight"})
-        self.loss = AsymmetricLoss(**loss_cfg)
+        self.loss = AsymmetricLoss.from_config(config.loss)  # its `weight` is applied in train_epoch
 
     # -- features ---------------------------------------------------------------------------
 
