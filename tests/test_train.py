@@ -8,7 +8,7 @@ import torch
 
 from trainables import data
 
-from trainables.config import DatasetConfig, TrainingConfig, TrialConfig
+from trainables.config import DatasetConfig, FeatureConfig, TrainingConfig, TrialConfig
 from trainables.train import learning_rate, run_epochs
 
 
@@ -75,3 +75,22 @@ def test_baseline_beats_chance_on_generated_shapes(tmp_path):
     # A scorer that ignores the image gets each class's prevalence as its expected AP.
     chance = 100 * float(np.mean((test_labels == 1).mean(axis=0)))
     assert history[-1]["best_mAP"] > chance + 10, (history[-1]["best_mAP"], chance)
+
+
+def test_bf16_precision_trains_a_prompt_setup(tmp_path):
+    config = _config(tmp_path, setup="dual_coop", epochs=1)
+    config = config.model_copy(update={"training": config.training.model_copy(update={"precision": "bf16"})})
+    (metrics, state), = list(run_epochs(config))
+    assert math.isfinite(metrics["train_loss"]) and 0 <= metrics["mAP"] <= 100
+    assert all(v.dtype == torch.float32 for v in state["setup"].values() if v.is_floating_point())  # weights stay fp32
+
+
+@pytest.mark.parametrize("features", [{"mode": "online"}, {"mode": "cached_views", "views": 2}])
+def test_augmented_feature_modes_train(tmp_path, features):
+    config = _config(tmp_path, epochs=2).model_copy(update={"features": FeatureConfig(**features)})
+    history = [metrics for metrics, _ in run_epochs(config)]
+    assert [m["epoch"] for m in history] == [1, 2]
+    assert all(math.isfinite(m["train_loss"]) for m in history)
+    stored = list((tmp_path / "cache" / "features").glob("*.npy"))
+    # online: only the test split is cached; cached_views: the test split and one file per view.
+    assert len(stored) == (1 if features["mode"] == "online" else 3)
