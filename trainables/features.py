@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from trainables import clip as clip_lib
 from trainables import data
 from trainables.config import FeatureConfig, TrialConfig
-from trainables.pretrain import resolve_pretrained
+from trainables.pretrain import load_backbone
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -255,9 +255,7 @@ def fill_for_config(cfg: TrialConfig, *, progress: bool = True) -> dict:
     """
     data_dir = cfg.data_dir
     device = clip_lib.resolve_device(cfg.device)
-    backbone = cfg.backbone
-    pretrained = resolve_pretrained(backbone, data_dir)
-    clip = clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(device))
+    clip = load_backbone(cfg.backbone, data_dir, device)
     data.check(cfg.dataset, data_dir)
     cache = FeatureCache(cfg.cache_dir)
     jobs = [(data.build_dataset(cfg.dataset, "train", data_dir), view) for view in train_views(cfg.features)]

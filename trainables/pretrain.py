@@ -81,6 +81,12 @@ def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
     return str(synthetic_clip_checkpoint(backbone.model, backbone.image_size, data_dir, progress=True))
 
 
+def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> clip_lib.FrozenCLIP:
+    """The frozen backbone a trial config names, with `synthetic` weights trained first if needed."""
+    pretrained = resolve_pretrained(backbone, data_dir)
+    return clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(device))
+
+
 def synthetic_clip_checkpoint(
     model: str,
     image_size: int,

@@ -24,7 +24,7 @@ from trainables.errors import UserInputError
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss
 from trainables.metrics import map_summary
-from trainables.pretrain import resolve_pretrained
+from trainables.pretrain import load_backbone
 
 
 def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float:
@@ -61,9 +61,7 @@ class _Trial:
     def __init__(self, config: TrialConfig):
         self.config = config
         self.device = clip_lib.resolve_device(config.device)
-        backbone = config.backbone
-        pretrained = resolve_pretrained(backbone, config.data_dir)
-        self.clip = clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(self.device))
+        self.clip = load_backbone(config.backbone, config.data_dir, self.device)
 
         data.check(config.dataset, config.data_dir)
         train_ds = data.build_dataset(config.dataset, "train", config.data_dir)
