@@ -22,7 +22,7 @@ import yaml
 from trainables.errors import UserInputError
 
 from orchestrator.schema import LAUNCH_ROLE, RANKING_METRICS, ROLE_TAG, SPEC_PATH_TAG, role_filter
-from orchestrator.spec import require_existing_store, resolve_spec_path, resolve_tracking_uri
+from orchestrator.spec import read_yaml, require_existing_store, resolve_spec_path, resolve_tracking_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -85,11 +85,8 @@ def spec_file(name: str) -> Path | None:
 
 
 def read_spec(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UserInputError(f"{path}: invalid YAML: {getattr(error, 'problem', None) or error}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+    raw = read_yaml(path)
+    if not isinstance(raw.get("name"), str):
         raise UserInputError(f"{path}: no experiment name (a top-level `name:`)")
     return raw
 

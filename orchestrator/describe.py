@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 from tabulate import tabulate
 
@@ -19,12 +18,7 @@ def trainable_parameters(loaded: LoadedSpec) -> dict[str, dict[str, int]]:
     from trainables import clip, data, setups
 
     spec = loaded.spec
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # open_clip warns that random weights are not pretrained
-    try:
-        backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)
-    finally:
-        logging.disable(previous)
+    backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)
     classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
     return {
         setup: {

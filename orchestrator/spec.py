@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import typing
 from collections import Counter
 from dataclasses import dataclass
@@ -332,7 +331,8 @@ def resolve_spec_path(name: str | Path) -> Path:
     raise UserInputError(f"spec file not found: {name} (looked in the working directory and {SEARCH_SPACES_DIR})")
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """A spec file's top-level mapping; one-line UserInputError for invalid YAML or another shape."""
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -427,7 +427,7 @@ def load_spec(name: str | Path, overrides: list[str] | tuple[str, ...] = (), che
     `check_data=False` skips the dataset layout checks (for commands that do not touch the data).
     """
     path = resolve_spec_path(name)
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     overridden = [apply_override(raw, assignment) for assignment in overrides]
     try:
         spec = ExperimentSpec.model_validate(raw)
@@ -495,12 +495,7 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     for name in spec.setup_options:
         if name not in spec.setups:
             problems.append((f"setup_options.{name}", f"'{name}' is not one of this spec's setups {spec.setups}"))
-    previous_level = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # open_clip warns that the stand-in has no pretrained weights
-    try:
-        probe = clip.load("ViT-tiny", None, image_size=32)
-    finally:
-        logging.disable(previous_level)
+    probe = clip.load("ViT-tiny", None, image_size=32)
     groups: dict[str, list[str]] = {}
     for name in spec.setups:
         try:

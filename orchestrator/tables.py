@@ -129,13 +129,18 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else columns).astype({"label_ratio": float, "seed": int})
 
 
+def _finished_with(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The FINISHED trials that logged `metric`: the only ones a table or a search summary counts."""
+    return trials[(trials["status"] == "FINISHED") & trials[metric].notna()]
+
+
 def best_per_cell(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
     """The best FINISHED trial of every cell by `metric` (a cell has several trials in a search or a loss grid).
 
     Adds `trials_in_cell`: how many finished trials the best was chosen from.
     """
     check_metric(metric)
-    finished = trials[(trials["status"] == "FINISHED") & trials[metric].notna()]
+    finished = _finished_with(trials, metric)
     best = finished.loc[finished.groupby(CELL)[metric].idxmax()]
     counts = finished.groupby(CELL).size().rename("trials_in_cell")
     return best.join(counts, on=CELL).reset_index(drop=True)
@@ -157,7 +162,7 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
 def search_trials(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
     """Finished trials of the cells that were searched (more than one finished trial with the metric)."""
     check_metric(metric)
-    finished = trials[(trials["status"] == "FINISHED") & trials[metric].notna()]
+    finished = _finished_with(trials, metric)
     return finished[finished.groupby(CELL)["run_id"].transform("size") > 1]
 
 

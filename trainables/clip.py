@@ -201,7 +201,7 @@ def load(model: str, pretrained: str | None = None, image_size: int = 448, devic
         checkpoint = _fetch_tagged_weights(model, pretrained, tag_cfg)
         weights = pretrained
 
-    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(checkpoint is not None):
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(RANDOM_INIT_SEED)
         clip_model = open_clip.create_model(
             model, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu, device="cpu"
@@ -235,11 +235,11 @@ class _RandomInitWarningFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_random_init_warning(active: bool):
-    """Drop open_clip's "initialized randomly" warning while building a model whose weights we load next."""
+def _quiet_random_init_warning():
+    """Drop open_clip's "initialized randomly" warning: `load` always builds without weights, then
+    loads them itself or keeps random ones on purpose (the identity says `random`)."""
     root, log_filter = logging.getLogger(), _RandomInitWarningFilter()
-    if active:
-        root.addFilter(log_filter)
+    root.addFilter(log_filter)
     try:
         yield
     finally:
