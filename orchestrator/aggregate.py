@@ -199,7 +199,8 @@ def describe_best(configs: pd.DataFrame, metric: str) -> str:
     params = [column for column in configs.columns if column.startswith("params.")]
     lines = [f"Best configuration per setup and searched cell (by {metric}):"]
     for _, row in configs.iterrows():
-        values = ", ".join(f"{param.removeprefix('params.')}={row[param]}" for param in params)
+        # A param the setup does not have (the baseline's prompt learning rate) is NaN: left out.
+        values = ", ".join(f"{param.removeprefix('params.')}={row[param]}" for param in params if isinstance(row[param], str))
         lines.append(
             f"  {tables.SETUP_LABELS.get(row['setup'], row['setup'])} · {row['dataset']} ({row['backbone']}) · "
             f"{tables.ratio_label(row['label_ratio'])} · seed {row['seed']}: {metric} {row[metric]:.2f}"

@@ -67,8 +67,10 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    name = None
     if args.spec:
-        uri = _load(args, check_data=False).spec.tracking_uri
+        spec = _load(args, check_data=False).spec
+        uri, name = spec.tracking_uri, spec.name
     else:
         try:
             uri = resolve_tracking_uri(args.tracking_uri)
@@ -80,9 +82,31 @@ def _ui(args: argparse.Namespace) -> int:
         return 0
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    address = f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {address} (Ctrl-C stops it); the trial runs of each experiment, best first:")
+    for experiment, page in _runs_pages(uri, address, name):
+        print(f"  {experiment}: {page}")
+    sys.stdout.flush()
     os.execv(sys.executable, command)
     return 0  # reached only where execv is replaced (the tests)
+
+
+def _runs_pages(tracking_uri: str, address: str, experiment_name: str | None) -> list[tuple[str, str]]:
+    """(experiment, address of its runs view in the UI) for `experiment_name`, or every experiment
+    with runs; the id comes from the store, so the address opens the right page."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.schema import runs_page
+
+    client = MlflowClient(tracking_uri)
+    if experiment_name is not None:
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            raise UserInputError(f"no experiment '{experiment_name}' in {tracking_uri} (run the spec first)")
+        experiments = [experiment]
+    else:
+        experiments = [e for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
+    return [(e.name, runs_page(address, e.experiment_id)) for e in experiments]
 
 
 def _table(args: argparse.Namespace) -> int:

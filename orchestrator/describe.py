@@ -35,7 +35,8 @@ def describe(loaded: LoadedSpec) -> str:
     per_cell = grid.trials_per_cell(spec)
     if spec.search.kind == "optuna":
         search = (
-            f"Optuna ({spec.search.sampler}, seed {spec.search.seed}) over {', '.join(spec.loss.ranges())}, "
+            f"Optuna ({spec.search.sampler}, seed {spec.search.seed}) over "
+            f"{', '.join(dict.fromkeys(name for setup in spec.setups for name in spec.search_space(setup)))}, "
             f"{per_cell} trials per cell, {spec.search.mode} {spec.search.metric}"
         )
     else:

@@ -71,15 +71,16 @@ def trials_per_cell(spec: ExperimentSpec) -> int:
     return len(loss_grid(spec))
 
 
-def resolve(spec: ExperimentSpec, cell: Cell, loss: dict) -> TrialConfig:
-    """The validated config of one trial of `cell` with the complete loss setting `loss`."""
+def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled_lr: dict[str, float] | None = None) -> TrialConfig:
+    """The validated config of one trial of `cell` with the complete loss setting `loss` and the
+    learning rates Optuna sampled for it (`{"lr.prompt": 0.01}`; none in a grid search)."""
     return TrialConfig(
         setup=cell.setup,
         setup_options=spec.setup_options.get(cell.setup, {}),
         dataset=cell.dataset,
         backbone=spec.backbone,
         features=spec.features,
-        training=spec.training,
+        training=spec.training.config(spec.learning_rates(cell.setup, sampled_lr)),
         loss=loss,
         label_ratio=cell.label_ratio,
         seed=cell.seed,
@@ -96,9 +97,11 @@ def trial_key(trial_name: str, trial_config: dict) -> str:
     return f"{trial_name}-{digest[:8]}"
 
 
-def make_trial(spec: ExperimentSpec, cell: Cell, loss: dict, number: int) -> Trial:
+def make_trial(
+    spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sampled_lr: dict[str, float] | None = None
+) -> Trial:
     """Trial `number` (1-based) of `cell`; the name gets `-t<number>` when the cell has several trials."""
-    config = resolve(spec, cell, loss).model_dump(mode="json")
+    config = resolve(spec, cell, loss, sampled_lr).model_dump(mode="json")
     name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
     return Trial(cell_key=cell.key, trial_name=name, trial_key=trial_key(name, config), trial_config=config)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from trainables import precision
+from trainables.clip import resolve_device
 from trainables.errors import UserInputError
 from trainables.features import fill_for_config
 
@@ -271,10 +273,11 @@ def fill_feature_cache(spec: ExperimentSpec) -> None:
     loss = grid.loss_grid(spec)[0]
     for name, cell in first_cell.items():
         print(f"Feature cache for dataset '{name}' ({spec.backbone.model}, {spec.features.mode}):", flush=True)
-        summary = fill_for_config(grid.resolve(spec, cell, loss), progress=True)
+        any_sample = {param: interval.low for param, interval in spec.search_space(cell.setup).items()}
+        summary = fill_for_config(grid.resolve(spec, cell, loss, any_sample), progress=True)
         print(
             f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
-            f"{summary['skipped_images']} unreadable images skipped",
+            f"{summary['skipped_images']} unreadable images skipped; backbone activation {summary['activation']}",
             flush=True,
         )
 
@@ -305,6 +308,7 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
         # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
         # nothing else runs; on a cluster the trials fill the shared cache on their GPU nodes.
         fill_feature_cache(spec)
+        print(precision.resolve(spec.training.precision, resolve_device("auto"))[1].capitalize(), flush=True)
     started_ray = _start_ray(address)
     results, stopped = None, False
     # A batch system's SIGTERM ends the launch like a second Ctrl-C: runs closed, state kept.

@@ -5,6 +5,8 @@ Plain names (and the search filter built from them), so that the readers can imp
 Ray. The run tree and what each run holds are described in docs/ARCHITECTURE.md ("Per-trial metrics").
 """
 
+from urllib.parse import quote, urlencode
+
 # -- tags ------------------------------------------------------------------------------------------
 
 ROLE_TAG = "orchestrator.role"
@@ -25,12 +27,23 @@ GIT_COMMIT_TAG = "git_commit"
 KEY_TAGS = ("setup", "dataset", "backbone", "label_ratio", "seed")
 """What a cell and trial run is tagged with to say which cell it belongs to; the tables pivot on them."""
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow's experiment tag that picks the UI's first page; without it MLflow 3 opens on GenAI traces."""
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
+"""The kind whose experiment page opens on the training runs."""
+
 # -- role values (of ROLE_TAG) ---------------------------------------------------------------------
 
 LAUNCH_ROLE = "launch"
 """The experiment's parent run, one per spec hash."""
 CELL_ROLE = "cell"
 TRIAL_ROLE = "trial"
+
+# -- params ----------------------------------------------------------------------------------------
+
+RESOLVED_PARAM_PREFIX = "resolved."
+"""Params of a trial run that say what its `auto` settings became (`resolved.training.precision`);
+the others are its config, flattened with dots (`loss.gamma_neg`)."""
 
 # -- metrics ---------------------------------------------------------------------------------------
 
@@ -44,6 +57,15 @@ FINAL_METRICS = (
 """Logged by a trial run when the trial ends (mAP in percent)."""
 RANKING_METRICS = ("best_mAP", LAST_MAP)
 """The final metrics a trial can be judged by: which trial is a cell's best, and a table cell's value."""
+
+
+def runs_page(ui_address: str, experiment_id: str) -> str:
+    """The MLflow UI's runs view of an experiment, showing only the trial runs, best first."""
+    query = urlencode(
+        {"searchFilter": role_filter(TRIAL_ROLE), "orderByKey": "metrics.`best_mAP`", "orderByAsc": "false"},
+        quote_via=quote,
+    )
+    return f"{ui_address.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def role_filter(role: str) -> str:

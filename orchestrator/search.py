@@ -36,7 +36,8 @@ class CellSearcher(Searcher):
     """Serves every cell of `spec` from one Tuner; returns each trial's full Ray config.
 
     Grid search: each cell's trials as the spec lists them. Optuna: one study per cell (named by
-    the cell key) in `optuna_storage`, `num_samples` trials each, told the trial's final
+    the cell key) in `optuna_storage` over `spec.search_space(setup)` (loss settings and learning
+    rates), `num_samples` trials each, told the trial's final
     `search.metric`; the Ray trial id is stored in the Optuna trial's user attributes.
     """
 
@@ -108,10 +109,12 @@ class CellSearcher(Searcher):
     def _sample(self, cell: Cell, trial_id: str) -> dict:
         study = self._study(cell.key)
         optuna_trial = study.ask()
-        loss = self._spec.loss.fixed()
-        for field, interval in self._spec.loss.ranges().items():
-            loss[field] = optuna_trial.suggest_float(field, interval.low, interval.high, log=interval.log)
-        trial = make_trial(self._spec, cell, loss, optuna_trial.number + 1)
+        sampled = {
+            name: optuna_trial.suggest_float(name, interval.low, interval.high, log=interval.log)
+            for name, interval in self._spec.search_space(cell.setup).items()
+        }
+        loss = {**self._spec.loss.fixed(), **{f: v for f, v in sampled.items() if f in self._spec.loss.ranges()}}
+        trial = make_trial(self._spec, cell, loss, optuna_trial.number + 1, sampled_lr=sampled)
         optuna_trial.set_user_attr("ray_trial_id", trial_id)
         optuna_trial.set_user_attr("trial_key", trial.trial_key)
         self._optuna_trials[trial_id] = (cell.key, optuna_trial.number)

@@ -125,6 +125,31 @@ class LossSpec(Strict):
         }
 
 
+LearningRate = Annotated[
+    Annotated[Annotated[float, Field(ge=0.0)], Tag(f"{_TAG}number")] | Annotated[SearchRange, Tag(f"{_TAG}range")],
+    Discriminator(_axis_kind),
+]
+
+
+class TrainingSpec(TrainingConfig):
+    """`TrainingConfig`, where a learning-rate group may also be a search range for Optuna
+    (`lr: {prompt: {low: 1e-5, high: 1e-1, log: true}}`)."""
+
+    lr: dict[str, LearningRate] = Field(default_factory=lambda: dict(TrainingConfig().lr))
+
+    def lr_ranges(self) -> dict[str, SearchRange]:
+        """The learning-rate groups Optuna searches."""
+        return {group: value for group, value in self.lr.items() if isinstance(value, SearchRange)}
+
+    def config(self, lr: dict[str, float]) -> TrainingConfig:
+        """The trial's `TrainingConfig`, with `lr` (every group, searched ones sampled)."""
+        return TrainingConfig(**{**self.model_dump(exclude={"lr"}), "lr": lr})
+
+
+LR_PARAM_PREFIX = "lr."
+"""Optuna parameter names of learning-rate groups (`lr.prompt`); loss settings are named by field (`gamma_neg`)."""
+
+
 # -- search, scheduler, resources ------------------------------------------------------------------
 
 
@@ -140,7 +165,7 @@ class GridSearch(Strict):
 
 
 class OptunaSearch(Strict):
-    """One Optuna study per cell over the loss ranges; `num_samples` trials per cell."""
+    """One Optuna study per cell over the loss and learning-rate ranges; `num_samples` trials per cell."""
 
     kind: Literal["optuna"]
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
@@ -216,7 +241,10 @@ class ExperimentSpec(Strict):
     """Keyword options per setup name, passed to `trainables.setups.build`."""
     label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
-    training: TrainingConfig = TrainingConfig()
+    training: TrainingSpec = TrainingSpec()
+    lr_per_setup: dict[str, dict[str, Annotated[float, Field(ge=0.0)]]] = Field(default_factory=dict)
+    """Learning rates of one setup's groups that replace `training.lr`'s for that setup's trials
+    (`{negative_coop: {prompt: 0.02}}`): each setup at the rates its own search found."""
     loss: LossSpec = LossSpec()
     search: Search = GridSearch()
     scheduler: Scheduler = NoScheduler()
@@ -270,6 +298,35 @@ class ExperimentSpec(Strict):
         """Ray Tune's experiment folder for this spec; the Optuna database lives in it too."""
         return self.storage / self.name
 
+    def search_space(self, setup: str) -> dict[str, SearchRange]:
+        """What Optuna searches in `setup`'s cells, by parameter name: the loss ranges (`gamma_neg`)
+        and the ranges of the setup's own learning-rate groups (`lr.prompt`) that `lr_per_setup`
+        does not fix for it."""
+        from trainables import setups
+
+        fixed_here = self.lr_per_setup.get(setup, {})
+        lr = {
+            f"{LR_PARAM_PREFIX}{group}": interval
+            for group, interval in self.training.lr_ranges().items()
+            if group in setups.lr_groups(setup) and group not in fixed_here
+        }
+        return {**self.loss.ranges(), **lr}
+
+    def learning_rates(self, setup: str, sampled: dict[str, float] | None = None) -> dict[str, float]:
+        """The learning rate of each of `setup`'s groups: `lr_per_setup`, else the value Optuna
+        sampled (`{"lr.prompt": 0.01}`), else `training.lr`."""
+        from trainables import setups
+
+        sampled, own = sampled or {}, self.lr_per_setup.get(setup, {})
+        rates = {}
+        for group in setups.lr_groups(setup):
+            value = own.get(group, self.training.lr.get(group))
+            if isinstance(value, SearchRange):
+                value = sampled[f"{LR_PARAM_PREFIX}{group}"]
+            if value is not None:  # a missing group is reported by validation
+                rates[group] = value
+        return rates
+
 
 def resolve_tracking_uri(value: str | None) -> str:
     """An absolute MLflow tracking URI: the working directory's `mlflow.db` by default, a relative
@@ -296,7 +353,7 @@ def require_existing_store(tracking_uri: str, hint: str) -> None:
 
 
 RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
-                 "seeds", "training", "loss", "search", "scheduler")  # fmt: skip
+                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler")  # fmt: skip
 """What decides the trials and their results; paths, resources and the tracking URI do not."""
 
 
@@ -465,14 +522,19 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
 def _loss_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     problems = []
     axes, ranges = spec.loss.axes(), spec.loss.ranges()
+    lr_ranges = spec.training.lr_ranges()
     if spec.search.kind == "optuna":
         for field in axes:
             problems.append((f"loss.{field}", "a list is a grid axis; with search.kind optuna give a range {low, high}"))
-        if not ranges:
-            problems.append(("search.kind", "optuna needs at least one loss setting given as a range {low, high}"))
+        if not any(spec.search_space(setup) for setup in spec.setups):
+            problems.append(
+                ("search.kind", "optuna needs at least one loss setting or training.lr group given as a range {low, high}")
+            )
     else:
         for field in ranges:
             problems.append((f"loss.{field}", "a range {low, high} needs search.kind optuna; give a number or a list"))
+        for group in lr_ranges:
+            problems.append((f"training.lr.{group}", "a range {low, high} needs search.kind optuna; give a number"))
     # Range ends must themselves be valid loss values (gamma >= 0, 0 <= clip < 1, ...).
     for field, interval in ranges.items():
         for end in ("low", "high"):
@@ -484,10 +546,10 @@ def _loss_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
 
 
 def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
-    """Check each setup's options and learning-rate groups by building it on a tiny stand-in backbone.
+    """Check each setup's options by building it on a tiny stand-in backbone, and its learning rates.
 
-    Building is the one authority on options and groups, and on a 32-pixel random `ViT-tiny` it
-    takes milliseconds; neither depends on the real backbone.
+    Building is the one authority on options, and on a 32-pixel random `ViT-tiny` it takes
+    milliseconds; options do not depend on the real backbone. Groups are the setup's `lr_groups`.
     """
     from trainables import clip, setups
 
@@ -496,11 +558,10 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         if name not in spec.setups:
             problems.append((f"setup_options.{name}", f"'{name}' is not one of this spec's setups {spec.setups}"))
     probe = clip.load("ViT-tiny", None, image_size=32)
-    groups: dict[str, list[str]] = {}
+    groups = {name: list(setups.lr_groups(name)) for name in spec.setups}
     for name in spec.setups:
         try:
-            setup = setups.build(name, ["cat", "dog"], probe, **spec.setup_options.get(name, {}))
-            groups[name] = list(setup.parameter_groups())
+            setups.build(name, ["cat", "dog"], probe, **spec.setup_options.get(name, {}))
         except UserInputError as error:
             problems.append((f"setup_options.{name}", str(error)))
     known = {group for names in groups.values() for group in names}
@@ -508,9 +569,15 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     if unknown:
         problems.append(("training.lr", f"unknown parameter group(s) {unknown}; groups: {sorted(_ALL_GROUPS)}"))
     for name, names in groups.items():
-        missing = sorted(set(names) - set(spec.training.lr))
+        missing = sorted(set(names) - set(spec.training.lr) - set(spec.lr_per_setup.get(name, {})))
         if missing:
             problems.append(("training.lr", f"setup '{name}' needs a learning rate for group(s) {missing}"))
+    for name, rates in spec.lr_per_setup.items():
+        if name not in spec.setups:
+            problems.append((f"lr_per_setup.{name}", f"'{name}' is not one of this spec's setups {spec.setups}"))
+        elif set(rates) - set(groups[name]):
+            extra = sorted(set(rates) - set(groups[name]))
+            problems.append((f"lr_per_setup.{name}", f"setup '{name}' has no parameter group(s) {extra}; its groups: {groups[name]}"))
     return problems
 
 

@@ -32,15 +32,18 @@ from orchestrator.schema import (
     CELL_ROLE,
     EPOCH_METRICS,
     ERROR_FILE_TAG,
+    EXPERIMENT_KIND_TAG,
     FINAL_METRICS,
     GIT_COMMIT_TAG,
     LAST_MAP,
     LAUNCH_ROLE,
     PARENT_RUN_TAG,
+    RESOLVED_PARAM_PREFIX,
     ROLE_TAG,
     SPEC_HASH_TAG,
     SPEC_PATH_TAG,
     TRIAL_KEY_TAG,
+    TRAINING_EXPERIMENT_KIND,
     TRIAL_ROLE,
 )
 from orchestrator.trial_errors import error_path
@@ -112,11 +115,17 @@ class TrackingStore:
         self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
+        """The experiment's id, created if missing, tagged as a training experiment for the UI."""
+        kind = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND}
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
-            return self.client.create_experiment(self.experiment_name, artifact_location=self._artifact_location())
+            return self.client.create_experiment(
+                self.experiment_name, artifact_location=self._artifact_location(), tags=kind
+            )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_EXPERIMENT_KIND:
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
         return experiment.experiment_id
 
     def _artifact_location(self) -> str | None:
@@ -336,7 +345,9 @@ class MlflowCallback(Callback):
         if epoch <= self._logged_up_to.get(trial.trial_id, 0):
             return  # already logged before a restart from an older checkpoint
         metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
-        self.store.log(self._trial_runs[trial.trial_id], metrics, step=epoch)
+        # What the trial's `auto` settings became on its device (the same at every epoch).
+        resolved = flatten(result.get("resolved", {}), RESOLVED_PARAM_PREFIX)
+        self.store.log(self._trial_runs[trial.trial_id], metrics, step=epoch, params=resolved)
         self._logged_up_to[trial.trial_id] = epoch
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

@@ -80,14 +80,20 @@ def test_ui_without_a_store_is_a_user_error(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == expected
 
 
-def test_ui_execs_mlflow_on_the_spec_store(tiny_spec, tmp_path, monkeypatch):
-    (tmp_path / "mlflow.db").touch()
+def test_ui_execs_mlflow_on_the_spec_store_and_prints_its_runs_view(tiny_spec, tmp_path, monkeypatch, capsys):
+    from orchestrator.tracking import TrackingStore
+
+    store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
     started = []
     monkeypatch.setattr(cli.os, "execv", lambda program, argv: started.append(argv))
     assert cli.main(["ui", str(tiny_spec), "--port", "5123"]) == 0
     (argv,) = started
     assert argv[1:] == ["-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                         "--host", "127.0.0.1", "--port", "5123"]  # fmt: skip
+    printed = capsys.readouterr().out
+    filter_ = "tags.%60orchestrator.role%60%20%3D%20%27trial%27"  # tags.`orchestrator.role` = 'trial'
+    page = f"http://127.0.0.1:5123/#/experiments/{store.experiment_id}/runs?searchFilter={filter_}"
+    assert f"  tiny: {page}&orderByKey=metrics.%60best_mAP%60&orderByAsc=false" in printed.splitlines()
 
 
 def test_run_refuses_an_unreachable_tracking_server_before_starting_ray(tiny_spec, capsys):

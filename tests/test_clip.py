@@ -245,3 +245,64 @@ def test_bad_backbone_input_is_a_user_error(model, pretrained, image_size, messa
     with pytest.raises(UserInputError, match=message) as error:
         clip.load(model, pretrained, image_size=image_size)
     assert "\n" not in str(error.value)
+
+
+# -- the activation: QuickGELU or GELU -------------------------------------------------------------
+
+
+def _activations(frozen: clip.FrozenCLIP) -> set[str]:
+    names = {type(m).__name__ for m in frozen.model.modules()}
+    return names & {"QuickGELU", "GELU"}
+
+
+def test_plain_state_dict_keeps_the_configs_gelu_unless_told(tmp_path):
+    source = open_clip.create_model("RN-tiny", pretrained=None, force_image_size=128)
+    path = tmp_path / "plain.pt"
+    torch.save(_perturbed_state_dict(source, seed=3), path)
+    auto = clip.load("RN-tiny", str(path), image_size=128)
+    assert _activations(auto) == {"GELU"} and auto.quick_gelu is False
+    assert "not knowable" in auto.quick_gelu_reason
+    forced = clip.load("RN-tiny", str(path), image_size=128, quick_gelu=True)
+    assert _activations(forced) == {"QuickGELU"} and forced.quick_gelu_reason == "set in the spec"
+    # Same weights, another activation: other text features, and another cache identity.
+    ids = auto.tokenize(["a photo of a circle."])
+    assert not torch.allclose(auto.encode_text(auto.token_embedding(ids), ids), forced.encode_text(forced.token_embedding(ids), ids))
+    assert forced.identity == auto.identity.replace("@128", "+quickgelu@128")
+
+
+def test_state_dict_in_openai_layout_gets_quick_gelu(tmp_path):
+    source = open_clip.create_model("RN-tiny", pretrained=None, force_image_size=128)
+    weights = _perturbed_state_dict(source, seed=4)
+    # What `torch.jit.load(openai_file).state_dict()` holds besides the weights.
+    weights.update(input_resolution=torch.tensor(128), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    path = tmp_path / "openai_layout.pt"
+    torch.save(weights, path)
+    loaded = clip.load("RN-tiny", str(path), image_size=128)
+    assert _activations(loaded) == {"QuickGELU"} and "OpenAI's layout" in loaded.quick_gelu_reason
+    assert _activations(clip.load("RN-tiny", str(path), image_size=128, quick_gelu=False)) == {"GELU"}
+
+
+@pytest.mark.parametrize(
+    ("model", "tag", "expected", "why"),
+    [
+        ("RN101", "openai", True, "tag"),
+        ("RN101", "yfcc15m", True, "tag"),
+        ("ViT-B-32", "laion2b_s34b_b79k", False, "tag"),
+        ("RN101-quickgelu", None, True, "model config"),
+        ("RN101", None, True, "every released RN101 weight set"),  # a plain RN101 state dict
+        ("ViT-B-32", None, False, "not knowable"),  # its released weights differ
+    ],
+)
+def test_auto_follows_what_the_weights_were_trained_with(tmp_path, model, tag, expected, why):
+    tag_cfg = open_clip.get_pretrained_cfg(model, tag) if tag else None
+    plain = tmp_path / "weights.pt"
+    torch.save({}, plain)
+    checkpoint = None if tag else plain
+    chosen, reason = clip.resolve_quick_gelu("auto", model, tag_cfg, checkpoint, state_dict={} if checkpoint else None)
+    assert chosen is expected and why in reason
+
+
+def test_random_weights_use_the_model_configs_activation():
+    assert _activations(clip.load("RN-tiny", None, image_size=64)) == {"GELU"}
+    with pytest.raises(UserInputError, match="quick_gelu must be auto, true or false"):
+        clip.resolve_quick_gelu("yes", "RN-tiny")

@@ -216,7 +216,8 @@ def test_fill_for_config(tmp_path: Path, features: FeatureConfig, train_entries:
         device="cpu",
     )
     summary = fill_for_config(cfg, progress=False)
-    assert summary == {"encoded": train_entries + 1, "reused": 0, "skipped_images": 0}
+    gelu = "GELU (random weights: the model config's GELU)"
+    assert summary == {"encoded": train_entries + 1, "reused": 0, "skipped_images": 0, "activation": gelu}
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == train_entries + 1
     again = fill_for_config(cfg.model_copy(update={"setup": "dual_coop", "label_ratio": 0.1, "seed": 3}), progress=False)
-    assert again == {"encoded": 0, "reused": train_entries + 1, "skipped_images": 0}
+    assert again == {"encoded": 0, "reused": train_entries + 1, "skipped_images": 0, "activation": gelu}

@@ -237,6 +237,7 @@ def test_gradients_reach_every_group_and_never_the_backbone(tiny_rn, name):
     names_by_id = {id(p): n for n, p in setup.named_parameters()}
     assert {g: [names_by_id[id(p)] for p in params] for g, params in groups.items()} == EXPECTED_GROUPS[name]
     assert sorted(names_by_id.values()) == sorted(n for names in EXPECTED_GROUPS[name].values() for n in names)
+    assert setups.lr_groups(name) == tuple(EXPECTED_GROUPS[name])  # declared without building
 
     logits = setup(_images(n=2))
     weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(5))

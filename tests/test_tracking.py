@@ -236,3 +236,13 @@ def test_git_commit_is_the_codes_not_the_working_directorys(tmp_path, monkeypatc
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     monkeypatch.chdir(tmp_path)  # runs start from any folder; the tag names the code that ran
     assert tracking.git_commit().removesuffix("-dirty") == head
+
+
+def test_experiment_is_tagged_so_the_ui_opens_on_training_runs(spec, store):
+    # MLflow 3 opens an untagged experiment on its GenAI traces page; this kind opens the runs.
+    tags = store.client.get_experiment(store.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # An experiment made before the tag existed (or by hand) gets it when a run opens it again.
+    store.client.delete_experiment_tag(store.experiment_id, "mlflow.experimentKind")
+    assert tracking.TrackingStore(spec.tracking_uri, spec.name).experiment_id == store.experiment_id
+    assert store.client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

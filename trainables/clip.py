@@ -17,6 +17,7 @@ import math
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import open_clip
 import torch
@@ -42,7 +43,8 @@ RANDOM_INIT_VERSION = 1
 ATTNPOOL_POS_EMBED_KEY = "visual.attnpool.positional_embedding"
 
 # Entries of OpenAI's TorchScript state dicts (and of traced open_clip models) that are not weights.
-_NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_NON_WEIGHT_KEYS = (*_OPENAI_EXTRA_KEYS, "attn_mask")
 
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
@@ -53,13 +55,24 @@ class FrozenCLIP(nn.Module):
     Setups hold it as a plain attribute, so it is not part of their parameters or state dict.
     """
 
-    def __init__(self, model: open_clip.CLIP, model_name: str, image_size: int, identity: str):
+    def __init__(
+        self,
+        model: open_clip.CLIP,
+        model_name: str,
+        image_size: int,
+        identity: str,
+        quick_gelu: bool = False,
+        quick_gelu_reason: str = "",
+    ):
         super().__init__()
         self.model = model
         self.model_name = model_name
         self.image_size = image_size
         self.identity = identity
-        """Stable key of (model, weights, image size) for the feature cache."""
+        """Stable key of (model, weights, activation, image size) for the feature cache."""
+        self.quick_gelu = quick_gelu
+        """Whether the transformers use QuickGELU (else GELU), and `quick_gelu_reason` why."""
+        self.quick_gelu_reason = quick_gelu_reason
         self._tokenizer = open_clip.get_tokenizer(model_name)
         self.requires_grad_(False)
         self.eval()
@@ -166,17 +179,29 @@ class FrozenCLIP(nn.Module):
         return x @ model.text_projection
 
 
-def load(model: str, pretrained: str | None = None, image_size: int = 448, device: str = "cpu") -> FrozenCLIP:
+QuickGelu = Literal["auto"] | bool
+"""`backbone.quick_gelu`: True for QuickGELU (x * sigmoid(1.702 x)), False for GELU, `auto` to
+pick what the weights were trained with where that is knowable (`resolve_quick_gelu`)."""
+
+
+def load(
+    model: str,
+    pretrained: str | None = None,
+    image_size: int = 448,
+    device: str = "cpu",
+    quick_gelu: QuickGelu = "auto",
+) -> FrozenCLIP:
     """Build the frozen backbone `model` at `image_size` px.
 
     `pretrained`: an open_clip tag (`openai`), a checkpoint file (open_clip or OpenAI state dict, or
     OpenAI's TorchScript archive), or None for random weights drawn with a fixed seed. A checkpoint
     whose attention-pool positional embedding was trained at another resolution is resized as
-    DualCoOp does (row 0 kept, the spatial grid interpolated bicubically).
+    DualCoOp does (row 0 kept, the spatial grid interpolated bicubically). `quick_gelu` chooses the
+    transformers' activation (`resolve_quick_gelu`); the choice and its reason are on the result.
     """
     _check_model(model, image_size)
-    quick_gelu = False
     checkpoint: Path | None = None
+    tag_cfg: dict | None = None
     if pretrained is None:
         # The random draws follow the model config, our init and open_clip's init code (which may
         # change between its versions): a change to any of them must not reuse cached features.
@@ -186,8 +211,6 @@ def load(model: str, pretrained: str | None = None, image_size: int = 448, devic
         checkpoint = Path(pretrained).expanduser()
         if not checkpoint.is_file():
             raise UserInputError(f"backbone checkpoint file not found: {checkpoint}")
-        # OpenAI released its weights as TorchScript archives, trained with QuickGELU.
-        quick_gelu = _is_torchscript(checkpoint)
         weights = f"sha256-{_sha256(checkpoint.resolve(), checkpoint.stat().st_mtime_ns)}"
     else:
         tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
@@ -197,21 +220,62 @@ def load(model: str, pretrained: str | None = None, image_size: int = 448, devic
                 f"backbone.pretrained '{pretrained}' is neither a checkpoint file nor an open_clip tag of "
                 f"{model} (tags: {', '.join(tags) or 'none'})"
             )
-        quick_gelu = bool(tag_cfg.get("quick_gelu", False))
         checkpoint = _fetch_tagged_weights(model, pretrained, tag_cfg)
         weights = pretrained
+    state_dict = None if checkpoint is None else _read_checkpoint(checkpoint)
+    use_quick_gelu, reason = resolve_quick_gelu(quick_gelu, model, tag_cfg, checkpoint, state_dict)
+    if use_quick_gelu:
+        weights += "+quickgelu"  # the activation changes every feature: part of the cache key
 
     with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(RANDOM_INIT_SEED)
+        # `quick_gelu` as a model keyword overrides the config's either way (force_quick_gelu only turns it on).
         clip_model = open_clip.create_model(
-            model, pretrained=None, force_image_size=image_size, force_quick_gelu=quick_gelu, device="cpu"
+            model, pretrained=None, force_image_size=image_size, quick_gelu=use_quick_gelu, device="cpu"
         )
         if checkpoint is None and isinstance(clip_model.visual, ModifiedResNet):
             _init_random_resnet_trunk(clip_model.visual)
-    if checkpoint is not None:
-        _load_weights(clip_model, checkpoint)
-    frozen = FrozenCLIP(clip_model, model, image_size, identity=f"{model}/{weights}@{image_size}")
-    return frozen.to(device)
+    if state_dict is not None:
+        _load_weights(clip_model, state_dict, checkpoint)
+    identity = f"{model}/{weights}@{image_size}"
+    return FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
+
+
+def resolve_quick_gelu(
+    requested: QuickGelu,
+    model: str,
+    tag_cfg: dict | None = None,
+    checkpoint: Path | None = None,
+    state_dict: dict | None = None,
+) -> tuple[bool, str]:
+    """(QuickGELU or not, why) for `requested` True, False or `auto`.
+
+    `auto` follows what the weights were trained with, where that is knowable: an open_clip tag
+    says so; a `-quickgelu` model config says so; OpenAI's TorchScript archives, and state dicts
+    that keep OpenAI's non-weight entries (`input_resolution`, ...), were trained with QuickGELU;
+    a plain state dict of a model all of whose released open_clip weights use QuickGELU (RN50,
+    RN101, ...) is taken to be one of them. Otherwise the model config's activation (GELU unless
+    it says `quick_gelu`), which is also what random weights get.
+    """
+    if requested is not True and requested is not False and requested != "auto":
+        raise UserInputError(f"backbone.quick_gelu must be auto, true or false, got {requested!r}")
+    if requested != "auto":
+        return requested, "set in the spec"
+    config_default = bool(open_clip.get_model_config(model).get("quick_gelu", False))
+    if config_default:
+        return True, f"model config {model} uses QuickGELU"
+    if tag_cfg is not None:
+        return bool(tag_cfg.get("quick_gelu", False)), "the open_clip pretrained tag's activation"
+    if checkpoint is None:
+        return False, "random weights: the model config's GELU"
+    if _is_torchscript(checkpoint):
+        return True, "OpenAI TorchScript archive (trained with QuickGELU)"
+    if state_dict is not None and any(key in state_dict for key in _OPENAI_EXTRA_KEYS):
+        return True, "state dict in OpenAI's layout (trained with QuickGELU)"
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if tags and all(open_clip.get_pretrained_cfg(model, tag).get("quick_gelu", False) for tag in tags):
+        return True, f"every released {model} weight set ({', '.join(tags)}) was trained with QuickGELU"
+    return False, "not knowable from the file: the model config's GELU (set backbone.quick_gelu if the weights used QuickGELU)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -321,6 +385,14 @@ def _fetch_tagged_weights(model: str, tag: str, tag_cfg: dict) -> Path:
         ) from error
 
 
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint file, OpenAI's non-weight entries included; one-line error if unreadable."""
+    try:
+        return _read_state_dict(path)
+    except Exception as error:
+        raise UserInputError(f"cannot read backbone checkpoint {path}: {error}") from error
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if _is_torchscript(path):
         with warnings.catch_warnings():
@@ -329,7 +401,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
     else:
         state_dict = read_open_clip_state_dict(str(path), device="cpu", weights_only=True)
-    return {key: value for key, value in state_dict.items() if key not in _NON_WEIGHT_KEYS}
+    return dict(state_dict)
 
 
 def resize_attnpool_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
@@ -346,11 +418,8 @@ def resize_attnpool_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tenso
     return torch.cat([pos_embed[:1], spatial], dim=0)
 
 
-def _load_weights(model: open_clip.CLIP, path: Path) -> None:
-    try:
-        state_dict = _read_state_dict(path)
-    except Exception as error:
-        raise UserInputError(f"cannot read backbone checkpoint {path}: {error}") from error
+def _load_weights(model: open_clip.CLIP, state_dict: dict[str, torch.Tensor], path: Path) -> None:
+    state_dict = {key: value for key, value in state_dict.items() if key not in _NON_WEIGHT_KEYS}
     pos_embed = state_dict.get(ATTNPOOL_POS_EMBED_KEY)
     if pos_embed is not None and isinstance(model.visual, ModifiedResNet):
         target_rows = model.visual.attnpool.positional_embedding.shape[0]

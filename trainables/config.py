@@ -26,6 +26,10 @@ class BackboneConfig(Strict):
     or `synthetic`: a tiny CLIP pre-trained contrastively on generated shapes (trainables.pretrain),
     so that the prompt setups have a text encoder that knows the demo's class words."""
     image_size: int = Field(448, ge=32)
+    quick_gelu: Literal["auto"] | bool = "auto"
+    """The transformers' activation: QuickGELU (True), GELU (False), or `auto`: what the weights
+    were trained with where that is knowable (`trainables.clip.resolve_quick_gelu`). Every
+    released RN101 weight set used QuickGELU; a mismatch changes the text features by ~1%."""
 
 
 class DatasetConfig(Strict):
@@ -88,8 +92,9 @@ class TrainingConfig(Strict):
     warmup_lr: float = Field(1e-5, ge=0.0)
     """Constant learning rate of every group during warmup (Dassl's ConstantWarmupScheduler)."""
     scheduler: Literal["cosine", "constant"] = "cosine"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """`bf16`: autocast the text encoder and aggregation (CPU AMX or CUDA)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`bf16`: autocast the text encoder and aggregation; `auto`: bf16 where the device computes it
+    natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32 (`trainables.precision`)."""
     num_workers: int = Field(0, ge=0)
 
 

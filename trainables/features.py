@@ -247,6 +247,10 @@ def train_views(features: FeatureConfig) -> list[View]:
     return [("train", v) for v in range(features.views)]
 
 
+def _activation(clip: clip_lib.FrozenCLIP) -> str:
+    return f"{'QuickGELU' if clip.quick_gelu else 'GELU'} ({clip.quick_gelu_reason})"
+
+
 def fill_for_config(cfg: TrialConfig, *, progress: bool = True) -> dict:
     """Encode everything one trial of `cfg` reads (its train views and the test split) ahead of a run.
 
@@ -260,7 +264,7 @@ def fill_for_config(cfg: TrialConfig, *, progress: bool = True) -> dict:
     cache = FeatureCache(cfg.cache_dir)
     jobs = [(data.build_dataset(cfg.dataset, "train", data_dir), view) for view in train_views(cfg.features)]
     jobs.append((data.build_dataset(cfg.dataset, "test", data_dir), "test"))
-    summary = {"encoded": 0, "reused": 0, "skipped_images": 0}
+    summary = {"encoded": 0, "reused": 0, "skipped_images": 0, "activation": _activation(clip)}
     for dataset, view in jobs:
         summary["reused" if cache.contains(clip, dataset, view) else "encoded"] += 1
         stored = cache.dense_features(

@@ -38,8 +38,9 @@ from trainables.config import BackboneConfig, DatasetConfig
 from trainables.data import synthetic, test_transform
 from trainables.errors import UserInputError
 
-RECIPE_VERSION = 1
-"""Bump when the training recipe changes, so checkpoints of the old recipe are not reused."""
+RECIPE_VERSION = 2
+"""Bump when the training recipe changes, so checkpoints of the old recipe are not reused.
+2: fp32 throughout (1 ran the image tower under bf16 autocast)."""
 
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 0.1
@@ -84,7 +85,7 @@ def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
 def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> clip_lib.FrozenCLIP:
     """The frozen backbone a trial config names, with `synthetic` weights trained first if needed."""
     pretrained = resolve_pretrained(backbone, data_dir)
-    return clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(device))
+    return clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(device), quick_gelu=backbone.quick_gelu)
 
 
 def synthetic_clip_checkpoint(
@@ -148,8 +149,10 @@ def train_synthetic_clip(
     It starts from the random weights `trainables.clip.load(model, None, image_size)` builds (its
     seed, and for ResNets its variance-preserving trunk init). The model stays in eval mode: the
     setups use the backbone frozen in eval mode, so this trains the very function they will use
-    (BatchNorm at its running statistics, which never drift). The small text tower runs in fp32,
-    where bf16 is slower. Deterministic given the arguments (and the machine).
+    (BatchNorm at its running statistics, which never drift). Everything runs in fp32, on every
+    machine: bf16 is emulated (up to 100x slower) on CPUs without AVX512-BF16 or AMX, and the
+    weights must not depend on which CPU trained them, so that the demo's results do not either.
+    Deterministic given the arguments, within fp32 rounding (tested across thread counts).
     """
     _check_arguments(steps, batch_size, num_classes)
     clip_model = copy.deepcopy(clip_lib.load(model, None, image_size).model).requires_grad_(True).eval()
@@ -191,8 +194,7 @@ def _image_encoder(
     only the attention pool (whose value and output projections make the dense features) trains.
     Backpropagating through the convolutions costs ~6x more on a CPU, and the random trunk's
     features already separate the shapes (a linear head on them learns). ViT: the whole tower
-    trains. Convolutions and the ViT run under bf16 autocast (several times faster on CPUs with
-    AMX); the attention pool trains in fp32.
+    trains.
     """
     visual = clip_model.visual
 
@@ -203,16 +205,11 @@ def _image_encoder(
         visual.requires_grad_(False)
         visual.attnpool.requires_grad_(True)
         chunks = np.array_split(np.arange(len(images)), max(1, len(images) // TRUNK_CHUNK))
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
             trunk = torch.cat([visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(pixels(c)))))) for c in chunks])
-        trunk = trunk.float()
         return lambda indices: visual.attnpool(trunk[indices])
 
-    def encode(indices: np.ndarray) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return clip_model.encode_image(pixels(indices))
-
-    return encode
+    return lambda indices: clip_model.encode_image(pixels(indices))
 
 
 def render_pool(count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from trainables import clip as clip_lib
-from trainables import data, setups
+from trainables import data, precision, setups
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.errors import UserInputError
 from trainables.features import FeatureCache
@@ -49,8 +49,8 @@ class _Split:
     targets: torch.Tensor  # [N, K] int8 in {1, 0, -1}
 
 
-def _autocast(training: TrainingConfig, device: torch.device):
-    if training.precision == "bf16":
+def _autocast(chosen_precision: str, device: torch.device):
+    if chosen_precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
@@ -61,7 +61,10 @@ class _Trial:
     def __init__(self, config: TrialConfig):
         self.config = config
         self.device = clip_lib.resolve_device(config.device)
+        self.precision, _ = precision.resolve(config.training.precision, self.device)
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
+        self.resolved = {"training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu}
+        """What `auto` settings became on this device and these weights: logged with the trial's run."""
 
         data.check(config.dataset, config.data_dir)
         train_ds = data.build_dataset(config.dataset, "train", config.data_dir)
@@ -136,7 +139,7 @@ class _Trial:
         self.setup.train()
         total, batches = 0.0, 0
         for feats, targets in self.train_batches(epoch):
-            with _autocast(self.config.training, self.device):
+            with _autocast(self.precision, self.device):
                 logits = self.setup(feats)
             loss = self.loss(logits.float(), targets) * self.config.loss.weight
             self.optimizer.zero_grad(set_to_none=True)
@@ -149,14 +152,14 @@ class _Trial:
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.setup.eval()
-        with _autocast(self.config.training, self.device):
+        with _autocast(self.precision, self.device):
             class_embeddings = self.setup.class_embeddings()
         scores = []
         size = self.config.training.eval_batch_size
         for start in range(0, len(self.test_rows), size):
             idx = self.test_rows[start : start + size]
             feats = torch.from_numpy(np.asarray(self.test_features[idx], dtype=np.float32)).to(self.device)
-            with _autocast(self.config.training, self.device):
+            with _autocast(self.precision, self.device):
                 logits = self.setup.logits_from_features(feats, class_embeddings).float()
             scores.append(self.presence_score(logits).cpu())
         return map_summary(torch.cat(scores).numpy(), self.test.targets[self.test_rows].numpy())
@@ -207,6 +210,7 @@ def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple
             "train_seconds": seconds,
             "gpu_seconds": seconds if on_gpu else 0.0,
             "kept_fraction": trial.kept_fraction,
+            "resolved": trial.resolved,
             **lrs,
         }
         yield metrics, state

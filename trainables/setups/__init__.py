@@ -36,6 +36,11 @@ def option_names(name: str) -> list[str]:
     return list(_setup_class(name).Options.model_fields)
 
 
+def lr_groups(name: str) -> tuple[str, ...]:
+    """The learning-rate groups of setup `name` (`prompt`, `embedding`, `projector`)."""
+    return _setup_class(name).lr_groups
+
+
 def build(name: str, classnames: list[str], clip: FrozenCLIP, **options) -> MLRSetup:
     """Build setup `name` for `classnames` on the frozen backbone `clip`; options are validated."""
     setup_class = _setup_class(name)

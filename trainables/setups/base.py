@@ -44,6 +44,9 @@ class MLRSetup(nn.Module, ABC):
     """
 
     Options: type[SetupOptions] = SetupOptions
+    lr_groups: tuple[str, ...] = ()
+    """The names of `parameter_groups()`, known without building the setup (specs validate and
+    search learning rates by them)."""
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP):
         super().__init__()

@@ -21,6 +21,7 @@ class BaselineOptions(SetupOptions):
 
 class Baseline(MLRSetup):
     Options = BaselineOptions
+    lr_groups = ("projector",)
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP, options: BaselineOptions):
         super().__init__(classnames, clip)

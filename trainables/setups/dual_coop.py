@@ -22,6 +22,7 @@ class DualCoOpOptions(PromptOptions):
 
 class DualCoOp(PromptSetup):
     Options = DualCoOpOptions
+    lr_groups = ("prompt",)
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP, options: DualCoOpOptions):
         super().__init__(classnames, clip, options.aggregation)

@@ -30,6 +30,7 @@ class SinglePromptSetup(PromptSetup):
     """A CoOp prompt for one side (`prompted_side`), a learned embedding for the other."""
 
     Options = SinglePromptOptions
+    lr_groups = ("prompt", "embedding")
     prompted_side: Literal["presence", "absence"]
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP, options: SinglePromptOptions):
