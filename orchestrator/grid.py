@@ -71,16 +71,19 @@ def trials_per_cell(spec: ExperimentSpec) -> int:
     return len(loss_grid(spec))
 
 
-def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled_lr: dict[str, float] | None = None) -> TrialConfig:
-    """The validated config of one trial of `cell` with the complete loss setting `loss` and the
-    learning rates Optuna sampled for it (`{"lr.prompt": 0.01}`; none in a grid search)."""
+def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled: dict[str, float] | None = None) -> TrialConfig:
+    """The validated config of one trial of `cell`: the loss setting `loss` (a grid point, or the
+    fixed values) completed by Optuna's sample (`{"gamma_neg": 2.1, "lr.prompt": 0.01}`; none in a grid
+    search), whose learning-rate entries go to the setup's groups."""
+    sampled = sampled or {}
+    loss = {**loss, **{name: value for name, value in sampled.items() if name in spec.loss.ranges()}}
     return TrialConfig(
         setup=cell.setup,
         setup_options=spec.setup_options.get(cell.setup, {}),
         dataset=cell.dataset,
         backbone=spec.backbone,
         features=spec.features,
-        training=spec.training.config(spec.learning_rates(cell.setup, sampled_lr)),
+        training=spec.training.config(spec.learning_rates(cell.setup, sampled)),
         loss=loss,
         label_ratio=cell.label_ratio,
         seed=cell.seed,
@@ -97,11 +100,10 @@ def trial_key(trial_name: str, trial_config: dict) -> str:
     return f"{trial_name}-{digest[:8]}"
 
 
-def make_trial(
-    spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sampled_lr: dict[str, float] | None = None
-) -> Trial:
-    """Trial `number` (1-based) of `cell`; the name gets `-t<number>` when the cell has several trials."""
-    config = resolve(spec, cell, loss, sampled_lr).model_dump(mode="json")
+def make_trial(spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sampled: dict[str, float] | None = None) -> Trial:
+    """Trial `number` (1-based) of `cell` (arguments as `resolve`'s); the name gets `-t<number>`
+    when the cell has several trials."""
+    config = resolve(spec, cell, loss, sampled).model_dump(mode="json")
     name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
     return Trial(cell_key=cell.key, trial_name=name, trial_key=trial_key(name, config), trial_config=config)
 

@@ -19,7 +19,7 @@ import yaml
 from trainables import precision
 from trainables.clip import resolve_device
 from trainables.errors import UserInputError
-from trainables.features import fill_for_config
+from trainables import features
 
 from orchestrator import grid, tracking
 from orchestrator.schema import CELL_KEY_TAG, CELL_ROLE, LAUNCH_ROLE, SPEC_HASH_TAG, TRIAL_ROLE, role_filter
@@ -262,19 +262,13 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 
 def fill_feature_cache(spec: ExperimentSpec) -> None:
-    """Encode everything the trials read (and pre-train a `synthetic` backbone) before any trial starts.
-
-    The features depend on (dataset, backbone, feature mode) only, so one trial config per dataset
-    covers every setup, ratio, seed and loss setting.
-    """
-    first_cell = {}
-    for cell in grid.cells(spec):
-        first_cell.setdefault(cell.dataset.name, cell)
-    loss = grid.loss_grid(spec)[0]
-    for name, cell in first_cell.items():
-        print(f"Feature cache for dataset '{name}' ({spec.backbone.model}, {spec.features.mode}):", flush=True)
-        any_sample = {param: interval.low for param, interval in spec.search_space(cell.setup).items()}
-        summary = fill_for_config(grid.resolve(spec, cell, loss, any_sample), progress=True)
+    """Encode everything the trials read (and pre-train a `synthetic` backbone) before any trial starts."""
+    for dataset in spec.datasets:
+        print(f"Feature cache for dataset '{dataset.name}' ({spec.backbone.model}, {spec.features.mode}):", flush=True)
+        summary = features.fill(
+            dataset, spec.backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
+            batch_size=spec.training.eval_batch_size, num_workers=spec.training.num_workers,
+        )  # fmt: skip
         print(
             f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
             f"{summary['skipped_images']} unreadable images skipped; backbone activation {summary['activation']}",

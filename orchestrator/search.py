@@ -113,8 +113,7 @@ class CellSearcher(Searcher):
             name: optuna_trial.suggest_float(name, interval.low, interval.high, log=interval.log)
             for name, interval in self._spec.search_space(cell.setup).items()
         }
-        loss = {**self._spec.loss.fixed(), **{f: v for f, v in sampled.items() if f in self._spec.loss.ranges()}}
-        trial = make_trial(self._spec, cell, loss, optuna_trial.number + 1, sampled_lr=sampled)
+        trial = make_trial(self._spec, cell, self._spec.loss.fixed(), optuna_trial.number + 1, sampled)
         optuna_trial.set_user_attr("ray_trial_id", trial_id)
         optuna_trial.set_user_attr("trial_key", trial.trial_key)
         self._optuna_trials[trial_id] = (cell.key, optuna_trial.number)

@@ -500,7 +500,7 @@ def load_spec(name: str | Path, overrides: list[str] | tuple[str, ...] = (), che
 def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tuple[str, str]]:
     """Cross-field rules, all of them: `(dotted.field, message)` per problem."""
     problems: list[tuple[str, str]] = []
-    problems += _loss_problems(spec)
+    problems += _search_problems(spec)
     problems += _setup_problems(spec)
     if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
         problems.append(
@@ -519,7 +519,8 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
     return problems
 
 
-def _loss_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+def _search_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Grid axes, search ranges and the search kind agree (loss settings and learning rates)."""
     problems = []
     axes, ranges = spec.loss.axes(), spec.loss.ranges()
     lr_ranges = spec.training.lr_ranges()
@@ -550,34 +551,37 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
 
     Building is the one authority on options, and on a 32-pixel random `ViT-tiny` it takes
     milliseconds; options do not depend on the real backbone. Groups are the setup's `lr_groups`.
+    `setup_options` and `lr_per_setup` may name any known setup, also one the spec does not run
+    (so `--set setups=[baseline]` narrows a spec without editing it); a name no setup has is an error.
     """
     from trainables import clip, setups
 
     problems = []
-    for name in spec.setup_options:
-        if name not in spec.setups:
-            problems.append((f"setup_options.{name}", f"'{name}' is not one of this spec's setups {spec.setups}"))
+    configured = {"setup_options": spec.setup_options, "lr_per_setup": spec.lr_per_setup}
+    for field, per_setup in configured.items():
+        for name in per_setup:
+            if name not in setups.names():
+                problems.append((f"{field}.{name}", f"unknown setup '{name}'; known: {sorted(setups.names())}"))
     probe = clip.load("ViT-tiny", None, image_size=32)
-    groups = {name: list(setups.lr_groups(name)) for name in spec.setups}
-    for name in spec.setups:
+    for name in set(spec.setups) | set(spec.setup_options):
+        if name not in setups.names():
+            continue
         try:
             setups.build(name, ["cat", "dog"], probe, **spec.setup_options.get(name, {}))
         except UserInputError as error:
             problems.append((f"setup_options.{name}", str(error)))
-    known = {group for names in groups.values() for group in names}
+    known = {group for name in setups.names() for group in setups.lr_groups(name)}
     unknown = sorted(set(spec.training.lr) - (_ALL_GROUPS | known))
     if unknown:
         problems.append(("training.lr", f"unknown parameter group(s) {unknown}; groups: {sorted(_ALL_GROUPS)}"))
-    for name, names in groups.items():
-        missing = sorted(set(names) - set(spec.training.lr) - set(spec.lr_per_setup.get(name, {})))
+    for name in spec.setups:
+        missing = sorted(set(setups.lr_groups(name)) - set(spec.training.lr) - set(spec.lr_per_setup.get(name, {})))
         if missing:
             problems.append(("training.lr", f"setup '{name}' needs a learning rate for group(s) {missing}"))
     for name, rates in spec.lr_per_setup.items():
-        if name not in spec.setups:
-            problems.append((f"lr_per_setup.{name}", f"'{name}' is not one of this spec's setups {spec.setups}"))
-        elif set(rates) - set(groups[name]):
-            extra = sorted(set(rates) - set(groups[name]))
-            problems.append((f"lr_per_setup.{name}", f"setup '{name}' has no parameter group(s) {extra}; its groups: {groups[name]}"))
+        if name in setups.names() and set(rates) - set(setups.lr_groups(name)):
+            extra, own = sorted(set(rates) - set(setups.lr_groups(name))), list(setups.lr_groups(name))
+            problems.append((f"lr_per_setup.{name}", f"setup '{name}' has no parameter group(s) {extra}; its groups: {own}"))
     return problems
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import trainables.data as data
-from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig, TrainingConfig, TrialConfig
+from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.errors import UserInputError
-from trainables.features import FeatureCache, fill_for_config
+from trainables.features import FeatureCache, fill
 
 SHAPES = DatasetConfig(
     name="shapes", kind="synthetic", synthetic_num_train=10, synthetic_num_test=8, synthetic_num_classes=4, synthetic_image_size=48
@@ -203,21 +203,14 @@ def test_unreadable_image_fails_or_is_skipped_and_counted(tmp_path: Path, train_
 
 
 @pytest.mark.parametrize(("features", "train_entries"), [(FeatureConfig(mode="cached_views", views=2), 2), (FeatureConfig(mode="online"), 0)])
-def test_fill_for_config(tmp_path: Path, features: FeatureConfig, train_entries: int) -> None:
-    cfg = TrialConfig(
-        setup="baseline",
-        dataset=SHAPES,
-        backbone=BackboneConfig(model="RN-tiny", image_size=64),
-        features=features,
-        training=TrainingConfig(eval_batch_size=8),
-        label_ratio=0.5,
-        cache_dir=tmp_path / "cache",
-        data_dir=tmp_path / "data",
-        device="cpu",
-    )
-    summary = fill_for_config(cfg, progress=False)
+def test_fill(tmp_path: Path, features: FeatureConfig, train_entries: int) -> None:
+    def fill_once() -> dict:
+        backbone = BackboneConfig(model="RN-tiny", image_size=64)
+        paths = {"cache_dir": tmp_path / "cache", "data_dir": tmp_path / "data"}
+        return fill(SHAPES, backbone, features, **paths, device="cpu", batch_size=8, progress=False)
+
+    summary = fill_once()
     gelu = "GELU (random weights: the model config's GELU)"
     assert summary == {"encoded": train_entries + 1, "reused": 0, "skipped_images": 0, "activation": gelu}
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == train_entries + 1
-    again = fill_for_config(cfg.model_copy(update={"setup": "dual_coop", "label_ratio": 0.1, "seed": 3}), progress=False)
-    assert again == {"encoded": 0, "reused": train_entries + 1, "skipped_images": 0, "activation": gelu}
+    assert fill_once() == {"encoded": 0, "reused": train_entries + 1, "skipped_images": 0, "activation": gelu}

@@ -84,7 +84,10 @@ def test_loss_axis_bounds_come_from_the_loss_config(write_spec, minimal_spec):
         ({"training": {"lr": {"prompt": 0.1, "projecter": 1.0}}}, "training.lr", "unknown parameter group(s) ['projecter']"),
         ({"training": {"lr": {"prompt": 0.1}}}, "training.lr", "'baseline' needs a learning rate for group(s) ['projector']"),
         ({"setup_options": {"dual_coop": {"n_kontext": 4}}}, "setup_options.dual_coop", "unknown option(s) n_kontext"),
-        ({"setup_options": {"positive_coop": {}}}, "setup_options.positive_coop", "not one of this spec's setups"),
+        ({"setup_options": {"positiv_coop": {}}}, "setup_options.positiv_coop", "unknown setup 'positiv_coop'"),
+        ({"lr_per_setup": {"dual": {"prompt": 0.1}}}, "lr_per_setup.dual", "unknown setup 'dual'"),
+        ({"lr_per_setup": {"dual_coop": {"projector": 0.1}}}, "lr_per_setup.dual_coop", "no parameter group(s) ['projector']"),
+        ({"setup_options": {"dual_coop": {"n_kontext": 4}}, "setups": ["baseline"]}, "setup_options.dual_coop", "n_kontext"),
         ({"scheduler": {"kind": "asha", "grace_period": 5}}, "scheduler.grace_period", "more than training.epochs (2)"),
         ({"cache_dir": "runs/unit/cache"}, "cache_dir", "inside this spec's results folder"),
         ({"datasets": [{"name": "voc", "kind": "voc", "root": "no/such/voc"}]}, "datasets.0", "no/such/voc"),
@@ -94,6 +97,18 @@ def test_cross_field_rules(write_spec, minimal_spec, change, field, words):
     path = write_spec(minimal_spec(**change))
     found = problems(path)
     assert any(line.startswith(f"{path}: {field}: ") and words in line for line in found), found
+
+
+def test_narrowing_setups_keeps_the_other_setups_settings(write_spec, minimal_spec):
+    """`--set setups=[baseline]` on a spec with per-setup options and rates runs without editing them."""
+    path = write_spec(
+        minimal_spec(
+            setup_options={"dual_coop": {"n_ctx": 4}}, lr_per_setup={"negative_coop": {"embedding": 0.02}}
+        )
+    )
+    spec = load_spec(path, ["setups=[baseline]"]).spec
+    assert spec.setups == ["baseline"]
+    assert spec.learning_rates("baseline") == {"projector": spec.training.lr["projector"]}
 
 
 def test_overrides_set_nested_fields_list_items_and_yaml_values(write_spec, minimal_spec):

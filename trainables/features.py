@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from trainables import clip as clip_lib
 from trainables import data
-from trainables.config import FeatureConfig, TrialConfig
+from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.pretrain import load_backbone
 from trainables.errors import UserInputError
 
@@ -251,24 +251,34 @@ def _activation(clip: clip_lib.FrozenCLIP) -> str:
     return f"{'QuickGELU' if clip.quick_gelu else 'GELU'} ({clip.quick_gelu_reason})"
 
 
-def fill_for_config(cfg: TrialConfig, *, progress: bool = True) -> dict:
-    """Encode everything one trial of `cfg` reads (its train views and the test split) ahead of a run.
+def fill(
+    dataset_config: DatasetConfig,
+    backbone: BackboneConfig,
+    features: FeatureConfig,
+    *,
+    cache_dir: Path,
+    data_dir: Path,
+    device: str = "auto",
+    batch_size: int = 100,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Encode everything a trial on `dataset_config` reads (its train views and the test split) ahead of a run.
 
-    Call it once per distinct (dataset, backbone, features) combination: the setup, label ratio,
-    seed and loss do not change the features. Returns counts for a report.
+    The features depend on (dataset, backbone, feature mode) only, so one call covers every setup,
+    label ratio, seed and loss setting on that dataset. Returns counts for a report.
     """
-    data_dir = cfg.data_dir
-    device = clip_lib.resolve_device(cfg.device)
-    clip = load_backbone(cfg.backbone, data_dir, device)
-    data.check(cfg.dataset, data_dir)
-    cache = FeatureCache(cfg.cache_dir)
-    jobs = [(data.build_dataset(cfg.dataset, "train", data_dir), view) for view in train_views(cfg.features)]
-    jobs.append((data.build_dataset(cfg.dataset, "test", data_dir), "test"))
+    device = clip_lib.resolve_device(device)
+    clip = load_backbone(backbone, data_dir, device)
+    data.check(dataset_config, data_dir)
+    cache = FeatureCache(cache_dir)
+    jobs = [(data.build_dataset(dataset_config, "train", data_dir), view) for view in train_views(features)]
+    jobs.append((data.build_dataset(dataset_config, "test", data_dir), "test"))
     summary = {"encoded": 0, "reused": 0, "skipped_images": 0, "activation": _activation(clip)}
     for dataset, view in jobs:
         summary["reused" if cache.contains(clip, dataset, view) else "encoded"] += 1
         stored = cache.dense_features(
-            clip, dataset, view, batch_size=cfg.training.eval_batch_size, device=device, num_workers=cfg.training.num_workers, progress=progress
+            clip, dataset, view, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress
         )
         summary["skipped_images"] += int((~stored.valid).sum())
     return summary
