@@ -5,7 +5,7 @@ Plain names (and the search filter built from them), so that the readers can imp
 Ray. The run tree and what each run holds are described in docs/ARCHITECTURE.md ("Per-trial metrics").
 """
 
-from urllib.parse import quote, urlencode
+import json
 
 # -- tags ------------------------------------------------------------------------------------------
 
@@ -31,6 +31,11 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 """MLflow's experiment tag that picks the UI's first page; without it MLflow 3 opens on GenAI traces."""
 TRAINING_EXPERIMENT_KIND = "custom_model_development"
 """The kind whose experiment page opens on the training runs."""
+SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+"""MLflow's experiment tags that hold a saved runs view (filter, order, columns); the UI opens one
+given `viewStateShareKey=<key>` in the address, as after its own "Share" button."""
+TRIALS_VIEW_KEY = "orchestrator-trials"
+"""The saved view of an experiment's trial runs, best first, with their cell and mAP columns."""
 
 # -- role values (of ROLE_TAG) ---------------------------------------------------------------------
 
@@ -60,12 +65,21 @@ RANKING_METRICS = ("best_mAP", LAST_MAP)
 
 
 def runs_page(ui_address: str, experiment_id: str) -> str:
-    """The MLflow UI's runs view of an experiment, showing only the trial runs, best first."""
-    query = urlencode(
-        {"searchFilter": role_filter(TRIAL_ROLE), "orderByKey": "metrics.`best_mAP`", "orderByAsc": "false"},
-        quote_via=quote,
-    )
-    return f"{ui_address.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
+    """The MLflow UI's runs view of an experiment, opened on the saved trials view (`experiment_tags`)."""
+    return f"{ui_address.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW_KEY}"
+
+
+def experiment_tags() -> dict[str, str]:
+    """The tags of a training experiment: its kind, and the saved trials view that `runs_page` opens."""
+    columns = [f"tags.`{tag}`" for tag in ("setup", "dataset", "label_ratio", "seed")]
+    columns += [f"metrics.`{metric}`" for metric in ("best_mAP", LAST_MAP, "best_epoch")]
+    trials_view = {
+        "searchFilter": role_filter(TRIAL_ROLE),
+        "orderByKey": "metrics.`best_mAP`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+    }
+    return {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND, SHARED_VIEW_TAG_PREFIX + TRIALS_VIEW_KEY: json.dumps(trials_view)}
 
 
 def role_filter(role: str) -> str:

@@ -32,7 +32,6 @@ from orchestrator.schema import (
     CELL_ROLE,
     EPOCH_METRICS,
     ERROR_FILE_TAG,
-    EXPERIMENT_KIND_TAG,
     FINAL_METRICS,
     GIT_COMMIT_TAG,
     LAST_MAP,
@@ -43,8 +42,8 @@ from orchestrator.schema import (
     SPEC_HASH_TAG,
     SPEC_PATH_TAG,
     TRIAL_KEY_TAG,
-    TRAINING_EXPERIMENT_KIND,
     TRIAL_ROLE,
+    experiment_tags,
 )
 from orchestrator.trial_errors import error_path
 
@@ -115,17 +114,19 @@ class TrackingStore:
         self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
-        """The experiment's id, created if missing, tagged as a training experiment for the UI."""
-        kind = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND}
+        """The experiment's id, created if missing, tagged as a training experiment with the saved
+        trials view for the UI (`schema.experiment_tags`)."""
+        tags = experiment_tags()
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return self.client.create_experiment(
-                self.experiment_name, artifact_location=self._artifact_location(), tags=kind
+                self.experiment_name, artifact_location=self._artifact_location(), tags=tags
             )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != TRAINING_EXPERIMENT_KIND:
-            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND)
+        for name, value in tags.items():
+            if experiment.tags.get(name) != value:
+                self.client.set_experiment_tag(experiment.experiment_id, name, value)
         return experiment.experiment_id
 
     def _artifact_location(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -38,7 +39,7 @@ def test_registry_names():
     [
         ("coop", {}, r"unknown setup 'coop'; valid setups: baseline, positive_coop, negative_coop, dual_coop"),
         ("baseline", {"n_ctx": 4}, r"unknown option\(s\) n_ctx for setup 'baseline'; valid options: none"),
-        ("dual_coop", {"ctx_init": "a photo"}, r"unknown option\(s\) ctx_init .* valid options: n_ctx, csc, aggregation, positive_ctx_init, negative_ctx_init"),
+        ("dual_coop", {"ctx_init": "a photo"}, r"unknown option\(s\) ctx_init .* valid options: n_ctx, csc, aggregation, logit_scale, positive_ctx_init, negative_ctx_init"),
         ("positive_coop", {"aggregation": "mean"}, r"setup 'positive_coop' option aggregation: Input should be 'paper' or 'reference'"),
         ("negative_coop", {"n_ctx": 0}, r"setup 'negative_coop' option n_ctx: .*greater than or equal to 1"),
         ("positive_coop", {"embedding_init": "zeros"}, r"option embedding_init"),
@@ -138,8 +139,9 @@ def test_learned_embeddings_start_standard_normal(tiny_rn):
 # -- aggregation: the formulas written out ----------------------------------------------------------------
 
 
-def _explicit_region_logits(features, embeddings, weights_from_presence: bool) -> torch.Tensor:
-    """Section 3.1 with explicit sums over locations: S = 20 cos, A = exp(S_l) / sum_l' exp(S_l'), logit = 5 sum_l A_l S_l."""
+def _explicit_region_logits(features, embeddings, weights_from_presence: bool, temperature: float = 100.0) -> torch.Tensor:
+    """Section 3.1 with explicit sums over locations: S = 20 cos, A = exp(S_l) / sum_l' exp(S_l'),
+    logit = 5 sum_l A_l S_l at the paper's temperature 100, (temperature / 20) sum_l A_l S_l at another."""
     batch, locations, _ = features.shape
     classes = embeddings.shape[0]
     out = torch.zeros(batch, classes, 2, dtype=torch.float64)
@@ -154,7 +156,7 @@ def _explicit_region_logits(features, embeddings, weights_from_presence: bool) -
             for c in (0, 1):
                 weight_scores = scores[0] if weights_from_presence else scores[c]
                 normaliser = sum(math.exp(s) for s in weight_scores)
-                out[b, k, c] = 5.0 * sum(math.exp(w) / normaliser * s for w, s in zip(weight_scores, scores[c]))
+                out[b, k, c] = temperature / 20.0 * sum(math.exp(w) / normaliser * s for w, s in zip(weight_scores, scores[c]))
     return out
 
 
@@ -188,6 +190,28 @@ def test_prompt_setups_aggregate_with_the_chosen_formula(tiny_rn, name, option, 
         logits = setup(features)
     expected = _explicit_region_logits(features, embeddings, weights_from_presence)
     torch.testing.assert_close(logits.double(), expected, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", PROMPT_SETUPS)
+def test_backbone_logit_scale_uses_the_backbones_learned_temperature(tiny_rn, name):
+    # Random weights keep CLIP's initial temperature 1/0.07; the spatial weights stay softmax(20 cos).
+    assert tiny_rn.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    setup = _build(name, tiny_rn, logit_scale="backbone")
+    features = tiny_rn.encode_dense(_images(n=2))
+    with torch.no_grad():
+        embeddings, logits = setup.class_embeddings(), setup(features)
+    expected = _explicit_region_logits(features, embeddings, weights_from_presence=False, temperature=1 / 0.07)
+    torch.testing.assert_close(logits.double(), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_backbone_logit_scale_is_the_paper_scale_on_a_backbone_trained_at_100(tiny_rn):
+    # OpenAI's CLIP weights end training at exp(logit_scale) = 100, where both options agree.
+    trained_at_100 = copy.deepcopy(tiny_rn)
+    trained_at_100.model.logit_scale.fill_(math.log(100.0))
+    features = tiny_rn.encode_dense(_images(n=2))
+    paper = _build("dual_coop", trained_at_100)(features)
+    backbone = _build("dual_coop", trained_at_100, logit_scale="backbone")(features)
+    torch.testing.assert_close(backbone, paper)
 
 
 def test_baseline_projects_unnormalised_features_and_pools_each_map_by_its_own_softmax(tiny_rn):

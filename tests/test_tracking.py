@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import socket
 import subprocess
@@ -246,3 +247,17 @@ def test_experiment_is_tagged_so_the_ui_opens_on_training_runs(spec, store):
     store.client.delete_experiment_tag(store.experiment_id, "mlflow.experimentKind")
     assert tracking.TrackingStore(spec.tracking_uri, spec.name).experiment_id == store.experiment_id
     assert store.client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_experiment_holds_the_saved_trials_view_the_ui_address_opens(spec, store):
+    # The view as MLflow's "Share" button saves it: search facets plus the UI's column keys.
+    saved = store.client.get_experiment(store.experiment_id).tags["mlflow.sharedViewState.orchestrator-trials"]
+    assert json.loads(saved) == {
+        "searchFilter": "tags.`orchestrator.role` = 'trial'",
+        "orderByKey": "metrics.`best_mAP`",
+        "orderByAsc": False,
+        "selectedColumns": [
+            "tags.`setup`", "tags.`dataset`", "tags.`label_ratio`", "tags.`seed`",
+            "metrics.`best_mAP`", "metrics.`last_mAP`", "metrics.`best_epoch`",
+        ],
+    }  # fmt: skip

@@ -94,6 +94,11 @@ class FrozenCLIP(nn.Module):
         return self.model.token_embedding.embedding_dim
 
     @property
+    def logit_scale(self) -> float:
+        """The learned temperature exp(logit_scale) of the weights (OpenAI's: 100; random weights: 1/0.07)."""
+        return float(self.model.logit_scale.exp())
+
+    @property
     def device(self) -> torch.device:
         return self.model.token_embedding.weight.device
 
@@ -114,6 +119,16 @@ class FrozenCLIP(nn.Module):
         return grid_h * grid_w, self.embed_dim
 
     # -- images -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Unnormalised global image embeddings [B, d] of images [B, 3, S, S]: CLIP's own image
+        feature (the attention pool's output, or the class token through `ln_post` and `proj`)."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} but backbone {self.identity} expects {self.image_size}px"
+            )
+        return self.model.encode_image(images.to(self.model.visual.conv1.weight.dtype))
 
     @torch.no_grad()
     def encode_dense(self, images: torch.Tensor) -> torch.Tensor:

@@ -26,14 +26,20 @@ SIMILARITY_SCALE = 20.0
 LOGIT_SCALE = 5.0
 """Logits are 5 * sum_l w_l * score_l, again hard-coded in DualCoOp (and in PositiveCoOp's baseline)."""
 
+PAPER_TEMPERATURE = SIMILARITY_SCALE * LOGIT_SCALE
+"""A prompt setup's logit is 100 * (softmax-weighted mean cosine): the learned temperature
+exp(logit_scale) of OpenAI's CLIP, which ends training at CLIP's clamp of 100."""
+
+LogitScale = Literal["paper", "backbone"]
+
 PRESENCE, ABSENCE = 0, 1
 """Index of the presence and absence entries on the last axis of logits [B, K, 2]."""
 
 
-def spatial_pool(maps: torch.Tensor, weight_logits: torch.Tensor) -> torch.Tensor:
-    """LOGIT_SCALE * sum_l softmax_l(weight_logits) * maps, over the last axis (the locations)."""
+def spatial_pool(maps: torch.Tensor, weight_logits: torch.Tensor, scale: float = LOGIT_SCALE) -> torch.Tensor:
+    """scale * sum_l softmax_l(weight_logits) * maps, over the last axis (the locations)."""
     weights = torch.softmax(weight_logits, dim=-1)
-    return LOGIT_SCALE * (weights * maps).sum(dim=-1)
+    return scale * (weights * maps).sum(dim=-1)
 
 
 def similarity_maps(features: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
@@ -46,9 +52,13 @@ def similarity_maps(features: torch.Tensor, class_embeddings: torch.Tensor) -> t
 
 
 def region_logits(
-    features: torch.Tensor, class_embeddings: torch.Tensor, aggregation: Aggregation = "paper"
+    features: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    aggregation: Aggregation = "paper",
+    temperature: float = PAPER_TEMPERATURE,
 ) -> torch.Tensor:
-    """Logits [B, K, 2] (presence, absence) of dense features [B, L, d] against class embeddings [K, 2, d]."""
+    """Logits [B, K, 2] (presence, absence) of dense features [B, L, d] against class embeddings [K, 2, d]:
+    `temperature` * sum_l w_l cos_l, with the spatial weights w = softmax(20 cos) at any temperature."""
     maps = similarity_maps(features, class_embeddings)
     if aggregation == "paper":
         weight_logits = maps
@@ -56,4 +66,4 @@ def region_logits(
         weight_logits = maps[:, :, PRESENCE : PRESENCE + 1].expand_as(maps)
     else:
         raise ValueError(f"unknown aggregation {aggregation!r}")
-    return spatial_pool(maps, weight_logits)
+    return spatial_pool(maps, weight_logits, temperature / SIMILARITY_SCALE)

@@ -11,7 +11,7 @@ from torch import nn
 
 from trainables.clip import FrozenCLIP
 from trainables.errors import UserInputError
-from trainables.setups.aggregation import Aggregation, region_logits
+from trainables.setups.aggregation import PAPER_TEMPERATURE, Aggregation, LogitScale, region_logits
 
 
 class SetupOptions(pydantic.BaseModel):
@@ -95,14 +95,21 @@ class PromptOptions(SetupOptions):
     """Class-specific contexts (DualCoOp's `--csc`); False shares one context across classes."""
     aggregation: Aggregation = "paper"
     """Spatial softmax weights: `paper` (each map its own) or `reference` (the presence map's, as the code)."""
+    logit_scale: LogitScale = "paper"
+    """The temperature of the logits: `paper` multiplies the cosines by 100 (DualCoOp's hard-coded
+    20 x 5, OpenAI CLIP's learned temperature); `backbone` by the backbone's own learned
+    exp(logit_scale), the scale its cosines were trained at. The two agree on OpenAI's weights
+    (exactly 100); a CLIP trained to another temperature (the demo's tiny CLIP: about 16) saturates
+    the 2-way softmax at 100, where ASL gives the saturated entries no gradient."""
 
 
 class PromptSetup(MLRSetup):
     """Setups scoring regions against a presence and an absence embedding per class (section 3.1 aggregation)."""
 
-    def __init__(self, classnames: list[str], clip: FrozenCLIP, aggregation: Aggregation):
+    def __init__(self, classnames: list[str], clip: FrozenCLIP, options: PromptOptions):
         super().__init__(classnames, clip)
-        self.aggregation = aggregation
+        self.aggregation = options.aggregation
+        self.temperature = clip.logit_scale if options.logit_scale == "backbone" else PAPER_TEMPERATURE
 
     @abstractmethod
     def presence_absence(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,4 +120,4 @@ class PromptSetup(MLRSetup):
         return F.normalize(torch.stack([presence, absence], dim=1), dim=-1)
 
     def logits_from_features(self, features: torch.Tensor, class_embeddings: torch.Tensor | None) -> torch.Tensor:
-        return region_logits(features, class_embeddings, self.aggregation)
+        return region_logits(features, class_embeddings, self.aggregation, self.temperature)

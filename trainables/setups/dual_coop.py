@@ -25,7 +25,7 @@ class DualCoOp(PromptSetup):
     lr_groups = ("prompt",)
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP, options: DualCoOpOptions):
-        super().__init__(classnames, clip, options.aggregation)
+        super().__init__(classnames, clip, options)
         self.positive_prompt = PromptLearner(
             classnames, clip, n_ctx=options.n_ctx, csc=options.csc, ctx_init=options.positive_ctx_init
         )

@@ -34,7 +34,7 @@ class SinglePromptSetup(PromptSetup):
     prompted_side: Literal["presence", "absence"]
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP, options: SinglePromptOptions):
-        super().__init__(classnames, clip, options.aggregation)
+        super().__init__(classnames, clip, options)
         self.prompt_learner = PromptLearner(
             classnames, clip, n_ctx=options.n_ctx, csc=options.csc, ctx_init=options.ctx_init
         )
