@@ -234,6 +234,20 @@ def write_outputs(
     return written
 
 
+def write_ood_outputs(table: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
+    """The OOD table in every format under `out_dir/tables` (`ood_detection.*`)."""
+    from orchestrator import ood_table, tables
+
+    table_dir = out_dir / "tables"
+    table_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, file_name in tables.FILE_NAMES.items():
+        path = table_dir / file_name.replace("comparison", "ood_detection")
+        path.write_text(ood_table.render(table, fmt, title))
+        written.append(path)
+    return written
+
+
 def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_dir: Path) -> str:
     """Log `out_dir/tables` and `out_dir/plots` under the launch run (made if the experiment has none); its id."""
     if launch is None:
@@ -249,7 +263,7 @@ def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_d
 
 def run(args: argparse.Namespace) -> int:
     """The `table` command; returns the exit code."""
-    from orchestrator import tables
+    from orchestrator import ood_table, tables
 
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
@@ -257,28 +271,43 @@ def run(args: argparse.Namespace) -> int:
     trials = tables.read_trials(client, experiment)
     if trials.empty:
         raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
-
-    reference = tables.load_reference() if args.reference == "paper" else None
-    table = tables.build_table(trials, args.metric, reference)
-    title = f"{target.experiment_name}: {args.metric}"
+    ood_trials = ood_table.read_ood_trials(client, experiment)
+    trials = trials[trials["family"] != "ood"]
     launch = launch_run(client, experiment)
-    spec, spec_raw = spec_source(client, target, launch)
-    configs = best_configs(trials, args.metric, spec, spec_raw, target.experiment_name)
+    table = configs = ood = None
+    if not trials.empty:
+        reference = tables.load_reference() if args.reference == "paper" else None
+        table = tables.build_table(trials, args.metric, reference)
+        spec, spec_raw = spec_source(client, target, launch)
+        configs = best_configs(trials, args.metric, spec, spec_raw, target.experiment_name)
+    if not ood_trials.empty:
+        ood = ood_table.build_ood_table(ood_trials, ood_table.load_reference() if args.reference == "paper" else None)
+    title = f"{target.experiment_name}: {args.metric}"
+    ood_title = f"{target.experiment_name}: OOD detection"
 
     if args.format == "rich":
-        tables.print_rich(table, title)
-        if not configs.empty:
-            print(describe_best(configs, args.metric))
+        if table is not None:
+            tables.print_rich(table, title)
+            if not configs.empty:
+                print(describe_best(configs, args.metric))
+        if ood is not None:
+            print(ood_table.render(ood, "rich", ood_title), end="")
     else:
-        sys.stdout.write(tables.render(table, args.format, title=title))
-        if not configs.empty:  # stdout stays a clean document of the chosen format
-            print(describe_best(configs, args.metric), file=sys.stderr)
+        if table is not None:
+            sys.stdout.write(tables.render(table, args.format, title=title))
+            if not configs.empty:  # stdout stays a clean document of the chosen format
+                print(describe_best(configs, args.metric), file=sys.stderr)
+        if ood is not None:
+            sys.stdout.write(ood_table.render(ood, args.format, ood_title))
 
     if args.out is None and args.no_log:
         return 0
     with tempfile.TemporaryDirectory(prefix="orchestrator-table-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
-        write_outputs(table, trials, configs, args.metric, title, out_dir)
+        if table is not None:
+            write_outputs(table, trials, configs, args.metric, title, out_dir)
+        if ood is not None:
+            write_ood_outputs(ood, ood_title, out_dir)
         if args.out is not None:
             print(f"Wrote tables to {out_dir / 'tables'} and plots to {out_dir / 'plots'}", file=sys.stderr)
         if not args.no_log:

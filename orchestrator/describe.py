@@ -25,7 +25,7 @@ def trainable_parameters(loaded: LoadedSpec) -> dict[str, dict[str, int]]:
             name: setups.count_trainable(setups.build(setup, names, backbone, **spec.setup_options.get(setup, {})))
             for name, names in classnames.items()
         }
-        for setup in spec.setups
+        for setup in spec.mlr_setups
     }
 
 
@@ -36,7 +36,7 @@ def describe(loaded: LoadedSpec) -> str:
     if spec.search.kind == "optuna":
         search = (
             f"Optuna ({spec.search.sampler}, seed {spec.search.seed}) over "
-            f"{', '.join(dict.fromkeys(name for setup in spec.setups for name in spec.search_space(setup)))}, "
+            f"{', '.join(dict.fromkeys(name for setup in spec.mlr_setups for name in spec.search_space(setup)))}, "
             f"{per_cell} trials per cell, {spec.search.mode} {spec.search.metric}"
         )
     else:
@@ -54,12 +54,22 @@ def describe(loaded: LoadedSpec) -> str:
         colalign=("left", *("right" for _ in spec.datasets)),
     )
     backbone = spec.backbone
+    mlr_cells = [cell for cell in cells if cell.family == "mlr"]
+    ood_cells = [cell for cell in cells if cell.family == "ood"]
+    ood = []
+    if ood_cells:
+        ood = [
+            f"OOD cells: {len(ood_cells)}: LAPT variants {', '.join(spec.ood.variants)} on '{spec.ood.id_dataset.name}' "
+            f"against {', '.join(f'{s.name} ({s.group})' for s in spec.ood.ood_sets)}; "
+            f"{spec.ood.negatives.count} negative labels, {spec.ood.training.epochs} epochs, 1 trial each",
+        ]
     return "\n".join(
         [
             f"Spec {spec.name} ({loaded.path}), hash {spec_hash(spec)}",
-            f"Cells: {len(cells)} = {len(spec.datasets)} datasets x {len(spec.setups)} setups x "
+            f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {len(spec.mlr_setups)} setups x "
             f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
-            f"Trials: {len(cells) * per_cell}; search: {search}; scheduler: {scheduler}",
+            *ood,
+            f"Trials: {len(mlr_cells) * per_cell + len(ood_cells)}; search: {search}; scheduler: {scheduler}",
             f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}",
             f"Resources per trial: {resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU; "
             f"at most {resources.max_concurrent_trials or 'as many as fit'} at once",

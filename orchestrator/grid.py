@@ -1,7 +1,8 @@
 """Expand a spec into cells (dataset x setup x label ratio x seed) and the trials of each cell.
 
 A cell is one point of the paper's grid; its trials differ only in the loss setting (a loss grid,
-or Optuna's samples). Every trial gets a readable name and a deterministic key, so a restarted
+or Optuna's samples). The OOD family's cells (`orchestrator.ood_spec`) are (LAPT variant x ID set x
+label ratio x seed), one trial each. Every trial gets a readable name and a deterministic key, so a restarted
 driver finds the MLflow run it already made instead of making a second one.
 """
 
@@ -13,8 +14,10 @@ import json
 from dataclasses import dataclass
 
 from trainables.config import DatasetConfig, TrialConfig
+from trainables.ood.config import IDDatasetConfig
 
-from orchestrator.spec import ExperimentSpec
+from orchestrator.ood_spec import UNTUNED, variant_config
+from orchestrator.spec import ExperimentSpec, without_paths
 
 MACHINE_FIELDS = ("cache_dir", "data_dir", "device")
 """Trial config fields that say where, not what: left out of the trial key."""
@@ -22,10 +25,13 @@ MACHINE_FIELDS = ("cache_dir", "data_dir", "device")
 
 @dataclass(frozen=True)
 class Cell:
-    dataset: DatasetConfig
+    dataset: DatasetConfig | IDDatasetConfig
     setup: str
+    """An MLR setup, or a LAPT variant (`lapt`, `neglabel`, ...) in the OOD family."""
     label_ratio: float
     seed: int
+    family: str = "mlr"
+    """The task family (`trainables.tasks.FAMILIES`) that runs the cell's trials."""
 
     @property
     def key(self) -> str:
@@ -39,11 +45,16 @@ class Trial:
     trial_name: str
     trial_key: str
     trial_config: dict
-    """The resolved `TrialConfig`, JSON-able (what the trainable validates and runs)."""
+    """The resolved config of the family (`TrialConfig`, `OODTrialConfig`), JSON-able (what the trainable validates and runs)."""
+    setup: str
+    """The cell's setup (an MLR setup or a LAPT variant): the `setup` tag of its runs."""
+    family: str = "mlr"
 
     def as_config(self) -> dict:
-        """The Ray Tune config of this trial, as `trainables.trainable.mlr_trial` receives it."""
+        """The Ray Tune config of this trial, as `trainables.trainable.run_trial` receives it."""
         return {
+            "family": self.family,
+            "setup": self.setup,
             "trial_config": self.trial_config,
             "trial_key": self.trial_key,
             "cell_key": self.cell_key,
@@ -52,11 +63,19 @@ class Trial:
 
 
 def cells(spec: ExperimentSpec) -> list[Cell]:
-    """Every cell, datasets outermost, seeds innermost."""
-    return [
+    """Every cell: the MLR ones (datasets outermost, seeds innermost), then the OOD family's (an
+    untuned variant once, at ratio 1 and the first seed: it learns nothing that either changes)."""
+    mlr = [
         Cell(dataset, setup, ratio, seed)
-        for dataset, setup, ratio, seed in itertools.product(spec.datasets, spec.setups, spec.label_ratios, spec.seeds)
+        for dataset, setup, ratio, seed in itertools.product(spec.datasets, spec.mlr_setups, spec.label_ratios, spec.seeds)
     ]
+    if not spec.runs_ood or spec.ood is None:
+        return mlr
+    ood = []
+    for variant in spec.ood.variants:
+        grid = [(1.0, spec.seeds[0])] if variant in UNTUNED else itertools.product(spec.ood.label_ratios, spec.seeds)
+        ood += [Cell(spec.ood.id_dataset, variant, ratio, seed, family="ood") for ratio, seed in grid]
+    return mlr + ood
 
 
 def loss_grid(spec: ExperimentSpec) -> list[dict]:
@@ -65,7 +84,10 @@ def loss_grid(spec: ExperimentSpec) -> list[dict]:
     return [{**fixed, **dict(zip(axes, values))} for values in itertools.product(*axes.values())]
 
 
-def trials_per_cell(spec: ExperimentSpec) -> int:
+def trials_per_cell(spec: ExperimentSpec, cell: Cell | None = None) -> int:
+    """Trials of an MLR cell (of `cell`, when given: an OOD cell has one)."""
+    if cell is not None and cell.family == "ood":
+        return 1
     if spec.search.kind == "optuna":
         return spec.search.num_samples
     return len(loss_grid(spec))
@@ -94,8 +116,7 @@ def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled: dict[str, flo
 
 def trial_key(trial_name: str, trial_config: dict) -> str:
     """The trial name plus a short hash of what it computes (machine-specific paths left out)."""
-    what = {k: v for k, v in trial_config.items() if k not in MACHINE_FIELDS}
-    what["dataset"] = {k: v for k, v in what["dataset"].items() if k not in ("root", "train_manifest", "test_manifest")}
+    what = without_paths({k: v for k, v in trial_config.items() if k not in MACHINE_FIELDS})
     digest = hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return f"{trial_name}-{digest[:8]}"
 
@@ -105,9 +126,14 @@ def make_trial(spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sample
     when the cell has several trials."""
     config = resolve(spec, cell, loss, sampled).model_dump(mode="json")
     name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
-    return Trial(cell_key=cell.key, trial_name=name, trial_key=trial_key(name, config), trial_config=config)
+    return Trial(cell_key=cell.key, trial_name=name, trial_key=trial_key(name, config), trial_config=config, setup=cell.setup)
 
 
 def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
-    """Every trial of `cell` in a grid search, in loss-grid order."""
+    """Every trial of `cell` in a grid search, in loss-grid order; an OOD cell's one trial."""
+    if cell.family == "ood":
+        config = variant_config(
+            spec.ood, cell.setup, spec.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
+        ).model_dump(mode="json")
+        return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family="ood")]
     return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from trainables.tasks import FAMILIES
+
 from orchestrator.trial_errors import error_path, trial_exception, user_error_cause
 
 _ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
@@ -23,17 +25,19 @@ def _epochs(trial) -> int:
 
 
 def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, str, str]]:
-    """(name, status, epoch/epochs, best mAP) per trial: running first, then by name."""
+    """(name, status, epoch/epochs, "best <metric> <value>") per trial: running first, then by name.
+    The metric is the trial's family's (`mAP`, or `auroc` for the OOD family)."""
     rows = []
     for trial in sorted(trials, key=lambda t: (_ORDER.get(statuses[t.trial_id], 9), t.config["trial_name"])):
         result = trial.last_result or {}
-        best = result.get("best_mAP")
+        metric = FAMILIES[trial.config["family"]].metric
+        best = result.get(f"best_{metric}")
         rows.append(
             (
                 trial.config["trial_name"],
                 statuses[trial.trial_id],
                 f"{result.get('epoch', 0)}/{_epochs(trial)}",
-                f"{best:.2f}" if best is not None else "-",
+                f"best {metric} {best:.2f}" if best is not None else f"best {metric} -",
             )
         )
     return rows
@@ -46,7 +50,7 @@ def render(trials: list, statuses: dict[str, str]) -> Table:
         counts[statuses[trial.trial_id]] = counts.get(statuses[trial.trial_id], 0) + 1
     summary = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 9)))
     table = Table(title=f"{len(trials)} trials: {summary}", title_justify="left", box=None, pad_edge=False)
-    for column, justify in (("trial", "left"), ("status", "left"), ("epoch", "right"), ("best mAP", "right")):
+    for column, justify in (("trial", "left"), ("status", "left"), ("epoch", "right"), ("best", "right")):
         table.add_column(column, justify=justify)
     for row in trial_rows(trials, statuses):
         table.add_row(*row)
@@ -94,7 +98,7 @@ class ProgressTable(Callback):
             if self._shown.get(trial.trial_id) != state:
                 self._shown[trial.trial_id] = state
                 name, status, epoch, best = trial_rows([trial], self._statuses)[0]
-                self._console.print(f"{name}  {status}  epoch {epoch}  best mAP {best}", highlight=False)
+                self._console.print(f"{name}  {status}  epoch {epoch}  {best}", highlight=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         name = trial.config["trial_name"]

@@ -51,7 +51,7 @@ def optuna_storage(spec: ExperimentSpec) -> str:
 
 
 def total_trials(spec: ExperimentSpec) -> int:
-    return len(grid.cells(spec)) * grid.trials_per_cell(spec)
+    return sum(grid.trials_per_cell(spec, cell) for cell in grid.cells(spec))
 
 
 def _trial_name(trial) -> str:
@@ -165,13 +165,13 @@ def _build_tuner(spec: ExperimentSpec, digest: str, resume: bool):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from trainables.trainable import mlr_trial
+    from trainables.trainable import run_trial
 
     from orchestrator.progress import ProgressTable
     from orchestrator.search import CellASHA, CellSearcher
 
     trainable = tune.with_resources(
-        mlr_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+        run_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     )
     if resume:
         return tune.Tuner.restore(
@@ -240,13 +240,13 @@ def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool)
             finished_per_cell[key] = finished_per_cell.get(key, 0) + 1
         elif status == "FAILED":
             failed += 1
-    per_cell = grid.trials_per_cell(spec)
-    complete = {key for key, n in finished_per_cell.items() if n >= per_cell}
+    per_cell = {cell.key: grid.trials_per_cell(spec, cell) for cell in grid.cells(spec)}
+    complete = {key for key, n in finished_per_cell.items() if n >= per_cell.get(key, 1)}
     for run in store.runs(role_filter(CELL_ROLE)):
         _close(store, run, done=run.data.tags[CELL_KEY_TAG] in complete, unfinished=unfinished)
     for run in store.runs(role_filter(LAUNCH_ROLE)):
-        _close(store, run, done=len(complete) == len(grid.cells(spec)), unfinished=unfinished)
-    finished = sum(min(n, per_cell) for n in finished_per_cell.values())
+        _close(store, run, done=len(complete) == len(per_cell), unfinished=unfinished)
+    finished = sum(min(n, per_cell.get(key, 1)) for key, n in finished_per_cell.items())
     return Outcome(expected=total_trials(spec), finished=finished, failed=failed, interrupted=interrupted)
 
 

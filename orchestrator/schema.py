@@ -63,6 +63,14 @@ FINAL_METRICS = (
 RANKING_METRICS = ("best_mAP", LAST_MAP)
 """The final metrics a trial can be judged by: which trial is a cell's best, and a table cell's value."""
 
+FAMILY_TAG = "family"
+"""A trial run's task family: `mlr` or `ood` (absent on runs made before the OOD family: `mlr`)."""
+OOD_FINAL_METRICS = ("best_auroc", "best_epoch", "trainable_params", "train_seconds", "num_negative_labels")
+"""Logged by an OOD trial run when the trial ends; its per-epoch metrics (`auroc`, `auroc.near`,
+`fpr95_ood_pos.<set>`, `id_accuracy`, ... in percent) keep the last epoch's values."""
+OOD_UNLOGGED = ("epoch", "negative_labels", *OOD_FINAL_METRICS)
+"""Keys of an OOD trial's result that are not per-epoch metrics."""
+
 
 def runs_page(ui_address: str, experiment_id: str) -> str:
     """The MLflow UI's runs view of an experiment, opened on the saved trials view (`experiment_tags`)."""
@@ -72,7 +80,7 @@ def runs_page(ui_address: str, experiment_id: str) -> str:
 def experiment_tags() -> dict[str, str]:
     """The tags of a training experiment: its kind, and the saved trials view that `runs_page` opens."""
     columns = [f"tags.`{tag}`" for tag in ("setup", "dataset", "label_ratio", "seed")]
-    columns += [f"metrics.`{metric}`" for metric in ("best_mAP", LAST_MAP, "best_epoch")]
+    columns += [f"metrics.`{metric}`" for metric in ("best_mAP", LAST_MAP, "best_auroc", "best_epoch")]
     trials_view = {
         "searchFilter": role_filter(TRIAL_ROLE),
         "orderByKey": "metrics.`best_mAP`",

@@ -51,7 +51,7 @@ class CellSearcher(Searcher):
             raise ValueError("an Optuna search needs a storage URL")
         self._spec = spec
         self._cells = cells(spec)
-        self._per_cell = trials_per_cell(spec)
+        self._per_cell = {cell.key: trials_per_cell(spec, cell) for cell in self._cells}
         self._optuna_storage = optuna_storage
         self._handed_out = {cell.key: 0 for cell in self._cells}
         self._cursor = 0
@@ -68,10 +68,10 @@ class CellSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         for offset in range(len(self._cells)):
             cell = self._cells[(self._cursor + offset) % len(self._cells)]
-            if self._handed_out[cell.key] < self._per_cell:
+            if self._handed_out[cell.key] < self._per_cell[cell.key]:
                 self._cursor = (self._cursor + offset + 1) % len(self._cells)
                 self._handed_out[cell.key] += 1
-                if self._spec.search.kind == "optuna":
+                if self._spec.search.kind == "optuna" and cell.family == "mlr":
                     return self._sample(cell, trial_id)
                 return grid_trials(self._spec, cell)[self._handed_out[cell.key] - 1].as_config()
         return Searcher.FINISHED

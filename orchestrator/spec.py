@@ -30,6 +30,8 @@ from trainables.config import (
 )
 from trainables.errors import UserInputError
 
+from orchestrator.ood_spec import LAPT_SETUP, OODSpec
+
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 """Where a bare spec file name (`smoke.yaml`) is looked up when it is not in the working directory."""
 
@@ -233,13 +235,15 @@ class ExperimentSpec(Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Names the MLflow experiment and the results folder `<storage>/<name>`."""
-    datasets: list[DatasetConfig] = Field(min_length=1)
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    """The multi-label datasets of the MLR setups."""
     backbone: BackboneConfig = BackboneConfig()
     features: FeatureConfig = FeatureConfig()
     setups: list[str] = Field(min_length=1)
     setup_options: dict[str, dict] = Field(default_factory=dict)
     """Keyword options per setup name, passed to `trainables.setups.build`."""
-    label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(min_length=1)
+    label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
+    """The MLR setups' fractions of known labels (LAPT's are `ood.label_ratios`)."""
     seeds: list[int] = Field(min_length=1)
     training: TrainingSpec = TrainingSpec()
     lr_per_setup: dict[str, dict[str, Annotated[float, Field(ge=0.0)]]] = Field(default_factory=dict)
@@ -257,16 +261,28 @@ class ExperimentSpec(Strict):
     """The frozen-feature cache, shared by every trial."""
     tracking_uri: str | None = Field(None, validate_default=True)
     """MLflow tracking URI; default `sqlite:///<working dir>/mlflow.db`."""
+    ood: OODSpec | None = None
+    """What the `lapt` setup (the OOD-detection family) runs on; see `orchestrator.ood_spec`."""
 
     @field_validator("setups")
     @classmethod
     def _known_setups(cls, value: list[str]) -> list[str]:
         from trainables import setups
 
-        unknown = [name for name in value if name not in setups.names()]
+        known = [*setups.names(), LAPT_SETUP]
+        unknown = [name for name in value if name not in known]
         if unknown:
-            raise ValueError(f"unknown setup(s) {unknown}; known: {sorted(setups.names())}")
+            raise ValueError(f"unknown setup(s) {unknown}; known: {sorted(known)}")
         return _unique(value)
+
+    @property
+    def mlr_setups(self) -> list[str]:
+        """The multi-label setups of `setups` (all but `lapt`)."""
+        return [name for name in self.setups if name != LAPT_SETUP]
+
+    @property
+    def runs_ood(self) -> bool:
+        return LAPT_SETUP in self.setups
 
     @field_validator("label_ratios", "seeds")
     @classmethod
@@ -353,18 +369,30 @@ def require_existing_store(tracking_uri: str, hint: str) -> None:
 
 
 RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
-                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler")  # fmt: skip
+                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler", "ood")  # fmt: skip
 """What decides the trials and their results; paths, resources and the tracking URI do not."""
 
 
 def spec_hash(spec: ExperimentSpec) -> str:
     """A short stable hash of what decides the results; resuming with a different one is refused."""
-    payload = spec.model_dump(mode="json", include=set(RESULT_FIELDS))
-    for dataset in payload["datasets"]:
-        for field in ("root", "train_manifest", "test_manifest"):
-            dataset.pop(field, None)  # the same data may live elsewhere on another machine
+    payload = without_paths(spec.model_dump(mode="json", include=set(RESULT_FIELDS)))
+    if payload["ood"] is None:
+        del payload["ood"]  # specs without LAPT keep the hashes they had before the OOD family
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+PATH_FIELDS = frozenset({"root", "train_manifest", "test_manifest", "classnames_file", "wordnet_dir", "word_list"})
+"""Where data lives: the same data may live elsewhere on another machine, so hashes and keys leave these out."""
+
+
+def without_paths(value: Any) -> Any:
+    """`value` (JSON-able) with every `PATH_FIELDS` key dropped, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_paths(v) for k, v in value.items() if k not in PATH_FIELDS}
+    if isinstance(value, list):
+        return [without_paths(v) for v in value]
+    return value
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -502,6 +530,7 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
     problems: list[tuple[str, str]] = []
     problems += _search_problems(spec)
     problems += _setup_problems(spec)
+    problems += _family_problems(spec)
     if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
         problems.append(
             (
@@ -516,6 +545,51 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
             problems.append((field, inside))
     if check_data:
         problems += _dataset_problems(spec)
+        problems += _ood_data_problems(spec)
+    return problems
+
+
+def _family_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """Each task family has what it runs on."""
+    problems = []
+    if spec.mlr_setups and not spec.datasets:
+        problems.append(("datasets", f"setups {spec.mlr_setups} need at least one multi-label dataset"))
+    if spec.mlr_setups and not spec.label_ratios:
+        problems.append(("label_ratios", f"setups {spec.mlr_setups} need at least one label ratio"))
+    if spec.runs_ood and spec.ood is None:
+        problems.append(("ood", f"setup '{LAPT_SETUP}' needs an ood section (id_dataset, ood_sets, ...)"))
+    if spec.runs_ood and spec.scheduler.kind == "asha":
+        problems.append(("scheduler.kind", f"asha stops trials by their mAP; setup '{LAPT_SETUP}' reports AUROC: run it without asha"))
+    return problems
+
+
+def _ood_data_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """The OOD family's data and corpus, checked before any work starts (generated sets need nothing)."""
+    from trainables.ood import data as ood_data
+    from trainables.ood.train import corpus
+
+    if not spec.runs_ood or spec.ood is None:
+        return []
+    problems = []
+    ood = spec.ood
+    if ood.id_dataset.kind != "synthetic":
+        try:
+            ood_data.id_dataset(ood.id_dataset, "test", spec.data_dir)
+        except UserInputError as error:
+            problems.append(("ood.id_dataset", str(error)))
+    pools = [(f"ood.ood_sets.{i}", s) for i, s in enumerate(ood.ood_sets)]
+    pools += [("ood.collector.pool", ood.collector.pool)] if ood.collector.pool is not None else []
+    for field, image_set in pools:
+        if image_set.kind != "synthetic":
+            try:
+                ood_data.ood_set(image_set, spec.data_dir)
+            except UserInputError as error:
+                problems.append((field, str(error)))
+    if any(variant != "zero_shot" for variant in ood.variants):
+        try:
+            corpus(ood.negatives)
+        except UserInputError as error:
+            problems.append(("ood.negatives", str(error)))
     return problems
 
 
@@ -527,7 +601,7 @@ def _search_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     if spec.search.kind == "optuna":
         for field in axes:
             problems.append((f"loss.{field}", "a list is a grid axis; with search.kind optuna give a range {low, high}"))
-        if not any(spec.search_space(setup) for setup in spec.setups):
+        if not any(spec.search_space(setup) for setup in spec.mlr_setups):
             problems.append(
                 ("search.kind", "optuna needs at least one loss setting or training.lr group given as a range {low, high}")
             )
@@ -563,7 +637,7 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
             if name not in setups.names():
                 problems.append((f"{field}.{name}", f"unknown setup '{name}'; known: {sorted(setups.names())}"))
     probe = clip.load("ViT-tiny", None, image_size=32)
-    for name in set(spec.setups) | set(spec.setup_options):
+    for name in set(spec.mlr_setups) | set(spec.setup_options):
         if name not in setups.names():
             continue
         try:
@@ -574,7 +648,7 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     unknown = sorted(set(spec.training.lr) - (_ALL_GROUPS | known))
     if unknown:
         problems.append(("training.lr", f"unknown parameter group(s) {unknown}; groups: {sorted(_ALL_GROUPS)}"))
-    for name in spec.setups:
+    for name in spec.mlr_setups:
         missing = sorted(set(setups.lr_groups(name)) - set(spec.training.lr) - set(spec.lr_per_setup.get(name, {})))
         if missing:
             problems.append(("training.lr", f"setup '{name}' needs a learning rate for group(s) {missing}"))

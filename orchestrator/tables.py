@@ -30,6 +30,7 @@ from trainables.errors import UserInputError
 
 from orchestrator.schema import (
     CELL_KEY_TAG,
+    FAMILY_TAG,
     FINAL_METRICS,
     KEY_TAGS,
     RANKING_METRICS,
@@ -117,6 +118,7 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
                     "start_time": run.info.start_time,
                     **{tag: tags[tag] for tag in KEY_TAGS},
                     "cell_key": tags.get(CELL_KEY_TAG),
+                    "family": tags.get(FAMILY_TAG, "mlr"),
                     "trial_key": tags.get(TRIAL_KEY_TAG),
                     **{metric: run.data.metrics.get(metric, math.nan) for metric in FINAL_METRICS},
                     **{f"params.{name}": value for name, value in run.data.params.items()},
@@ -125,7 +127,7 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
         page_token = page.token
         if not page_token:
             break
-    columns = ["run_id", "status", "start_time", *KEY_TAGS, "cell_key", "trial_key", *FINAL_METRICS]
+    columns = ["run_id", "status", "start_time", *KEY_TAGS, "cell_key", "family", "trial_key", *FINAL_METRICS]
     return pd.DataFrame(rows, columns=None if rows else columns).astype({"label_ratio": float, "seed": int})
 
 

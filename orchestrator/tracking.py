@@ -25,6 +25,8 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
 from ray.tune import Callback
 
 from trainables.config import TrialConfig
+from trainables.ood.config import OODTrialConfig
+from trainables.tasks import FAMILIES
 from trainables.errors import UserInputError
 
 from orchestrator.schema import (
@@ -32,9 +34,12 @@ from orchestrator.schema import (
     CELL_ROLE,
     EPOCH_METRICS,
     ERROR_FILE_TAG,
+    FAMILY_TAG,
     FINAL_METRICS,
     GIT_COMMIT_TAG,
     LAST_MAP,
+    OOD_FINAL_METRICS,
+    OOD_UNLOGGED,
     LAUNCH_ROLE,
     PARENT_RUN_TAG,
     RESOLVED_PARAM_PREFIX,
@@ -90,7 +95,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def backbone_tag(config: TrialConfig) -> str:
+def backbone_tag(config: TrialConfig | OODTrialConfig) -> str:
     """`RN101/openai@448`: model, weights (`random` without, a checkpoint by file name), input size."""
     weights = config.backbone.pretrained
     if weights is None:
@@ -274,12 +279,14 @@ class MlflowCallback(Callback):
             self._launch_run = run.info.run_id
         return self._launch_run
 
-    def _tags(self, config: TrialConfig, cell_key: str) -> dict[str, str]:
-        """The tags of a cell's runs: its key, the key tags (`schema.KEY_TAGS`), the spec hash and the commit."""
+    def _tags(self, config: TrialConfig | OODTrialConfig, cell_key: str, setup: str) -> dict[str, str]:
+        """The tags of a cell's runs: its key, the key tags (`schema.KEY_TAGS`), the family, the spec hash and the commit."""
+        ood = isinstance(config, OODTrialConfig)
         return {
             CELL_KEY_TAG: cell_key,
-            "setup": config.setup,
-            "dataset": config.dataset.name,
+            FAMILY_TAG: "ood" if ood else "mlr",
+            "setup": setup,
+            "dataset": config.id_dataset.name if ood else config.dataset.name,
             "backbone": backbone_tag(config),
             "label_ratio": f"{config.label_ratio:g}",
             "seed": str(config.seed),
@@ -287,11 +294,11 @@ class MlflowCallback(Callback):
             GIT_COMMIT_TAG: self._commit,
         }
 
-    def _cell_run(self, config: TrialConfig, cell_key: str) -> str:
+    def _cell_run(self, config: TrialConfig | OODTrialConfig, cell_key: str, setup: str) -> str:
         if cell_key not in self._cell_runs:
-            tags = {**self._tags(config, cell_key), ROLE_TAG: CELL_ROLE, PARENT_RUN_TAG: self._launch()}
+            tags = {**self._tags(config, cell_key, setup), ROLE_TAG: CELL_ROLE, PARENT_RUN_TAG: self._launch()}
             run_id, created = self.store.find_or_create(cell_key, tags, (ROLE_TAG, CELL_KEY_TAG, SPEC_HASH_TAG))
-            if created:
+            if created and isinstance(config, TrialConfig):
                 self._log_partial_labels(run_id, config)
             self._cell_runs[cell_key] = run_id
         return self._cell_runs[cell_key]
@@ -315,8 +322,9 @@ class MlflowCallback(Callback):
         self.store.log(run_id, {"kept_fraction": data.kept_fraction(mask, train.labels)})
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        config = TrialConfig.model_validate(trial.config["trial_config"])
-        cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
+        family = FAMILIES[trial.config["family"]]
+        config = family.config.model_validate(trial.config["trial_config"])
+        cell_key, trial_key, setup = trial.config["cell_key"], trial.config["trial_key"], trial.config["setup"]
         existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
         if existing is not None and trial.checkpoint is None and existing.data.metrics:
             # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
@@ -324,8 +332,8 @@ class MlflowCallback(Callback):
             self.store.client.delete_run(existing.info.run_id)
             existing = None
         if existing is None:
-            tags = {**self._tags(config, cell_key), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
-                    PARENT_RUN_TAG: self._cell_run(config, cell_key)}  # fmt: skip
+            tags = {**self._tags(config, cell_key, setup), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
+                    PARENT_RUN_TAG: self._cell_run(config, cell_key, setup)}  # fmt: skip
             run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=trial.config["trial_name"])
             run_id = run.info.run_id
             self.store.log(run_id, params=flatten(trial.config["trial_config"]))
@@ -333,9 +341,9 @@ class MlflowCallback(Callback):
         else:
             run_id = existing.info.run_id
             self.store.client.update_run(run_id, status="RUNNING")
-            self._cell_run(config, cell_key)  # a cell run left FAILED by a crash is RUNNING again
-            self._logged_up_to[trial.trial_id] = self.store.max_step(run_id)
-            if "best_mAP" in existing.data.metrics:
+            self._cell_run(config, cell_key, setup)  # a cell run left FAILED by a crash is RUNNING again
+            self._logged_up_to[trial.trial_id] = self.store.max_step(run_id, family.metric)
+            if f"best_{family.metric}" in existing.data.metrics:
                 # It finished just before a crash that kept Tune from recording it: Tune resumes
                 # it from its last checkpoint, and it ends at once without a new epoch.
                 self._final_logged.add(trial.trial_id)
@@ -345,7 +353,10 @@ class MlflowCallback(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged_up_to.get(trial.trial_id, 0):
             return  # already logged before a restart from an older checkpoint
-        metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
+        if trial.config["family"] == "ood":
+            metrics = {k: v for k, v in result.items() if k not in OOD_UNLOGGED and isinstance(v, (int, float))}
+        else:
+            metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
         # What the trial's `auto` settings became on its device (the same at every epoch).
         resolved = flatten(result.get("resolved", {}), RESOLVED_PARAM_PREFIX)
         self.store.log(self._trial_runs[trial.trial_id], metrics, step=epoch, params=resolved)
@@ -355,6 +366,11 @@ class MlflowCallback(Callback):
         run_id = self._trial_runs[trial.trial_id]
         result = trial.last_result
         if trial.trial_id in self._final_logged:
+            self.store.end(run_id, "FINISHED")
+        elif "epoch" in result and trial.config["family"] == "ood":
+            self.store.log(run_id, {k: result[k] for k in OOD_FINAL_METRICS}, step=int(result["epoch"]))
+            labels = "\n".join(result["negative_labels"]) + "\n"
+            self.store.log_file(run_id, "negative_labels.txt", lambda path: Path(path).write_text(labels))
             self.store.end(run_id, "FINISHED")
         elif "epoch" in result:
             final = {k: result[k] for k in FINAL_METRICS if k != LAST_MAP}

@@ -81,6 +81,8 @@ def test_trial_config_is_the_resolved_trial_config(make_spec, tmp_path):
     assert config.cache_dir == tmp_path / "runs" / "cache"
     assert config.data_dir == tmp_path / "runs" / "data"
     assert trial.as_config() == {
+        "family": "mlr",
+        "setup": "dual_coop",
         "trial_config": trial.trial_config,
         "trial_key": trial.trial_key,
         "cell_key": "dual_coop-blobs-r0.5-s2",

@@ -43,27 +43,32 @@ def test_quick_start_demo_as_written(tmp_path, chromium):
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         outputs.append(done.stdout)
     run_output, table_output = outputs
-    assert "All 8 trials finished" in run_output
+    assert "All 13 trials finished" in run_output
     for setup in ("Baseline", "PositiveCoOp", "NegativeCoOp", "DualCoOp"):
         assert setup in table_output
     assert "10%" in table_output and "50%" in table_output
     client, experiment = every_setup_learns(tmp_path)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # `orchestrator ui`, opened as the user opens the address it prints.
+    trials = client.search_runs([experiment.experiment_id], "tags.`orchestrator.role` = 'trial'")
     with orchestrator_ui(tmp_path, environment) as page:
         chromium.get(page)
-        shown = wait_for_text(chromium, "matching runs")
+        # The count shows before the rows render: wait until every trial's row is there.
+        shown = wait_for_text(chromium, ["matching runs", *(run.info.run_name for run in trials)])
         chromium.save_screenshot(str(tmp_path / "mlflow-ui.png"))
-    assert "Training runs" in shown and "8 matching runs" in shown, shown
-    for column in ("best_mAP", "setup", "label_ratio", "seed"):
+    assert "Training runs" in shown and "13 matching runs" in shown, shown
+    for column in ("best_mAP", "best_auroc", "setup", "label_ratio", "seed"):
         assert column in shown.splitlines(), column
-    trials = client.search_runs([experiment.experiment_id], "tags.`orchestrator.role` = 'trial'")
-    ranked = sorted(trials, key=lambda run: -run.data.metrics["best_mAP"])
+    mlr = [run for run in trials if run.data.tags["family"] == "mlr"]
+    ranked = sorted(mlr, key=lambda run: -run.data.metrics["best_mAP"])
     lines = shown.splitlines()
-    # Run names (setup, dataset, ratio, seed) best first, and each trial's mAP and ratio in its row.
-    assert [line for line in lines if line in {run.info.run_name for run in trials}] == [run.info.run_name for run in ranked]
+    # Run names (setup, dataset, ratio, seed) best first, and each trial's mAP and ratio in its row;
+    # the LAPT trials (no mAP) are listed too, with their AUROC.
+    assert [line for line in lines if line in {run.info.run_name for run in mlr}] == [run.info.run_name for run in ranked]
     for run in trials:
-        assert repr(run.data.metrics["best_mAP"]) in lines and run.data.tags["label_ratio"] in lines
+        assert run.info.run_name in lines and run.data.tags["label_ratio"] in lines
+        metric = "best_mAP" if run in mlr else "best_auroc"
+        assert repr(run.data.metrics[metric]) in lines, (run.info.run_name, metric)
 
 
 AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
@@ -136,11 +141,12 @@ class orchestrator_ui:
         self.process.stdout.close()
 
 
-def wait_for_text(driver, text: str, timeout_s: float = 90) -> str:
-    """The page's visible text once it contains `text` (the UI renders the runs table after loading)."""
+def wait_for_text(driver, texts: list[str], timeout_s: float = 90) -> str:
+    """The page's visible text once it contains every one of `texts` (the UI renders the runs table
+    after loading), or as it is after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
         shown = driver.find_element("tag name", "body").text
-        if text in shown or time.monotonic() > deadline:
+        if all(text in shown for text in texts) or time.monotonic() > deadline:
             return shown
         time.sleep(1)

@@ -258,6 +258,6 @@ def test_experiment_holds_the_saved_trials_view_the_ui_address_opens(spec, store
         "orderByAsc": False,
         "selectedColumns": [
             "tags.`setup`", "tags.`dataset`", "tags.`label_ratio`", "tags.`seed`",
-            "metrics.`best_mAP`", "metrics.`last_mAP`", "metrics.`best_epoch`",
+            "metrics.`best_mAP`", "metrics.`last_mAP`", "metrics.`best_auroc`", "metrics.`best_epoch`",
         ],
     }  # fmt: skip

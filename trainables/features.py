@@ -44,6 +44,9 @@ FORMAT_VERSION = 1
 """Bump when the stored layout or the meaning of a key changes."""
 
 View = Literal["test"] | tuple[Literal["train"], int]
+Encoding = Literal["dense", "global"]
+"""`dense`: per-location features [N, L, d] (the MLR setups); `global`: CLIP's image embedding,
+stored as [N, 1, d] (LAPT)."""
 
 
 class DenseFeatures(NamedTuple):
@@ -71,10 +74,12 @@ class FeatureCache:
         self.directory = Path(cache_dir) / "features"
         self.augmentation_seed = augmentation_seed
 
-    def key_inputs(self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View) -> dict:
-        """Everything the features depend on, as JSON-able values."""
+    def key_inputs(
+        self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
+    ) -> dict:
+        """Everything the features depend on, as JSON-able values (dense keys predate `encoding`)."""
         transform, view_index = _view_transform(view, clip.image_size)
-        return {
+        return ({} if encoding == "dense" else {"encoding": encoding}) | {
             "format": FORMAT_VERSION,
             "backbone": clip.identity,
             "image_size": clip.image_size,
@@ -86,9 +91,12 @@ class FeatureCache:
             "augmentation_seed": None if view_index is None else self.augmentation_seed,
         }
 
-    def key(self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View) -> str:
+    def key(
+        self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
+    ) -> str:
         """sha256 of the key inputs."""
-        return hashlib.sha256(json.dumps(self.key_inputs(clip, dataset, view), sort_keys=True).encode()).hexdigest()
+        inputs = self.key_inputs(clip, dataset, view, encoding)
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
     def _paths(self, key: str) -> tuple[Path, Path, Path]:
         return self.directory / f"{key}.npy", self.directory / f"{key}.json", self.directory / f"{key}.lock"
@@ -119,9 +127,11 @@ class FeatureCache:
             return None
         return DenseFeatures(features, valid)
 
-    def contains(self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View) -> bool:
+    def contains(
+        self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
+    ) -> bool:
         """Whether these features are stored and trusted."""
-        return self._read(self.key(clip, dataset, view), len(dataset)) is not None
+        return self._read(self.key(clip, dataset, view, encoding), len(dataset)) is not None
 
     def dense_features(
         self,
@@ -133,12 +143,13 @@ class FeatureCache:
         device: torch.device | str | None = None,
         num_workers: int = 0,
         progress: bool = False,
+        encoding: Encoding = "dense",
     ) -> DenseFeatures:
         """Read the features of (clip, dataset, view), encoding them first if no process has yet."""
-        key = self.key(clip, dataset, view)
+        key = self.key(clip, dataset, view, encoding)
         stored = self._read(key, len(dataset))
         if stored is None:
-            stored = self._write(clip, dataset, view, key, batch_size, device, num_workers, progress)
+            stored = self._write(clip, dataset, view, encoding, key, batch_size, device, num_workers, progress)
         skipped = np.flatnonzero(~stored.valid)
         if len(skipped) and not dataset.skip_corrupt_images:
             # Encoded by a trial that skipped unreadable images; this one was not told to.
@@ -153,6 +164,7 @@ class FeatureCache:
         clip: clip_lib.FrozenCLIP,
         dataset: data.MultiLabelDataset,
         view: View,
+        encoding: Encoding,
         key: str,
         batch_size: int,
         device: torch.device | str | None,
@@ -176,12 +188,14 @@ class FeatureCache:
             for leftover in [array_path, *self.directory.glob(f"{key}.*.tmp-*")]:
                 leftover.unlink(missing_ok=True)
             temporary_array = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
-            shape, skipped = self._encode(clip, dataset, view, temporary_array, batch_size, device, num_workers, progress)
+            shape, skipped = self._encode(
+                clip, dataset, view, encoding, temporary_array, batch_size, device, num_workers, progress
+            )
             sidecar = {
                 "key": key,
                 "shape": list(shape),
                 "dtype": "float16",
-                "inputs": self.key_inputs(clip, dataset, view),
+                "inputs": self.key_inputs(clip, dataset, view, encoding),
                 "skipped": skipped,
             }
             temporary_sidecar = sidecar_path.with_name(f"{sidecar_path.name}.tmp-{os.getpid()}")
@@ -205,6 +219,7 @@ class FeatureCache:
         clip: clip_lib.FrozenCLIP,
         dataset: data.MultiLabelDataset,
         view: View,
+        encoding: Encoding,
         path: Path,
         batch_size: int,
         device: torch.device | str | None,
@@ -222,7 +237,9 @@ class FeatureCache:
         with tqdm(total=len(dataset), unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=None if progress else True) as bar:  # None: off when not a terminal
             for batch, indices, valid in loader:
                 with torch.no_grad():
-                    encoded = clip.encode_dense(batch.to(device)).to(torch.float16).cpu().numpy()
+                    pixels = batch.to(device)
+                    encoded = clip.encode_dense(pixels) if encoding == "dense" else clip.encode_image(pixels).unsqueeze(1)
+                    encoded = encoded.to(torch.float16).cpu().numpy()
                 encoded[~valid.numpy()] = 0
                 if features is None:  # (L, d) are known once the first batch is encoded
                     shape = (len(dataset), *encoded.shape[1:])

@@ -1,7 +1,8 @@
-"""The Ray Tune function trainable: one trial = `run_epochs` with a checkpoint after every epoch.
+"""The Ray Tune function trainable: one trial = its task family's loop with a checkpoint after every epoch.
 
 The only module of `trainables` that imports Ray. The config it receives is built by the
-orchestrator: `{"trial_config": TrialConfig as a dict, "trial_key": ..., "cell_key": ..., ...}`.
+orchestrator: `{"family": "mlr" | "ood", "trial_config": the family's config as a dict,
+"trial_key": ..., "cell_key": ..., ...}`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from trainables.config import TrialConfig
-from trainables.train import run_epochs
+from trainables.tasks import FAMILIES
 
 _STATE_FILE = "state.pt"
 
 
-def mlr_trial(config: dict) -> None:
-    trial_config = TrialConfig.model_validate(config["trial_config"])
+def run_trial(config: dict) -> None:
+    family = FAMILIES[config["family"]]
+    trial_config = family.config.model_validate(config["trial_config"])
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -28,7 +29,7 @@ def mlr_trial(config: dict) -> None:
             # Our own file, written below: it holds tensors and plain Python values only.
             state = torch.load(Path(directory) / _STATE_FILE, weights_only=False)
     try:
-        for metrics, state in run_epochs(trial_config, state):
+        for metrics, state in family.run(trial_config, state):
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(state, Path(directory) / _STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

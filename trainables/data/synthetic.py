@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,34 +142,45 @@ def _object_colour(rng: np.random.Generator, hue: float) -> np.ndarray:
 
 def render_image(rng: np.random.Generator, num_classes: int, size: int) -> tuple[np.ndarray, list[int]]:
     """One image (uint8 [size, size, 3]) and the sorted classes it shows."""
-    background = 255.0 * np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.7)))
-    canvas = background + rng.normal(0.0, 12.0, (size, size, 3))
+    canvas = render_background(rng, size)
     # Capped by the number of classes (objects are of distinct classes). The draw itself stays the
     # same for every class count, so that sets with 4 or more classes keep their images.
     count = min(int(rng.integers(1, MAX_OBJECTS + 1)), num_classes)
     classes = rng.choice(num_classes, size=count, replace=False)
     quadrants = rng.permutation(4)[:count]
+    for class_index, quadrant in zip(classes, quadrants, strict=True):
+        canvas = draw_object(rng, canvas, int(class_index), int(quadrant))
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), sorted(int(c) for c in classes)
+
+
+def render_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A noisy, low-saturation background, float [size, size, 3] in 0..255 (before rounding)."""
+    background = 255.0 * np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.0, 0.25), rng.uniform(0.3, 0.7)))
+    return background + rng.normal(0.0, 12.0, (size, size, 3))
+
+
+def draw_object(rng: np.random.Generator, canvas: np.ndarray, class_index: int, quadrant: int) -> np.ndarray:
+    """`canvas` with one object of class `class_index` drawn in `quadrant` (0-3) of the 2x2 grid."""
+    size = canvas.shape[0]
     ys, xs = np.mgrid[0:size, 0:size]
     half = size / 2
-    for class_index, quadrant in zip(classes, quadrants, strict=True):
-        shape = SHAPE_CLASSES[class_index]
-        side = rng.uniform(0.28, 0.45) * size
-        corner = np.array([quadrant % 2, quadrant // 2]) * half
-        centre = tuple(corner + side / 2 + rng.uniform(0.0, half - side, size=2))
-        angle = rng.uniform(0.0, 2 * math.pi)
-        mask = Image.new("L", (size, size), 0)
-        draw = ImageDraw.Draw(mask)
-        draw.polygon(_place(shape.outline, centre, side / 2, angle), fill=255)
-        for hole in shape.holes:
-            draw.polygon(_place(hole, centre, side / 2, angle), fill=0)
-        alpha = np.asarray(mask, dtype=np.float64)[..., None] / 255.0
-        colour = np.broadcast_to(_object_colour(rng, shape.hue), (size, size, 3))
-        if shape.striped:
-            direction = rng.uniform(0.0, math.pi)
-            band = np.floor((xs * math.cos(direction) + ys * math.sin(direction)) / max(side / 6, 2.0)) % 2
-            colour = colour * np.where(band == 0, 1.0, 0.45)[..., None]
-        canvas = canvas * (1 - alpha) + colour * alpha
-    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), sorted(int(c) for c in classes)
+    shape = SHAPE_CLASSES[class_index]
+    side = rng.uniform(0.28, 0.45) * size
+    corner = np.array([quadrant % 2, quadrant // 2]) * half
+    centre = tuple(corner + side / 2 + rng.uniform(0.0, half - side, size=2))
+    angle = rng.uniform(0.0, 2 * math.pi)
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    draw.polygon(_place(shape.outline, centre, side / 2, angle), fill=255)
+    for hole in shape.holes:
+        draw.polygon(_place(hole, centre, side / 2, angle), fill=0)
+    alpha = np.asarray(mask, dtype=np.float64)[..., None] / 255.0
+    colour = np.broadcast_to(_object_colour(rng, shape.hue), (size, size, 3))
+    if shape.striped:
+        direction = rng.uniform(0.0, math.pi)
+        band = np.floor((xs * math.cos(direction) + ys * math.sin(direction)) / max(side / 6, 2.0)) % 2
+        colour = colour * np.where(band == 0, 1.0, 0.45)[..., None]
+    return canvas * (1 - alpha) + colour * alpha
 
 
 def _generate(target: Path, parameters: dict) -> None:
@@ -189,7 +201,13 @@ def _generate(target: Path, parameters: dict) -> None:
 
 def ensure_generated(cfg: DatasetConfig, data_dir: Path | None) -> Path:
     """The generated set's folder, generating it first if it is not there yet."""
-    final = dataset_dir(cfg, data_dir)
+    parameters = _parameters(cfg)
+    return generate_once(dataset_dir(cfg, data_dir), lambda target: _generate(target, parameters))
+
+
+def generate_once(final: Path, write: Callable[[Path], None]) -> Path:
+    """`final`, filled by `write(temporary folder)` and renamed into place under a file lock, unless
+    some process already did: concurrent callers generate once, a killed one leaves no partial folder."""
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -201,7 +219,7 @@ def ensure_generated(cfg: DatasetConfig, data_dir: Path | None) -> Path:
             shutil.rmtree(leftover, ignore_errors=True)
         temporary = final.parent / f".{final.name}.tmp-{os.getpid()}"
         temporary.mkdir()
-        _generate(temporary, _parameters(cfg))
+        write(temporary)
         os.rename(temporary, final)
     return final
 

@@ -1,0 +1,120 @@
+"""The OOD table of the `table` command: one row per LAPT variant, FPR95 and AUROC per OOD set.
+
+Like the LAPT paper's tables: columns FPR95 (lower is better; OpenOOD's convention, OOD as the
+positive class: `fpr95_ood_pos`) and AUROC for each OOD set, their near-OOD and far-OOD averages,
+and the ID top-1 accuracy; each value the mean over seeds of the trials' last-epoch metrics (%).
+Rows: the variants of `orchestrator.ood_spec.VARIANTS` (and a label ratio when several were run);
+`--reference paper` adds the rows of `reference/lapt_ood.csv`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from importlib import resources
+
+import pandas as pd
+import rich.console
+import rich.measure
+import rich.table
+import rich.text
+from mlflow.tracking import MlflowClient
+
+from orchestrator.ood_spec import VARIANTS
+from orchestrator.schema import FAMILY_TAG, TRIAL_ROLE, role_filter
+
+METRICS = (("fpr95_ood_pos", "FPR95↓"), ("auroc", "AUROC↑"))
+GROUPS = ("near", "far")
+VARIANT_LABELS = {
+    "zero_shot": "Zero-shot (MSP)",
+    "neglabel": "NegLabel (untuned)",
+    "lapt": "LAPT",
+    "lapt_no_cross_modal": "LAPT w/o cross-modal mixing",
+    "lapt_no_cross_distribution": "LAPT w/o cross-distribution mixing",
+    "lapt_no_mixing": "LAPT w/o mixing",
+}
+
+
+def read_ood_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
+    """One row per FINISHED OOD trial run: variant, label_ratio, seed, every metric, and the OOD sets in order."""
+    runs = client.search_runs(
+        [experiment_id], f"{role_filter(TRIAL_ROLE)} and tags.`{FAMILY_TAG}` = 'ood' and attributes.status = 'FINISHED'",
+        max_results=10_000,
+    )  # fmt: skip
+    rows = []
+    for run in runs:
+        # The trial's config param `ood_sets`: its list of sets as JSON (`tracking.flatten`).
+        sets = [(entry["name"], entry["group"]) for entry in json.loads(run.data.params["ood_sets"])]
+        rows.append({"variant": run.data.tags["setup"], "label_ratio": float(run.data.tags["label_ratio"]),
+                     "seed": int(run.data.tags["seed"]), "sets": tuple(sets), **run.data.metrics})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def load_reference() -> pd.DataFrame:
+    with resources.files("orchestrator").joinpath("reference").joinpath("lapt_ood.csv").open() as csv:
+        return pd.read_csv(csv, comment="#")
+
+
+def _columns(sets: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """(header place, metric, logged metric name) of every column."""
+    columns = [(name, metric, f"{metric}.{name}") for name, _ in sets for metric, _ in METRICS]
+    for group in GROUPS:
+        if any(g == group for _, g in sets):
+            columns += [(f"{group.capitalize()} avg", metric, f"{metric}.{group}") for metric, _ in METRICS]
+    return columns + [("ID", "id_accuracy", "id_accuracy")]
+
+
+def build_ood_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows: variant (with its ratio when a variant ran at several); columns: (OOD set or near/far
+    average, metric) and the ID accuracy; values: means over seeds, NaN where nothing was logged."""
+    sets = list(dict.fromkeys(s for run_sets in trials["sets"] for s in run_sets))
+    columns = _columns(sets)
+    several_ratios = trials.groupby("variant")["label_ratio"].nunique()
+    order = {variant: i for i, variant in enumerate(VARIANTS)}
+    groups = sorted(trials.groupby(["variant", "label_ratio"]), key=lambda kv: (order.get(kv[0][0], len(order)), -kv[0][1]))
+    rows, labels = [], []
+    for (variant, ratio), runs in groups:
+        rows.append([runs[logged].mean() if logged in runs else math.nan for _, _, logged in columns])
+        label = VARIANT_LABELS.get(variant, variant)
+        labels.append(f"{label} ({ratio:.0%} images)" if several_ratios[variant] > 1 else label)
+    if reference is not None:
+        for label, reported in reference.groupby("label", sort=False):
+            by_group = {(f"{row['group'].capitalize()} avg", metric): row[metric] for _, row in reported.iterrows() for metric, _ in METRICS}
+            rows.append([by_group.get((place, metric), math.nan) for place, metric, _ in columns])
+            labels.append(f"{label} [reference]")
+    index = pd.MultiIndex.from_tuples([(place, metric) for place, metric, _ in columns])
+    return pd.DataFrame(rows, index=pd.Index(labels, name="Variant"), columns=index)
+
+
+def display(table: pd.DataFrame) -> pd.DataFrame:
+    """Strings: one decimal, "—" where missing, headers `<set> FPR95↓`."""
+    names = dict(METRICS) | {"id_accuracy": "Acc"}
+    shown = table.map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
+    shown.columns = [f"{place} {names[metric]}" for place, metric in table.columns]
+    return shown
+
+
+def render(table: pd.DataFrame, fmt: str, title: str) -> str:
+    shown = display(table)
+    if fmt == "markdown":
+        return shown.to_markdown(disable_numparse=True) + "\n"
+    if fmt == "csv":
+        flat = table.copy()
+        flat.columns = [f"{place}.{metric}" for place, metric in table.columns]
+        return flat.to_csv()
+    if fmt == "latex":
+        return shown.style.to_latex(hrules=True, caption=title)
+    if fmt == "html":
+        return shown.to_html()
+    output = rich.table.Table(title=title, caption="FPR95: OpenOOD's (OOD positive); values in %, means over seeds.", caption_justify="left")
+    output.add_column("Variant", no_wrap=True)
+    for column in shown.columns:
+        output.add_column(column, justify="right", no_wrap=True)
+    for label, row in shown.iterrows():
+        output.add_row(rich.text.Text(label), *row.tolist())  # Text: "[reference]" is not markup
+    buffer = io.StringIO()
+    console = rich.console.Console(file=buffer, width=10_000)
+    natural = rich.measure.Measurement.get(console, console.options, output).maximum
+    rich.console.Console(file=buffer, width=natural).print(output)
+    return buffer.getvalue()

@@ -1,0 +1,122 @@
+"""OOD metrics and NegLabel's grouped score, against computations written out here."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
+from trainables.ood.score import group_permutation, grouped_score
+
+
+def _auroc_by_pairs(id_scores, ood_scores) -> float:
+    """P(ID score > OOD score) + 0.5 P(tie), over every (ID, OOD) pair (Mann-Whitney U / n m)."""
+    wins = sum((i > o) + 0.5 * (i == o) for i in id_scores for o in ood_scores)
+    return wins / (len(id_scores) * len(ood_scores))
+
+
+def _average_precision(positive_scores, negative_scores) -> float:
+    """AP without ties: the mean over positives of the precision at the positive's rank."""
+    ranked = sorted([(s, 1) for s in positive_scores] + [(s, 0) for s in negative_scores], reverse=True)
+    hits, total = 0, 0.0
+    for rank, (_, is_positive) in enumerate(ranked, start=1):
+        if is_positive:
+            hits += 1
+            total += hits / rank
+    return total / len(positive_scores)
+
+
+def _fpr_at_95_recall(positive_scores, negative_scores) -> float:
+    """Keep the top ceil(0.95 n) positives: the threshold is the lowest of them; the FPR is the
+    share of negatives at or above it."""
+    kept = math.ceil(0.95 * len(positive_scores) - 1e-9)
+    threshold = sorted(positive_scores, reverse=True)[kept - 1]
+    return float(np.mean(np.asarray(negative_scores) >= threshold))
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    return rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 150)
+
+
+def test_metrics_match_the_formulas(scores):
+    id_scores, ood_scores = scores
+    metrics = ood_metrics(id_scores, ood_scores)
+    assert list(metrics) == list(METRIC_NAMES)
+    assert metrics["auroc"] == pytest.approx(_auroc_by_pairs(id_scores, ood_scores), abs=1e-12)
+    assert metrics["aupr_in"] == pytest.approx(_average_precision(id_scores, ood_scores), abs=1e-12)
+    assert metrics["aupr_out"] == pytest.approx(_average_precision(-ood_scores, -id_scores), abs=1e-12)
+    assert metrics["fpr95_id_pos"] == pytest.approx(_fpr_at_95_recall(id_scores, ood_scores))
+    assert metrics["fpr95_ood_pos"] == pytest.approx(_fpr_at_95_recall(-ood_scores, -id_scores))
+
+
+def test_the_two_fpr95_conventions_on_hand_made_scores():
+    # 20 ID scores 1..20, 20 OOD scores 0.5..19.5 shifted down by 5.
+    id_scores = np.arange(1.0, 21.0)
+    ood_scores = np.arange(0.5, 20.5) - 5.0
+    metrics = ood_metrics(id_scores, ood_scores)
+    # ID positive: keep 19 of 20 ID (threshold 2): OOD >= 2 are 2.5..14.5, 13 of 20.
+    assert metrics["fpr95_id_pos"] == pytest.approx(13 / 20)
+    # OOD positive: flag 19 of 20 OOD (score <= 13.5): ID <= 13.5 are 1..13, 13 of 20.
+    assert metrics["fpr95_ood_pos"] == pytest.approx(13 / 20)
+    # Asymmetric sets tell the conventions apart: the ID set spread wide, the OOD set narrow.
+    wide_id = np.concatenate([np.full(19, 10.0), [-10.0]])
+    narrow_ood = np.linspace(-1.0, 1.0, 20)
+    metrics = ood_metrics(wide_id, narrow_ood)
+    assert metrics["fpr95_id_pos"] == 0.0  # 19 ID at 10 keep 95%, every OOD is below
+    assert metrics["fpr95_ood_pos"] == pytest.approx(1 / 20)  # flagging 19 OOD flags the ID at -10
+
+
+def test_perfect_separation_and_inputs():
+    metrics = ood_metrics(np.array([3.0, 4.0]), np.array([1.0, 2.0]))
+    assert metrics == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr95_id_pos": 0.0, "fpr95_ood_pos": 0.0}
+    with pytest.raises(ValueError, match="need ID and OOD samples"):
+        ood_metrics(np.array([1.0]), np.array([]))
+
+
+def test_top1_accuracy():
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert top1_accuracy(logits, np.array([1, 0, 0])) == pytest.approx(2 / 3)
+
+
+# -- NegLabel's grouped score ----------------------------------------------------------------------
+
+
+def _grouped_score_by_loops(id_cos, negative_cos, groups, scale, seed) -> list[float]:
+    """Section 3.3 of NegLabel written out: per image, per group, exp-sum of the ID labels over the
+    exp-sum of the ID labels and that group's negatives; averaged over the groups."""
+    kept = negative_cos.shape[1] - negative_cos.shape[1] % groups
+    permutation = torch.randperm(kept, generator=torch.Generator().manual_seed(seed)).tolist()
+    size = kept // groups
+    scores = []
+    for image in range(id_cos.shape[0]):
+        id_mass = sum(math.exp(scale * float(c)) for c in id_cos[image])
+        shares = []
+        for g in range(groups):
+            members = permutation[g * size : (g + 1) * size]
+            negative_mass = sum(math.exp(scale * float(negative_cos[image, j])) for j in members)
+            shares.append(id_mass / (id_mass + negative_mass))
+        scores.append(sum(shares) / groups)
+    return scores
+
+
+@pytest.mark.parametrize("groups", [1, 3, 4])
+def test_grouped_score_matches_the_loops(groups):
+    generator = torch.Generator().manual_seed(0)
+    id_cos = torch.rand(5, 4, generator=generator) * 0.1
+    negative_cos = torch.rand(5, 14, generator=generator) * 0.1  # 14 mod 4 = 2 dropped at 4 groups
+    expected = _grouped_score_by_loops(id_cos.double(), negative_cos.double(), groups, 100.0, 7)
+    got = grouped_score(id_cos.double(), negative_cos.double(), groups=groups, scale=100.0, seed=7)
+    assert got.tolist() == pytest.approx(expected, rel=1e-9)
+
+
+def test_group_permutation_is_seeded_and_drops_the_remainder():
+    first, again = group_permutation(10, 3, seed=0), group_permutation(10, 3, seed=0)
+    assert first.shape == (3, 3) and torch.equal(first, again)
+    assert sorted(first.flatten().tolist()) == list(range(9))
+    with pytest.raises(ValueError, match="groups must be between 1"):
+        group_permutation(5, 6)

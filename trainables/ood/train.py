@@ -1,0 +1,231 @@
+"""The per-trial loop of the OOD family, plain Python: no Ray, no MLflow.
+
+`run_ood_epochs(config, state)` yields, after every epoch, the epoch's metrics and a resumable
+state, as `trainables.train.run_epochs` does for multi-label recognition. Image features are
+CLIP's global embeddings, encoded once into the shared feature cache; the text side is all that
+trains. The untuned variants (`neglabel`, `zero_shot`) evaluate once, as epoch 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainables import clip as clip_lib
+from trainables.features import FeatureCache
+from trainables.ood import collect, lapt, negatives
+from trainables.ood.config import NegativesConfig, OODTrialConfig
+from trainables.ood.data import id_dataset, ood_set
+from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, soft_cross_entropy
+from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
+from trainables.ood.score import grouped_score
+from trainables.pretrain import load_backbone
+
+PRIMARY_METRIC = "auroc"
+"""The metric a LAPT trial is ranked by: the mean AUROC over its OOD sets, in percent."""
+
+
+def corpus(config: NegativesConfig) -> negatives.Words:
+    """The candidate words `config` names: WordNet's nouns and adjectives, or a word list."""
+    if config.corpus == "word_list":
+        return negatives.word_list(config.word_list)
+    if config.corpus == "common":
+        return negatives.word_list(negatives.COMMON_WORDS)
+    return negatives.wordnet_words(config.wordnet_dir)
+
+
+class _OODTrial:
+    """Everything one trial builds once: backbone, features, negative labels, examples, prompts."""
+
+    def __init__(self, config: OODTrialConfig):
+        self.config = config
+        self.device = clip_lib.resolve_device(config.device)
+        self.clip = load_backbone(config.backbone, config.data_dir, self.device)
+        self.scale = self.clip.logit_scale
+        cache = FeatureCache(config.cache_dir)
+
+        def features(dataset) -> torch.Tensor:
+            stored = cache.dense_features(self.clip, dataset, "test", device=self.device, encoding="global")
+            return F.normalize(torch.from_numpy(np.asarray(stored.features[:, 0], dtype=np.float32)), dim=-1), stored.valid
+
+        train, test = id_dataset(config.id_dataset, "train", config.data_dir), id_dataset(config.id_dataset, "test", config.data_dir)
+        self.id_names = train.classnames
+        self.num_id = len(self.id_names)
+        test_features, test_valid = features(test)
+        self.id_test = test_features[test_valid].to(self.device)
+        self.id_test_labels = test.labels[test_valid].argmax(axis=1)
+        self.ood_tests = {}
+        for ood in config.ood_sets:
+            ood_features, ood_valid = features(ood_set(ood, config.data_dir))
+            self.ood_tests[ood.name] = (ood.group, ood_features[ood_valid].to(self.device))
+
+        self.negative_labels = lapt.mine_negative_labels(
+            self.clip, self.id_names, corpus(config.negatives), config.negatives.count, config.negatives.percentile, config.cache_dir
+        )
+        self.handcrafted = lapt.handcrafted_label_features(self.clip, self.id_names, self.negative_labels).to(self.device)
+        self.prompts = None
+        if config.options.variant == "lapt":
+            self._collect(features, train)
+            torch.manual_seed(config.seed)  # the prompts' initialisation depends on the seed alone
+            self.prompts = lapt.LAPTPrompts(self.id_names, self.negative_labels.all, self.clip, config.options.n_ctx).to(self.device)
+            opt = config.training.optimizer
+            self.optimizer = torch.optim.SGD(
+                self.prompts.parameters(), lr=config.training.lr, momentum=opt.momentum,
+                weight_decay=opt.weight_decay, nesterov=opt.nesterov,
+            )  # fmt: skip
+
+    # -- training examples ------------------------------------------------------------------
+
+    def _collect(self, features, train) -> None:
+        """Training features and labels: ID labels first (0..K-1), then the negative labels that train."""
+        cfg = self.config
+        train_negatives = cfg.negatives.train_count or cfg.negatives.count
+        self.train_negatives = torch.arange(train_negatives)
+        label_features = self.handcrafted[: self.num_id + train_negatives]
+        parts = []
+        pool = None
+        if cfg.collector.pool is not None:
+            pool_features, pool_valid = features(ood_set(cfg.collector.pool, cfg.data_dir))
+            pool = pool_features[pool_valid]
+        if cfg.collector.kind == "id_train":
+            train_features, train_valid = features(train)
+            rows, labels = collect.id_examples(train.labels[train_valid])
+            parts.append((train_features[train_valid][rows], torch.from_numpy(labels)))
+            retrieved_labels = torch.arange(self.num_id, self.num_id + train_negatives) if pool is not None else None
+        else:
+            retrieved_labels = torch.arange(self.num_id + train_negatives)
+        if retrieved_labels is not None:
+            chosen = collect.retrieve(pool, label_features[retrieved_labels].cpu(), cfg.collector.per_label)
+            parts.append((pool[chosen.flatten()], retrieved_labels.repeat_interleave(cfg.collector.per_label)))
+        examples, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        kept = collect.keep_fraction(labels.numpy(), cfg.label_ratio, cfg.seed)
+        self.examples, self.labels = examples[kept].to(self.device), labels[kept].to(self.device)
+        # Frozen hand-crafted features of each training label under the TIP templates.
+        names = self.id_names + self.negative_labels.all[:train_negatives]
+        self.label_templates = lapt.template_features(self.clip, names).to(self.device) if cfg.mixing.cross_modal else None
+
+    # -- one epoch --------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> float:
+        cfg = self.config
+        # Every draw of an epoch (order, mixing weights, partners, templates) is seeded by (seed, epoch),
+        # so a resumed trial continues exactly.
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        mixing_weights = np.random.default_rng([cfg.seed, epoch])
+        order = torch.randperm(len(self.labels), generator=generator)
+        steps_per_epoch = math.ceil(len(order) / cfg.training.batch_size)
+        num_labels = self.num_id + len(self.train_negatives)
+        total, batches = 0.0, 0
+        for step, start in enumerate(range(0, len(order), cfg.training.batch_size)):
+            self._set_learning_rate(epoch * steps_per_epoch + step, cfg.training.epochs * steps_per_epoch)
+            idx = order[start : start + cfg.training.batch_size]
+            feats, labels = self.examples[idx], self.labels[idx]
+            text = self.prompts.text_features(self.train_negatives)
+            loss = self._loss(feats, labels, text, num_labels, generator, mixing_weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+            batches += 1
+        return total / max(batches, 1)
+
+    def _loss(self, feats, labels, text, num_labels, generator, mixing_weights: np.random.Generator) -> torch.Tensor:
+        mixing = self.config.mixing
+        if mixing.cross_modal:
+            lam = float(mixing_weights.beta(*mixing.cross_modal_beta))
+            template = torch.randint(len(lapt.TIP_TEMPLATES), (len(labels),), generator=generator).to(labels.device)
+            inputs = cross_modal_mix(feats, self.label_templates[labels, template], lam)
+        else:
+            inputs = feats
+        loss = soft_cross_entropy(self.scale * inputs @ text.T, F.one_hot(labels, num_labels).float())
+        if mixing.cross_distribution:
+            lam = float(mixing_weights.beta(*mixing.cross_distribution_beta))
+            mixed = cross_distribution_mix(feats, labels, self.num_id, num_labels, lam, mixing.beta, generator)
+            if mixed is not None:
+                loss = loss + soft_cross_entropy(self.scale * mixed[0] @ text.T, mixed[1])
+        return loss
+
+    def _set_learning_rate(self, step: int, total_steps: int) -> None:
+        """LAPT's per-iteration cosine from lr down to lr * 1e-8."""
+        base = self.config.training.lr
+        floor = base * 1e-8
+        for group in self.optimizer.param_groups:
+            group["lr"] = floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * step / max(total_steps, 1)))
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Per OOD set and averaged (all, near, far): the OOD metrics in percent; ID top-1 accuracy."""
+        options = self.config.options
+        if self.prompts is not None:
+            text = self.prompts.text_features()
+        elif options.variant == "neglabel":
+            text = self.handcrafted
+        else:
+            text = lapt.encode_prompts(self.clip, [lapt.ZERO_SHOT_TEMPLATE.format(n.replace("_", " ")) for n in self.id_names]).to(self.device)
+
+        def score(image_features: torch.Tensor) -> torch.Tensor:
+            cosines = image_features @ text.T
+            if options.variant == "zero_shot":  # the maximum softmax probability over the ID labels
+                return torch.softmax(self.scale * cosines, dim=-1).max(dim=-1).values
+            groups = min(options.groups, text.shape[0] - self.num_id)
+            return grouped_score(cosines[:, : self.num_id], cosines[:, self.num_id :], groups, self.scale)
+
+        id_scores = score(self.id_test).cpu().numpy()
+        summary = {"id_accuracy": 100 * top1_accuracy((self.id_test @ text[: self.num_id].T).cpu().numpy(), self.id_test_labels)}
+        per_group: dict[str, list[dict]] = {"all": [], "near": [], "far": []}
+        for name, (group, features) in self.ood_tests.items():
+            metrics = {k: 100 * v for k, v in ood_metrics(id_scores, score(features).cpu().numpy()).items()}
+            summary |= {f"{metric}.{name}": value for metric, value in metrics.items()}
+            per_group["all"].append(metrics)
+            per_group[group].append(metrics)
+        for group, entries in per_group.items():  # `auroc`: the mean over every set; `auroc.near`: over the near ones
+            suffix = "" if group == "all" else f".{group}"
+            summary |= {f"{m}{suffix}": float(np.mean([e[m] for e in entries])) for m in METRIC_NAMES if entries}
+        return summary
+
+
+def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
+    """Train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
+    trial = _OODTrial(config)
+    state = state or {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
+    if trial.prompts is not None and state.get("prompts") is not None:
+        trial.prompts.load_state_dict(state["prompts"])
+        trial.optimizer.load_state_dict(state["optimizer"])
+    epochs = config.training.epochs if trial.prompts is not None else 1
+    trainable = 0 if trial.prompts is None else sum(p.numel() for p in trial.prompts.parameters())
+    for epoch in range(state["epoch"], epochs):
+        started = time.perf_counter()
+        train_loss = trial.train_epoch(epoch) if trial.prompts is not None else 0.0
+        summary = trial.evaluate()
+        seconds = state["train_seconds"] + time.perf_counter() - started
+        improved = summary[PRIMARY_METRIC] > state["best"]
+        state = {
+            "epoch": epoch + 1,
+            "best": summary[PRIMARY_METRIC] if improved else state["best"],
+            "best_epoch": epoch + 1 if improved else state["best_epoch"],
+            "train_seconds": seconds,
+        }
+        if trial.prompts is not None:
+            state |= {
+                "prompts": {k: v.detach().cpu().clone() for k, v in trial.prompts.state_dict().items()},
+                "optimizer": copy.deepcopy(trial.optimizer.state_dict()),  # a snapshot, not the live buffers
+            }
+        yield {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            **summary,
+            f"best_{PRIMARY_METRIC}": state["best"],
+            "best_epoch": state["best_epoch"],
+            "trainable_params": trainable,
+            "train_seconds": seconds,
+            "num_negative_labels": len(trial.negative_labels.all),
+            "negative_labels": trial.negative_labels.all,
+        }, state
