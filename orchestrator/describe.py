@@ -63,20 +63,24 @@ def describe(loaded: LoadedSpec) -> str:
             f"against {', '.join(f'{s.name} ({s.group})' for s in spec.ood.ood_sets)}; "
             f"{spec.ood.negatives.count} negative labels, {spec.ood.training.epochs} epochs, 1 trial each",
         ]
+    mlr = []
+    if mlr_cells:
+        mlr = [
+            f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {len(spec.mlr_setups)} setups x "
+            f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
+        ]
+    parameters = [f"Trainable parameters on {backbone.model} at {backbone.image_size} px:", table, ""] if mlr_cells else []
     return "\n".join(
         [
             f"Spec {spec.name} ({loaded.path}), hash {spec_hash(spec)}",
-            f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {len(spec.mlr_setups)} setups x "
-            f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
+            *mlr,
             *ood,
             f"Trials: {len(mlr_cells) * per_cell + len(ood_cells)}; search: {search}; scheduler: {scheduler}",
-            f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}",
+            *([f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}"] if mlr_cells else []),
             f"Resources per trial: {resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU; "
             f"at most {resources.max_concurrent_trials or 'as many as fit'} at once",
             "",
-            f"Trainable parameters on {backbone.model} at {backbone.image_size} px:",
-            table,
-            "",
+            *parameters,
             f"Ray results:    {spec.experiment_dir}",
             f"MLflow:         {spec.tracking_uri} (experiment '{spec.name}')",
             f"Feature cache:  {spec.cache_dir}",

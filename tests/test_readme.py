@@ -49,6 +49,12 @@ def test_quick_start_demo_as_written(tmp_path, chromium):
     assert "10%" in table_output and "50%" in table_output
     client, experiment = every_setup_learns(tmp_path)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # LAPT's OOD table, and LAPT above the untuned NegLabel score it starts from.
+    assert "OOD detection" in table_output and "NegLabel (untuned)" in table_output
+    ood = client.search_runs([experiment.experiment_id], "tags.`orchestrator.role` = 'trial' and tags.family = 'ood'")
+    auroc = {run.data.tags["setup"]: run.data.metrics["auroc"] for run in ood}
+    assert sorted(auroc) == ["lapt", "lapt_no_cross_distribution", "lapt_no_cross_modal", "neglabel", "zero_shot"]
+    assert auroc["lapt"] > auroc["neglabel"], auroc
     # `orchestrator ui`, opened as the user opens the address it prints.
     trials = client.search_runs([experiment.experiment_id], "tags.`orchestrator.role` = 'trial'")
     with orchestrator_ui(tmp_path, environment) as page:
