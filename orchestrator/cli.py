@@ -41,11 +41,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator.grid import cells
-    from orchestrator.scheduling import total_trials
+    from orchestrator.grid import Plan
 
     loaded = _load(args)
-    print(f"{loaded.path}: valid ({len(cells(loaded.spec))} cells, {total_trials(loaded.spec)} trials)")
+    plan = Plan.of(loaded.spec)
+    print(f"{loaded.path}: valid ({len(plan.cells)} cells, {plan.total_trials} trials)")
     return 0
 
 

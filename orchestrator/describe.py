@@ -31,7 +31,7 @@ def trainable_parameters(loaded: LoadedSpec) -> dict[str, dict[str, int]]:
 
 def describe(loaded: LoadedSpec) -> str:
     spec = loaded.spec
-    cells = grid.cells(spec)
+    plan = grid.Plan.of(spec)
     per_cell = grid.trials_per_cell(spec)
     if spec.search.kind == "optuna":
         search = (
@@ -54,8 +54,8 @@ def describe(loaded: LoadedSpec) -> str:
         colalign=("left", *("right" for _ in spec.datasets)),
     )
     backbone = spec.backbone
-    mlr_cells = [cell for cell in cells if cell.family == "mlr"]
-    ood_cells = [cell for cell in cells if cell.family == "ood"]
+    mlr_cells = [cell for cell in plan.cells if cell.family == "mlr"]
+    ood_cells = [cell for cell in plan.cells if cell.family == "ood"]
     ood = []
     if ood_cells:
         ood = [
@@ -75,7 +75,7 @@ def describe(loaded: LoadedSpec) -> str:
             f"Spec {spec.name} ({loaded.path}), hash {spec_hash(spec)}",
             *mlr,
             *ood,
-            f"Trials: {len(mlr_cells) * per_cell + len(ood_cells)}; search: {search}; scheduler: {scheduler}",
+            f"Trials: {plan.total_trials}; search: {search}; scheduler: {scheduler}",
             *([f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}"] if mlr_cells else []),
             f"Resources per trial: {resources.cpus_per_trial:g} CPU, {resources.gpus_per_trial:g} GPU; "
             f"at most {resources.max_concurrent_trials or 'as many as fit'} at once",

@@ -1,4 +1,5 @@
-"""Expand a spec into cells (dataset x setup x label ratio x seed) and the trials of each cell.
+"""Expand a spec into cells (dataset x setup x label ratio x seed) and the trials of each cell,
+once: `Plan.of(spec)` is what `run`, `validate`, `describe` and the searcher read.
 
 A cell is one point of the paper's grid; its trials differ only in the loss setting (a loss grid,
 or Optuna's samples). The OOD family's cells (`orchestrator.ood_spec`) are (LAPT variant x ID set x
@@ -137,3 +138,26 @@ def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
         ).model_dump(mode="json")
         return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family="ood")]
     return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A spec resolved once: its cells (each with its task family), how many trials each gets, and
+    the trials fixed in advance (a grid search's, an OOD cell's); an Optuna cell's are sampled as it runs."""
+
+    spec: ExperimentSpec
+    cells: tuple[Cell, ...]
+    trials_per_cell: dict[str, int]
+    """By cell key."""
+    fixed_trials: dict[str, tuple[Trial, ...]]
+    """By cell key, for the cells whose trials do not depend on a search."""
+
+    @classmethod
+    def of(cls, spec: ExperimentSpec) -> "Plan":
+        every = tuple(cells(spec))
+        fixed = {c.key: tuple(grid_trials(spec, c)) for c in every if c.family == "ood" or spec.search.kind == "grid"}
+        return cls(spec, every, {c.key: trials_per_cell(spec, c) for c in every}, fixed)
+
+    @property
+    def total_trials(self) -> int:
+        return sum(self.trials_per_cell.values())

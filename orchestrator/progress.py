@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from trainables.tasks import FAMILIES
+from trainables.tasks import family_of
 
 from orchestrator.trial_errors import error_path, trial_exception, user_error_cause
 
@@ -30,7 +30,7 @@ def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, s
     rows = []
     for trial in sorted(trials, key=lambda t: (_ORDER.get(statuses[t.trial_id], 9), t.config["trial_name"])):
         result = trial.last_result or {}
-        metric = FAMILIES[trial.config["family"]].metric
+        metric = family_of(trial.config).metric
         best = result.get(f"best_{metric}")
         rows.append(
             (

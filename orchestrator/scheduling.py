@@ -50,10 +50,6 @@ def optuna_storage(spec: ExperimentSpec) -> str:
     return f"sqlite:///{spec.experiment_dir / 'optuna.db'}"
 
 
-def total_trials(spec: ExperimentSpec) -> int:
-    return sum(grid.trials_per_cell(spec, cell) for cell in grid.cells(spec))
-
-
 def _trial_name(trial) -> str:
     return trial.config["trial_name"]
 
@@ -161,7 +157,7 @@ def _keep_resources_busy(spec: ExperimentSpec, address: str | None) -> None:
     os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(fits, 1))  # a cluster may scale up: queue one at least
 
 
-def _build_tuner(spec: ExperimentSpec, digest: str, resume: bool):
+def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -170,6 +166,7 @@ def _build_tuner(spec: ExperimentSpec, digest: str, resume: bool):
     from orchestrator.progress import ProgressTable
     from orchestrator.search import CellASHA, CellSearcher
 
+    spec = plan.spec
     trainable = tune.with_resources(
         run_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     )
@@ -184,7 +181,7 @@ def _build_tuner(spec: ExperimentSpec, digest: str, resume: bool):
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    searcher = CellSearcher(spec, optuna_storage(spec) if spec.search.kind == "optuna" else None)
+    searcher = CellSearcher(plan, optuna_storage(spec) if spec.search.kind == "optuna" else None)
     return tune.Tuner(
         trainable,
         param_space={},
@@ -214,7 +211,7 @@ def _build_tuner(spec: ExperimentSpec, digest: str, resume: bool):
     )
 
 
-def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool) -> Outcome:
+def finalize(store: tracking.TrackingStore, plan: grid.Plan, stopped: bool) -> Outcome:
     """Close the runs of this launch once Tune has returned (`stopped`: by a KeyboardInterrupt).
 
     The MLflow runs say what happened: Tune returns normally after Ctrl-C, with the trials it
@@ -226,7 +223,7 @@ def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool)
     and no trial start revives it.
     """
     trials = store.runs(role_filter(TRIAL_ROLE))
-    interrupted = stopped or len(trials) < total_trials(spec) or any(r.info.status == "RUNNING" for r in trials)
+    interrupted = stopped or len(trials) < plan.total_trials or any(r.info.status == "RUNNING" for r in trials)
     unfinished = "KILLED" if interrupted else "FAILED"
     finished_per_cell: dict[str, int] = {}
     failed = 0
@@ -240,14 +237,14 @@ def finalize(store: tracking.TrackingStore, spec: ExperimentSpec, stopped: bool)
             finished_per_cell[key] = finished_per_cell.get(key, 0) + 1
         elif status == "FAILED":
             failed += 1
-    per_cell = {cell.key: grid.trials_per_cell(spec, cell) for cell in grid.cells(spec)}
+    per_cell = plan.trials_per_cell
     complete = {key for key, n in finished_per_cell.items() if n >= per_cell.get(key, 1)}
     for run in store.runs(role_filter(CELL_ROLE)):
         _close(store, run, done=run.data.tags[CELL_KEY_TAG] in complete, unfinished=unfinished)
     for run in store.runs(role_filter(LAUNCH_ROLE)):
         _close(store, run, done=len(complete) == len(per_cell), unfinished=unfinished)
     finished = sum(min(n, per_cell.get(key, 1)) for key, n in finished_per_cell.items())
-    return Outcome(expected=total_trials(spec), finished=finished, failed=failed, interrupted=interrupted)
+    return Outcome(expected=plan.total_trials, finished=finished, failed=failed, interrupted=interrupted)
 
 
 def _close(store: tracking.TrackingStore, run, done: bool, unfinished: str) -> None:
@@ -279,6 +276,7 @@ def fill_feature_cache(spec: ExperimentSpec) -> None:
 def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool = False) -> int:
     """Run (or resume) every trial of the spec; return the exit code (0 done, 1 failed trials, 130 interrupted)."""
     spec = loaded.spec
+    plan = grid.Plan.of(spec)
     tracking.check_reachable(spec.tracking_uri)
     _prepare_environment()
     digest = spec_hash(spec)
@@ -293,8 +291,8 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
     store.launch_run(digest, spec_yaml, loaded.path, tracking.git_commit())
 
     print(
-        f"{'Resuming' if resume else 'Starting'} '{spec.name}': {total_trials(spec)} trials in "
-        f"{len(grid.cells(spec))} cells; results in {spec.experiment_dir}; MLflow at {spec.tracking_uri}"
+        f"{'Resuming' if resume else 'Starting'} '{spec.name}': {plan.total_trials} trials in "
+        f"{len(plan.cells)} cells; results in {spec.experiment_dir}; MLflow at {spec.tracking_uri}"
         + (f" ({leftovers} runs a crash left RUNNING marked FAILED until resumed)" if leftovers else ""),
         flush=True,
     )
@@ -309,7 +307,7 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         _keep_resources_busy(spec, address)
-        results = _build_tuner(spec, digest, resume).fit()
+        results = _build_tuner(plan, digest, resume).fit()
     except KeyboardInterrupt:
         stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
     except BaseException:
@@ -320,7 +318,7 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
             import ray
 
             ray.shutdown()
-    outcome = finalize(store, spec, stopped)
+    outcome = finalize(store, plan, stopped)
     user_errors = sorted({str(cause) for cause in map(user_error_cause, results.errors if results else []) if cause})
     if user_errors:
         raise UserInputError("\n".join(user_errors))  # the runs are closed; fix the input and rerun

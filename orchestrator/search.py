@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.grid import Cell, cells, grid_trials, make_trial, trials_per_cell
+from orchestrator.grid import Cell, Plan, make_trial
 from orchestrator.spec import ExperimentSpec
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ class CellSearcher(Searcher):
     `search.metric`; the Ray trial id is stored in the Optuna trial's user attributes.
     """
 
-    def __init__(self, spec: ExperimentSpec, optuna_storage: str | None = None):
+    def __init__(self, plan: Plan, optuna_storage: str | None = None):
+        spec = plan.spec
         optuna_search = spec.search.kind == "optuna"
         super().__init__(
             metric=spec.search.metric if optuna_search else None,
@@ -50,8 +51,8 @@ class CellSearcher(Searcher):
         if optuna_search and optuna_storage is None:
             raise ValueError("an Optuna search needs a storage URL")
         self._spec = spec
-        self._cells = cells(spec)
-        self._per_cell = {cell.key: trials_per_cell(spec, cell) for cell in self._cells}
+        self._plan = plan
+        self._cells = plan.cells
         self._optuna_storage = optuna_storage
         self._handed_out = {cell.key: 0 for cell in self._cells}
         self._cursor = 0
@@ -68,12 +69,12 @@ class CellSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         for offset in range(len(self._cells)):
             cell = self._cells[(self._cursor + offset) % len(self._cells)]
-            if self._handed_out[cell.key] < self._per_cell[cell.key]:
+            if self._handed_out[cell.key] < self._plan.trials_per_cell[cell.key]:
                 self._cursor = (self._cursor + offset + 1) % len(self._cells)
                 self._handed_out[cell.key] += 1
-                if self._spec.search.kind == "optuna" and cell.family == "mlr":
+                if cell.key not in self._plan.fixed_trials:
                     return self._sample(cell, trial_id)
-                return grid_trials(self._spec, cell)[self._handed_out[cell.key] - 1].as_config()
+                return self._plan.fixed_trials[cell.key][self._handed_out[cell.key] - 1].as_config()
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

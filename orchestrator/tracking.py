@@ -26,7 +26,7 @@ from ray.tune import Callback
 
 from trainables.config import TrialConfig
 from trainables.ood.config import OODTrialConfig
-from trainables.tasks import FAMILIES
+from trainables.tasks import family_of
 from trainables.errors import UserInputError
 
 from orchestrator.schema import (
@@ -322,9 +322,10 @@ class MlflowCallback(Callback):
         self.store.log(run_id, {"kept_fraction": data.kept_fraction(mask, train.labels)})
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        family = FAMILIES[trial.config["family"]]
+        family = family_of(trial.config)
         config = family.config.model_validate(trial.config["trial_config"])
-        cell_key, trial_key, setup = trial.config["cell_key"], trial.config["trial_key"], trial.config["setup"]
+        cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
+        setup = trial.config.get("setup", config.setup)  # configs made before the OOD family name no setup
         existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
         if existing is not None and trial.checkpoint is None and existing.data.metrics:
             # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
@@ -353,7 +354,7 @@ class MlflowCallback(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged_up_to.get(trial.trial_id, 0):
             return  # already logged before a restart from an older checkpoint
-        if trial.config["family"] == "ood":
+        if family_of(trial.config).name == "ood":
             metrics = {k: v for k, v in result.items() if k not in OOD_UNLOGGED and isinstance(v, (int, float))}
         else:
             metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
@@ -367,7 +368,7 @@ class MlflowCallback(Callback):
         result = trial.last_result
         if trial.trial_id in self._final_logged:
             self.store.end(run_id, "FINISHED")
-        elif "epoch" in result and trial.config["family"] == "ood":
+        elif "epoch" in result and family_of(trial.config).name == "ood":
             self.store.log(run_id, {k: result[k] for k in OOD_FINAL_METRICS}, step=int(result["epoch"]))
             labels = "\n".join(result["negative_labels"]) + "\n"
             self.store.log_file(run_id, "negative_labels.txt", lambda path: Path(path).write_text(labels))

@@ -100,3 +100,15 @@ def test_trial_keys_are_deterministic_and_ignore_machine_paths(make_spec, tmp_pa
     assert grid.grid_trials(moved, grid.cells(moved)[0])[0].trial_key == key
     changed = make_spec(training={"epochs": 7})
     assert grid.grid_trials(changed, grid.cells(changed)[0])[0].trial_key != key
+
+
+def test_plan_resolves_cells_and_fixed_trials_once(make_spec):
+    spec = make_spec(loss={"gamma_neg": [1, 2]})
+    plan = grid.Plan.of(spec)
+    assert [cell.key for cell in plan.cells] == [cell.key for cell in grid.cells(spec)]
+    assert plan.trials_per_cell == {cell.key: 2 for cell in plan.cells} and plan.total_trials == 2 * len(plan.cells)
+    assert {key: [t.trial_key for t in trials] for key, trials in plan.fixed_trials.items()} == {
+        cell.key: [t.trial_key for t in grid.grid_trials(spec, cell)] for cell in plan.cells
+    }
+    searched = grid.Plan.of(make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 3}))
+    assert searched.fixed_trials == {} and searched.total_trials == 3 * len(searched.cells)

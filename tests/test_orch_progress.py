@@ -9,7 +9,7 @@ from orchestrator.progress import ProgressTable
 
 def trial(trial_id: str, name: str, status: str, epoch: int | None = None, best: float | None = None):
     result = {} if epoch is None else {"epoch": epoch, "best_mAP": best}
-    config = {"family": "mlr", "trial_name": name, "trial_config": {"training": {"epochs": 3}}}
+    config = {"trial_name": name, "trial_config": {"training": {"epochs": 3}}}  # as before the OOD family: no "family"
     return SimpleNamespace(trial_id=trial_id, config=config, status=status, last_result=result)
 
 

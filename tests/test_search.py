@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
+from orchestrator.grid import Plan
 from orchestrator.search import CellASHA, CellSearcher
 
 
@@ -26,7 +27,7 @@ def drain(searcher: CellSearcher, prefix: str = "t", start: int = 0) -> list[dic
 
 def test_grid_hands_out_every_trial_once_round_robin(make_spec):
     spec = make_spec(loss={"gamma_neg": [1, 3]})
-    configs = drain(CellSearcher(spec))
+    configs = drain(CellSearcher(Plan.of(spec)))
     assert len(configs) == 2 * 2 * 2
     pairs = {(c["cell_key"], c["trial_config"]["loss"]["gamma_neg"]) for c in configs}
     cell_keys = {f"{s}-shapes-r{r}-s1" for s in ("baseline", "dual_coop") for r in ("0.1", "0.5")}
@@ -38,10 +39,10 @@ def test_grid_hands_out_every_trial_once_round_robin(make_spec):
 
 def test_grid_state_survives_save_and_restore(make_spec, tmp_path):
     spec = make_spec(loss={"gamma_neg": [1, 3]})
-    first = CellSearcher(spec)
+    first = CellSearcher(Plan.of(spec))
     before = [first.suggest(f"a{n}") for n in range(3)]
     first.save(str(tmp_path / "searcher.pkl"))
-    second = CellSearcher(spec)
+    second = CellSearcher(Plan.of(spec))
     second.restore(str(tmp_path / "searcher.pkl"))
     after = drain(second, "b")
     keys = [c["trial_key"] for c in before + after]
@@ -54,7 +55,7 @@ def test_optuna_mode_samples_each_cell_within_the_ranges(make_spec, tmp_path):
         search={"kind": "optuna", "num_samples": 3, "seed": 7},
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = CellSearcher(spec, storage)
+    searcher = CellSearcher(Plan.of(spec), storage)
     configs = drain(searcher)
     assert len(configs) == 4 * 3
     for config in configs:
@@ -75,7 +76,7 @@ def test_optuna_mode_samples_each_cell_within_the_ranges(make_spec, tmp_path):
 def test_optuna_is_told_results_and_failures(make_spec, tmp_path):
     spec = make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 2})
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = CellSearcher(spec, storage)
+    searcher = CellSearcher(Plan.of(spec), storage)
     first, second = searcher.suggest("r1"), searcher.suggest("r2")
     searcher.on_trial_complete("r1", result={"best_mAP": 42.5, "mAP": 40.0})
     searcher.on_trial_complete("r2", error=True)
@@ -93,7 +94,7 @@ def test_optuna_search_continues_after_restore_and_fails_orphans(make_spec, tmp_
         loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 4},
     )  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    first = CellSearcher(spec, storage)
+    first = CellSearcher(Plan.of(spec), storage)
     running = first.suggest("r1")
     first.suggest("r2")
     first.on_trial_complete("r2", result={"best_mAP": 10.0})
@@ -101,7 +102,7 @@ def test_optuna_search_continues_after_restore_and_fails_orphans(make_spec, tmp_
     # Asked after the last save: Ray never recorded this trial, so nothing will ever finish it.
     orphan = first.suggest("r3")
 
-    restored = pickle.loads(pickle.dumps(CellSearcher(spec, storage)))  # Tune pickles the searcher
+    restored = pickle.loads(pickle.dumps(CellSearcher(Plan.of(spec), storage)))  # Tune pickles the searcher
     restored.restore(str(tmp_path / "searcher.pkl"))
     rest = drain(restored, "s")
     assert len(rest) == 2

@@ -199,7 +199,7 @@ def test_finalize_closes_cells_and_launch_by_their_trials(spec, store, tmp_path)
     done.last_result = epoch_result(3, 40.0)
     logger.on_trial_complete(0, [], done)
 
-    outcome = finalize(store, spec, stopped=False)  # a trial still RUNNING: interrupted
+    outcome = finalize(store, grid.Plan.of(spec), stopped=False)  # a trial still RUNNING: interrupted
     assert (outcome.expected, outcome.finished, outcome.failed, outcome.exit_code) == (2, 1, 0, 130)
     status = {r.data.tags[CELL_KEY_TAG]: r.info.status for r in store.runs(role_filter("cell"))}
     assert status == {"baseline-shapes-r0.5-s3": "FINISHED", "dual_coop-shapes-r0.5-s3": "KILLED"}

@@ -32,3 +32,8 @@ FAMILIES = {
     "mlr": TaskFamily("mlr", TrialConfig, run_epochs, "mAP"),
     "ood": TaskFamily("ood", OODTrialConfig, run_ood_epochs, "auroc"),
 }
+
+
+def family_of(ray_config: dict) -> TaskFamily:
+    """The family of a trial's Ray config; configs made before the OOD family name none: `mlr`."""
+    return FAMILIES[ray_config.get("family", "mlr")]

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from ray import tune
 
-from trainables.tasks import FAMILIES
+from trainables.tasks import family_of
 
 _STATE_FILE = "state.pt"
 
 
 def run_trial(config: dict) -> None:
-    family = FAMILIES[config["family"]]
+    family = family_of(config)
     trial_config = family.config.model_validate(config["trial_config"])
     state = None
     checkpoint = tune.get_checkpoint()
