@@ -261,3 +261,38 @@ def test_experiment_holds_the_saved_trials_view_the_ui_address_opens(spec, store
             "metrics.`best_mAP`", "metrics.`last_mAP`", "metrics.`best_auroc`", "metrics.`best_epoch`",
         ],
     }  # fmt: skip
+
+
+def test_an_ood_trial_logs_its_family_metrics_and_negative_labels(tracked_spec, tmp_path):
+    ood = {
+        "id_dataset": {"name": "shapes-id", "kind": "synthetic", "synthetic_classes": 2},
+        "ood_sets": [{"name": "empty", "group": "far", "kind": "synthetic"}],
+        "variants": ["lapt"],
+    }
+    spec = tracked_spec(setups=["lapt"], datasets=[], label_ratios=[], seeds=[3], ood=ood)
+    store = tracking.TrackingStore(spec.tracking_uri, spec.name)
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    plan = grid.Plan.of(spec)
+    (cell,) = plan.cells
+    config = plan.fixed_trials[cell.key][0].as_config()
+    trial = SimpleNamespace(trial_id="o1", config=config, checkpoint=None, last_result={}, path="/r",
+                            run_metadata=SimpleNamespace(error_filename=None))  # fmt: skip
+    logger.on_trial_start(0, [], trial)
+    for epoch, auroc in ((1, 80.0), (2, 85.0)):
+        result = {"epoch": epoch, "train_loss": 1.0 / epoch, "auroc": auroc, "auroc.far": auroc, "auroc.empty": auroc,
+                  "fpr95_ood_pos": 100 - auroc, "id_accuracy": 90.0, "best_auroc": auroc, "best_epoch": epoch,
+                  "trainable_params": 256, "train_seconds": 2.0 * epoch, "num_negative_labels": 2,
+                  "negative_labels": ["kite", "river"]}  # fmt: skip
+        logger.on_trial_result(0, [], trial, result)
+    trial.last_result = result
+    logger.on_trial_complete(0, [], trial)
+
+    (run,) = trial_runs(store, family="ood")
+    assert run.info.status == "FINISHED" and run.info.run_name == "lapt-shapes-id-r1-s3"
+    assert {run.data.tags[k] for k in ("setup", "dataset", "label_ratio")} == {"lapt", "shapes-id", "1"}
+    assert [m.value for m in store.client.get_metric_history(run.info.run_id, "auroc")] == [80.0, 85.0]
+    assert run.data.metrics["best_auroc"] == 85.0 and run.data.metrics["num_negative_labels"] == 2
+    assert "negative_labels" not in run.data.metrics and "best_mAP" not in run.data.metrics
+    local = store.client.download_artifacts(run.info.run_id, "negative_labels.txt", str(tmp_path))
+    assert Path(local).read_text() == "kite\nriver\n"
