@@ -21,6 +21,7 @@ import rich.table
 import rich.text
 from mlflow.tracking import MlflowClient
 
+from orchestrator import tables
 from orchestrator.ood_spec import VARIANTS
 from orchestrator.schema import FAMILY_TAG, TRIAL_ROLE, role_filter
 
@@ -87,32 +88,56 @@ def build_ood_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None)
     return pd.DataFrame(rows, index=pd.Index(labels, name="Variant"), columns=index)
 
 
-def display(table: pd.DataFrame) -> pd.DataFrame:
-    """Strings: one decimal, "—" where missing, headers `<set> FPR95↓`."""
+LOWER_IS_BETTER = ("fpr95_ood_pos",)
+CAPTION = "FPR95: OpenOOD's (OOD positive); values in %, means over seeds; best of each column in bold (*)."
+
+
+def display(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(strings: one decimal, "—" where missing, headers `<set> FPR95↓`; the best cell of each
+    column among the rows we ran, the reference rows left out)."""
     names = dict(METRICS) | {"id_accuracy": "Acc"}
-    shown = table.map(lambda v: "—" if pd.isna(v) else f"{v:.1f}")
-    shown.columns = [f"{place} {names[metric]}" for place, metric in table.columns]
-    return shown
+    ours = ~table.index.str.endswith("[reference]")
+    best = pd.DataFrame(False, index=table.index, columns=table.columns)
+    for column in table.columns:
+        values = table.loc[ours, column]
+        if values.notna().any():
+            target = values.min() if column[1] in LOWER_IS_BETTER else values.max()
+            best.loc[ours, column] = values == target
+    shown = table.map(lambda v: tables.MISSING if pd.isna(v) else f"{v:.1f}")
+    headers = [f"{place} {names[metric]}" for place, metric in table.columns]
+    shown.columns = best.columns = headers
+    return shown, best
 
 
 def render(table: pd.DataFrame, fmt: str, title: str) -> str:
-    shown = display(table)
-    if fmt == "markdown":
-        return shown.to_markdown(disable_numparse=True) + "\n"
+    """The OOD table as text in one of `tables.FORMATS`, with the MLR table's conventions (bold best
+    cells, LaTeX escaping, the same HTML style)."""
     if fmt == "csv":
         flat = table.copy()
         flat.columns = [f"{place}.{metric}" for place, metric in table.columns]
         return flat.to_csv()
+    shown, best = display(table)
+    if fmt == "markdown":
+        bold = shown.mask(best, "**" + shown + "**")
+        return bold.to_markdown(disable_numparse=True) + f"\n\n- {CAPTION}\n"
     if fmt == "latex":
-        return shown.style.to_latex(hrules=True, caption=title)
+        text = shown.map(tables.latex_escape)
+        text.index = text.index.map(tables.latex_escape)
+        text.columns = text.columns.map(tables.latex_escape)
+        styler = text.style.apply(lambda _: tables.best_css(best).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
+        return styler.to_latex(hrules=True, convert_css=True, column_format="l" + "r" * text.shape[1],
+                               caption=tables.latex_escape(f"{title}. {CAPTION}"), position_float="centering")  # fmt: skip
     if fmt == "html":
-        return shown.to_html()
-    output = rich.table.Table(title=title, caption="FPR95: OpenOOD's (OOD positive); values in %, means over seeds.", caption_justify="left")
+        return tables.html_styler(shown, best, [CAPTION]).to_html()
+    if fmt != "rich":
+        raise ValueError(f"unknown table format '{fmt}'")
+    output = rich.table.Table(title=title, caption=CAPTION, caption_justify="left")
     output.add_column("Variant", no_wrap=True)
     for column in shown.columns:
         output.add_column(column, justify="right", no_wrap=True)
-    for label, row in shown.iterrows():
-        output.add_row(rich.text.Text(label), *row.tolist())  # Text: "[reference]" is not markup
+    for (label, row), (_, marks) in zip(shown.iterrows(), best.iterrows(), strict=True):
+        cells = [rich.text.Text(f"{cell}*", style="bold") if mark else rich.text.Text(cell) for cell, mark in zip(row, marks)]
+        output.add_row(rich.text.Text(label), *cells)  # Text: "[reference]" is not markup
     buffer = io.StringIO()
     console = rich.console.Console(file=buffer, width=10_000)
     natural = rich.measure.Measurement.get(console, console.options, output).maximum

@@ -485,7 +485,7 @@ _LATEX = str.maketrans(
     {
         "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "---", "–": "--", "−": "$-$",
-        "†": r"$^\dagger$", "Δ": r"$\Delta$", "≥": r"$\geq$",
+        "†": r"$^\dagger$", "Δ": r"$\Delta$", "≥": r"$\geq$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
     }
 )
 
@@ -495,7 +495,8 @@ def latex_escape(text: str) -> str:
     return text.translate(_LATEX)
 
 
-def _best_css(best: pd.DataFrame) -> pd.DataFrame:
+def best_css(best: pd.DataFrame) -> pd.DataFrame:
+    """Bold where `best` is True, as CSS for a pandas Styler (its LaTeX export turns it into \\textbf)."""
     return best.map({True: "font-weight: bold", False: ""}.get)
 
 
@@ -505,7 +506,7 @@ def to_latex(table: ComparisonTable) -> str:
     text = text.map(latex_escape)
     text.index = text.index.set_levels([level.map(latex_escape) for level in text.index.levels])
     text.columns = text.columns.map(latex_escape)
-    styler = text.style.apply(lambda _: _best_css(best).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
+    styler = text.style.apply(lambda _: best_css(best).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
     latex = styler.to_latex(
         hrules=True,
         convert_css=True,
@@ -523,12 +524,17 @@ def to_latex(table: ComparisonTable) -> str:
 def to_html(table: ComparisonTable) -> str:
     """An HTML table (pandas Styler): best cells bold, notes as caption."""
     text, best = display_frame(table)
-    styler = (
+    return html_styler(text, best, table.notes).to_html()
+
+
+def html_styler(text: pd.DataFrame, best: pd.DataFrame, notes: list[str]):
+    """The Styler of every HTML table here: escaped cells and headers, best cells bold, notes as caption."""
+    return (
         text.style.format(escape="html")
         .format_index(escape="html", axis=0)
         .format_index(escape="html", axis=1)
-        .apply(lambda _: _best_css(best), axis=None)
-        .set_caption("<br>".join(html.escape(note) for note in table.notes))
+        .apply(lambda _: best_css(best), axis=None)
+        .set_caption("<br>".join(html.escape(note) for note in notes))
         .set_table_styles(
             [
                 {"selector": "", "props": "border-collapse: collapse; font-family: sans-serif"},
@@ -538,7 +544,6 @@ def to_html(table: ComparisonTable) -> str:
             ]
         )
     )
-    return styler.to_html()
 
 
 def to_rich(table: ComparisonTable, title: str | None = None) -> rich.table.Table:

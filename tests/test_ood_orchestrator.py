@@ -3,6 +3,7 @@ errors (one line, exit code 2) and the OOD table."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import pandas as pd
@@ -91,7 +92,7 @@ def test_bad_ood_input_is_one_line_and_exit_code_2(write_spec, ood_spec, tmp_pat
 
 
 def _trials() -> pd.DataFrame:
-    sets = (("ssb", "near"), ("inat", "far"), ("sun", "far"))
+    sets = (("ssb_hard", "near"), ("inat", "far"), ("sun", "far"))
     rows = []
     for variant, ratio, seed, auroc in [("lapt", 1.0, 1, 90.0), ("lapt", 1.0, 2, 92.0), ("neglabel", 1.0, 1, 80.0)]:
         metrics = {f"auroc.{name}": auroc + i for i, (name, _) in enumerate(sets)}
@@ -105,21 +106,28 @@ def _trials() -> pd.DataFrame:
 def test_ood_table_means_over_seeds_per_set_and_group():
     table = ood_table.build_ood_table(_trials())
     assert list(table.index) == ["LAPT", "NegLabel (untuned)"]
-    assert table.loc["LAPT", ("ssb", "auroc")] == pytest.approx(91.0)
+    assert table.loc["LAPT", ("ssb_hard", "auroc")] == pytest.approx(91.0)
     assert table.loc["LAPT", ("sun", "fpr95_ood_pos")] == pytest.approx(100 - 91.0 - 2)
     assert table.loc["LAPT", ("Far avg", "auroc")] == pytest.approx(92.5)
     assert table.loc["NegLabel (untuned)", ("ID", "id_accuracy")] == pytest.approx(71.0)
-    assert list(dict.fromkeys(place for place, _ in table.columns)) == ["ssb", "inat", "sun", "Near avg", "Far avg", "ID"]
+    assert list(dict.fromkeys(place for place, _ in table.columns)) == ["ssb_hard", "inat", "sun", "Near avg", "Far avg", "ID"]
 
 
 def test_ood_table_reference_rows_and_formats():
     table = ood_table.build_ood_table(_trials(), ood_table.load_reference())
     reference = table.loc["LAPT (released script log) [reference]"]
     assert reference[("Far avg", "fpr95_ood_pos")] == 24.29 and reference[("Near avg", "auroc")] == 81.88
-    assert math.isnan(reference[("ssb", "auroc")])
+    assert math.isnan(reference[("ssb_hard", "auroc")])
+    # The best of each column among our rows is bold: LAPT's AUROC (higher) and FPR95 (lower), not the reference's.
     markdown = ood_table.render(table, "markdown", "t")
-    assert "| LAPT " in markdown and "91.0" in markdown and "—" in markdown
-    csv = pd.read_csv(__import__("io").StringIO(ood_table.render(table, "csv", "t")), index_col=0)
-    assert csv.loc["LAPT", "ssb.auroc"] == pytest.approx(91.0)
+    lapt_row = next(line for line in markdown.splitlines() if line.startswith("| LAPT "))
+    assert "**91.0**" in lapt_row and "**7.0**" in lapt_row and "—" in markdown
+    assert "**" not in next(line for line in markdown.splitlines() if "[reference]" in line)
+    csv = pd.read_csv(io.StringIO(ood_table.render(table, "csv", "t")), index_col=0)
+    assert csv.loc["LAPT", "ssb_hard.auroc"] == pytest.approx(91.0)
     assert "LAPT (released script log) [reference]" in ood_table.render(table, "rich", "t")
-    assert "\\begin{tabular}" in ood_table.render(table, "latex", "t") and "<table" in ood_table.render(table, "html", "t")
+    latex = ood_table.render(table, "latex", "t")
+    assert "\\begin{tabular}" in latex and "ssb\\_hard" in latex and "$\\downarrow$" in latex and "↓" not in latex
+    assert "\\bfseries 91.0" in latex and "\\bfseries 80.0" not in latex
+    html = ood_table.render(table, "html", "t")
+    assert "<table" in html and "font-weight: bold" in html
