@@ -306,3 +306,15 @@ def test_random_weights_use_the_model_configs_activation():
     assert _activations(clip.load("RN-tiny", None, image_size=64)) == {"GELU"}
     with pytest.raises(UserInputError, match="quick_gelu must be auto, true or false"):
         clip.resolve_quick_gelu("yes", "RN-tiny")
+
+
+def test_the_sequence_first_text_transformer_gives_open_clips_batch_first_features(tiny_rn):
+    import copy
+
+    assert tiny_rn.model.transformer.batch_first is False
+    batch_first = copy.deepcopy(tiny_rn.model)
+    batch_first.transformer.batch_first = True
+    for block in batch_first.transformer.resblocks:
+        block.attn.batch_first = True
+    ids = tiny_rn.tokenize(["a photo of a circle.", "a star and a ring"])
+    torch.testing.assert_close(tiny_rn.model.encode_text(ids), batch_first.encode_text(ids), atol=1e-5, rtol=1e-5)

@@ -252,8 +252,26 @@ def load(
             _init_random_resnet_trunk(clip_model.visual)
     if state_dict is not None:
         _load_weights(clip_model, state_dict, checkpoint)
+    _sequence_first_text_transformer(clip_model)
     identity = f"{model}/{weights}@{image_size}"
     return FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
+
+
+def _sequence_first_text_transformer(clip_model: open_clip.CLIP) -> None:
+    """Run the text transformer sequence-first ([L, N, E], as OpenAI's CLIP does); same features.
+
+    open_clip runs it batch-first, and then `nn.MultiheadAttention` transposes its input to
+    [L, N, E] and applies its in-projection to that non-contiguous tensor, which PyTorch computes as
+    a batched matmul against L copies of the [3E, E] weight. Sequence-first, open_clip makes the
+    input contiguous once and every projection is one matrix product: measured on RN101's text
+    encoder (80 prompts, 2 CPU threads, bf16), a PositiveCoOp step went from 1.18 s to 0.58 s.
+    """
+    transformer = clip_model.transformer
+    if not all(isinstance(block.attn, nn.MultiheadAttention) for block in transformer.resblocks):
+        return  # open_clip's own attention (qk-norm, scaled-cosine models) expects batch-first input
+    transformer.batch_first = False
+    for block in transformer.resblocks:
+        block.attn.batch_first = False
 
 
 def resolve_quick_gelu(

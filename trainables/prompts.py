@@ -79,8 +79,9 @@ class PromptLearner(nn.Module):
             prompt_prefix = " ".join([PLACEHOLDER] * self.n_ctx)
         self.ctx = nn.Parameter(ctx)
 
-        prompts = [f"{prompt_prefix} {name.replace('_', ' ')}." for name in classnames]
-        token_ids = clip.tokenize(prompts)
+        self.prompts = [f"{prompt_prefix} {name.replace('_', ' ')}." for name in classnames]
+        """The prompt texts, the context words standing for the learned vectors."""
+        token_ids = clip.tokenize(self.prompts)
         length = int(token_ids.argmax(dim=-1).max()) + 1  # through the longest prompt's EOT
         token_ids = token_ids[:, :length]
         with torch.no_grad():

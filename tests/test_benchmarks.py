@@ -1,0 +1,40 @@
+"""The trial-step benchmark compares like with like: both paths compute the same loss on the same batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import trial_step
+from trainables import setups
+
+
+@pytest.mark.parametrize("name", setups.names())
+def test_reference_and_project_paths_give_the_same_first_loss(name):
+    rows = [trial_step.measure(name, path, "RN-tiny", 64, 4, 10, 1) for path in trial_step.PATHS]
+    (summary,) = trial_step.compare(rows)
+    assert summary["loss_agrees"], summary
+    assert rows[0]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("name", ["positive_coop", "dual_coop"])
+def test_full_length_prompts_give_the_truncated_prompts_features(tiny_rn, name):
+    truncated, full = (trial_step.build(name, tiny_rn, 5, path) for path in ("project", "reference"))
+    learners = [m for m in full.modules() if isinstance(m, trial_step.PromptLearner)]
+    assert learners and all(learner.token_ids.shape[1] == tiny_rn.context_length for learner in learners)
+    with torch.no_grad():
+        torch.testing.assert_close(full.class_embeddings(), truncated.class_embeddings(), atol=1e-5, rtol=1e-5)
+
+
+def test_grid_cost_counts_every_trial_step_and_the_cache_fill(make_spec):
+    from benchmarks.grid_cost import grid_cost
+    from orchestrator.grid import Plan
+
+    # 2 setups x 2 ratios x 1 seed, 2 epochs at batch 32 (the minimal spec), 100 train and 50 test images.
+    plan = Plan.of(make_spec(training={"epochs": 2, "batch_size": 32}))
+    seconds = {"reference": {"baseline": 2.0, "dual_coop": 10.0}, "project": {"baseline": 0.01, "dual_coop": 1.0}}
+    hours = grid_cost(plan, seconds, {"shapes": (100, 50)})
+    steps = 2 * 4  # epochs x ceil(100 / 32)
+    assert hours["reference"] == pytest.approx(2 * steps * (2.0 + 10.0) / 3600)
+    fill = 5 * 2.0  # ceil(150 / 32) image-encoder passes at the reference Baseline's step
+    assert hours["project"] == pytest.approx((2 * steps * (0.01 + 1.0) + fill) / 3600)
