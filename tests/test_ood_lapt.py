@@ -16,7 +16,8 @@ from trainables.ood import collect, lapt
 from trainables.ood.config import IDDatasetConfig, OODSetConfig, OODTrialConfig
 from trainables.ood.data import id_dataset, ood_set
 from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, soft_cross_entropy
-from trainables.ood.train import run_ood_epochs
+from trainables.ood.negatives import Words
+from trainables.ood.train import run_ood_epochs, training_negatives
 
 # -- the loss and the two mixings, written out ---------------------------------------------------------
 
@@ -200,3 +201,17 @@ def test_untuned_variants_evaluate_once(tmp_path, variant):
     (metrics, state), = list(run_ood_epochs(_trial(tmp_path, variant)))
     assert metrics["epoch"] == 1 and metrics["trainable_params"] == 0 and "prompts" not in state
     assert 0.0 <= metrics["auroc"] <= 100.0
+
+
+def test_training_negatives_are_the_farthest_in_proportion():
+    mined = Words(nouns=["n1", "n2", "n3", "n4", "n5", "n6"], adjectives=["a1", "a2", "a3"])
+    assert training_negatives(mined, None).tolist() == list(range(9))
+    # 3 of 9: 2 nouns, 1 adjective, each pool's first (farthest) ones.
+    assert [mined.all[i] for i in training_negatives(mined, 3).tolist()] == ["n1", "n2", "a1"]
+
+
+def test_lapt_trains_on_a_subset_of_the_negative_labels(tmp_path):
+    config = _trial(tmp_path, "lapt")
+    config = config.model_copy(update={"negatives": config.negatives.model_copy(update={"train_count": 2})})
+    (metrics, _), _ = list(run_ood_epochs(config))
+    assert metrics["num_negative_labels"] == 4 and 0.0 <= metrics["auroc"] <= 100.0

@@ -40,6 +40,16 @@ def corpus(config: NegativesConfig) -> negatives.Words:
     return negatives.wordnet_words(config.wordnet_dir)
 
 
+def training_negatives(mined: negatives.Words, train_count: int | None) -> torch.Tensor:
+    """Positions in `mined.all` of the negative labels that get training images: all of them, or the
+    `train_count` farthest, nouns and adjectives in proportion (what mining `train_count` would keep,
+    as LAPT mines 1,000 to train and 10,000 to test)."""
+    if train_count is None:
+        return torch.arange(len(mined.all))
+    nouns, adjectives = negatives.split_count(train_count, len(mined.nouns), len(mined.adjectives))
+    return torch.cat([torch.arange(nouns), len(mined.nouns) + torch.arange(adjectives)])
+
+
 class _OODTrial:
     """Everything one trial builds once: backbone, features, negative labels, examples, prompts."""
 
@@ -85,9 +95,9 @@ class _OODTrial:
     def _collect(self, features, train) -> None:
         """Training features and labels: ID labels first (0..K-1), then the negative labels that train."""
         cfg = self.config
-        train_negatives = cfg.negatives.train_count or cfg.negatives.count
-        self.train_negatives = torch.arange(train_negatives)
-        label_features = self.handcrafted[: self.num_id + train_negatives]
+        self.train_negatives = training_negatives(self.negative_labels, cfg.negatives.train_count)
+        train_negatives = len(self.train_negatives)
+        label_features = torch.cat([self.handcrafted[: self.num_id], self.handcrafted[self.num_id + self.train_negatives]])
         parts = []
         pool = None
         if cfg.collector.pool is not None:
@@ -107,7 +117,7 @@ class _OODTrial:
         kept = collect.keep_fraction(labels.numpy(), cfg.label_ratio, cfg.seed)
         self.examples, self.labels = examples[kept].to(self.device), labels[kept].to(self.device)
         # Frozen hand-crafted features of each training label under the TIP templates.
-        names = self.id_names + self.negative_labels.all[:train_negatives]
+        names = self.id_names + [self.negative_labels.all[i] for i in self.train_negatives.tolist()]
         self.label_templates = lapt.template_features(self.clip, names).to(self.device) if cfg.mixing.cross_modal else None
 
     # -- one epoch --------------------------------------------------------------------------
