@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +33,6 @@ STREAMS = {"train": 10, "test": 11, "ood": 12}
 
 def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def _single_label(name: str, kind: str, split: str, paths: list[Path], labels: list[int], classnames: list[str],
-                  skip_corrupt_images: bool, root: Path, tag: str = "") -> MultiLabelDataset:  # fmt: skip
-    one_hot = np.zeros((len(paths), len(classnames)), dtype=np.int8)
-    one_hot[np.arange(len(paths)), labels] = 1
-    ids = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in paths]
-    return MultiLabelDataset(name, kind, split, classnames, ids, paths, one_hot, skip_corrupt_images, tag)
 
 
 # -- ID sets ----------------------------------------------------------------------------------------
@@ -76,7 +69,10 @@ def _imagenet(cfg: IDDatasetConfig, split: str) -> MultiLabelDataset:
         labels += [index] * len(images)
     if not paths:
         raise UserInputError(f"ID dataset '{cfg.name}': no images in {folders[split]}/<wnid>/")
-    return _single_label(cfg.name, "imagenet", split, paths, labels, _imagenet_names(cfg, wnids), cfg.skip_corrupt_images, cfg.root)
+    one_hot = np.zeros((len(paths), len(wnids)), dtype=np.int8)
+    one_hot[np.arange(len(paths)), labels] = 1
+    ids = [str(path.relative_to(cfg.root)) for path in paths]
+    return MultiLabelDataset(cfg.name, "imagenet", split, _imagenet_names(cfg, wnids), ids, paths, one_hot, cfg.skip_corrupt_images)
 
 
 def _manifest(cfg: IDDatasetConfig, split: str) -> MultiLabelDataset:
@@ -93,7 +89,9 @@ def _manifest(cfg: IDDatasetConfig, split: str) -> MultiLabelDataset:
     return dataset
 
 
-def _generated(name: str, folder_parent: Path, parameters: dict, rows_of) -> Path:
+def _generated(name: str, folder_parent: Path, parameters: dict, rows_of: Callable[[], list[tuple[list[int], int]]]) -> Path:
+    """`<folder_parent>/<name>-<hash of parameters>`, generated once: image i shows the classes of
+    `rows_of()[i]` (none: a bare background), drawn from that row's random stream."""
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
 
     def write(target: Path) -> None:
