@@ -1,14 +1,15 @@
 """One training step per setup: the reference-style path against this project's, side by side.
 
     python -m benchmarks.trial_step [--model RN101] [--image-size 224] [--batch 8] [--classes 80]
-                                    [--steps 3] [--setups baseline,dual_coop] [--json results.json]
+                                    [--steps 3] [--setups baseline,dual_coop] [--precision auto]
+                                    [--json results.json]
 
 Reference-style (as the DualCoOp code trains): the frozen image encoder runs on every batch, the
 prompts go through the text encoder at CLIP's full 77-token context, everything in fp32. This
 project's path: the batch's dense features come from the fp16 feature cache (encoded once, outside
 the timing), the prompts are truncated after the longest EOT, and the setup computes in the
 precision `training.precision: auto` picks on this machine (bf16 only where the CPU or GPU has it
-natively). Both start from the same weights on the same batch; their first losses must agree within
+natively; `--precision fp32` measures what a CPU without it runs). Both start from the same weights on the same batch; their first losses must agree within
 `LOSS_TOLERANCE`. Each (setup, path) runs in a fresh process, so that its peak memory (`ru_maxrss`,
 or the GPU's peak allocation) is its own. Random weights: the cost does not depend on them. Not a test.
 """
@@ -69,7 +70,7 @@ def build(name: str, frozen: clip_lib.FrozenCLIP, classes: int, path: str) -> to
     return setup
 
 
-def measure(name: str, path: str, model: str, image_size: int, batch: int, classes: int, steps: int) -> dict:
+def measure(name: str, path: str, model: str, image_size: int, batch: int, classes: int, steps: int, requested: str) -> dict:
     """Seconds per training step (median of `steps` after one warm-up), the first loss and peak memory."""
     device = clip_lib.resolve_device("auto")
     frozen = clip_lib.load(model, None, image_size=image_size, device=str(device))
@@ -81,7 +82,7 @@ def measure(name: str, path: str, model: str, image_size: int, batch: int, class
         def features() -> torch.Tensor:
             return frozen.encode_dense(images).float()  # the image encoder on every step
     else:
-        chosen, _ = precision.resolve("auto", device)
+        chosen, _ = precision.resolve(requested, device)
         cached = frozen.encode_dense(images).to(torch.float16)  # what the feature cache holds
 
         def features() -> torch.Tensor:
@@ -148,13 +149,17 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--setups", default=",".join(setups.names()))
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16"),
+        help="the project path's training.precision (fp32: what auto picks on a CPU without native bf16)",
+    )
     parser.add_argument("--json", type=Path, help="also write the measurements and the comparison here")
     args = parser.parse_args()
 
     rows = []
     for name in args.setups.split(","):
         for path in PATHS:
-            rows.append(measure_in_child(name, path, args.model, args.image_size, args.batch, args.classes, args.steps))
+            rows.append(measure_in_child(name, path, args.model, args.image_size, args.batch, args.classes, args.steps, args.precision))
             print(f"  {name:13s} {path:9s} {rows[-1]['seconds_per_step']:8.3f} s/step", file=sys.stderr, flush=True)
     summary = compare(rows)
     device, threads = rows[0]["device"], rows[0]["threads"]

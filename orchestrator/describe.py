@@ -9,24 +9,43 @@ from orchestrator import grid
 from orchestrator.spec import LoadedSpec, spec_hash
 
 
-def trainable_parameters(loaded: LoadedSpec) -> dict[str, dict[str, int]]:
-    """{setup: {dataset name: trainable parameter count}} on the spec's backbone and each dataset's classes.
+def per_setup_and_dataset(loaded: LoadedSpec) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], str]:
+    """({setup: {dataset: trainable parameters}}, {setup: {dataset: peak bytes of a trial}}, where
+    the bytes were measured) on the spec's backbone and each dataset's classes.
 
-    The backbone is built with random weights: the count does not depend on them, and no weights
-    need to be present to describe a spec.
+    The backbone is built with random weights on this machine's device: neither count depends on
+    the weights, and no weights need to be present to describe a spec.
     """
-    from trainables import clip, data, setups
+    from trainables import clip, data, memory, precision, setups
 
     spec = loaded.spec
-    backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)
+    device = clip.resolve_device("auto")
+    backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
+    chosen, _ = precision.resolve(spec.training.precision, device)
     classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
-    return {
-        setup: {
-            name: setups.count_trainable(setups.build(setup, names, backbone, **spec.setup_options.get(setup, {})))
-            for name, names in classnames.items()
+    params: dict[str, dict[str, int]] = {}
+    peaks: dict[str, dict[str, int]] = {}
+    for setup in spec.mlr_setups:
+        options = spec.setup_options.get(setup, {})
+        params[setup] = {n: setups.count_trainable(setups.build(setup, names, backbone, **options)) for n, names in classnames.items()}
+        peaks[setup] = {
+            n: memory.mlr_trial_bytes(
+                setup, names, backbone, options, spec.training.batch_size, spec.training.eval_batch_size, chosen
+            )
+            for n, names in classnames.items()
         }
-        for setup in spec.mlr_setups
-    }
+    return params, peaks, f"{device.type}, {chosen}"
+
+
+def _packing(gpus_per_trial: float, largest_bytes: int) -> list[str]:
+    """What a fractional `gpus_per_trial` asks of one GPU, at the largest trial's peak."""
+    if not 0 < gpus_per_trial < 1:
+        return []
+    sharing = int(1 / gpus_per_trial)
+    return [
+        f"At gpus_per_trial {gpus_per_trial:g}, up to {sharing} trials share a GPU: at most "
+        f"{sharing} x {largest_bytes / 2**30:.2f} = {sharing * largest_bytes / 2**30:.1f} GiB of tensors plus {sharing} CUDA contexts"
+    ]
 
 
 def describe(loaded: LoadedSpec) -> str:
@@ -47,14 +66,19 @@ def describe(loaded: LoadedSpec) -> str:
         f"max {spec.training.epochs} epochs)"
     )  # fmt: skip
     resources = spec.resources
-    counts = trainable_parameters(loaded)
-    table = tabulate(
-        [[setup, *(f"{n:,}" for n in by_dataset.values())] for setup, by_dataset in counts.items()],
-        headers=["setup", *(f"{d.name} params" for d in spec.datasets)],
-        colalign=("left", *("right" for _ in spec.datasets)),
-    )
-    backbone = spec.backbone
     mlr_cells = [cell for cell in plan.cells if cell.family == "mlr"]
+    table = ""
+    if mlr_cells:
+        counts, peaks, measured_on = per_setup_and_dataset(loaded)
+        table = tabulate(
+            [
+                [setup, *(f"{n:,}" for n in counts[setup].values()), *(f"{b / 2**30:.2f}" for b in peaks[setup].values())]
+                for setup in counts
+            ],
+            headers=["setup", *(f"{d.name} params" for d in spec.datasets), *(f"{d.name} GiB/trial" for d in spec.datasets)],
+            colalign=("left", *("right" for _ in range(2 * len(spec.datasets)))),
+        )
+    backbone = spec.backbone
     ood_cells = [cell for cell in plan.cells if cell.family == "ood"]
     ood = []
     if ood_cells:
@@ -69,7 +93,16 @@ def describe(loaded: LoadedSpec) -> str:
             f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {len(spec.mlr_setups)} setups x "
             f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
         ]
-    parameters = [f"Trainable parameters on {backbone.model} at {backbone.image_size} px:", table, ""] if mlr_cells else []
+    parameters = []
+    if mlr_cells:
+        parameters = [
+            f"Trainable parameters and peak tensor memory of one trial on {backbone.model} at {backbone.image_size} px "
+            f"(measured here: {measured_on}; batch {spec.training.batch_size}, eval batch {spec.training.eval_batch_size}; "
+            "a GPU process adds its CUDA context):",
+            table,
+            *_packing(resources.gpus_per_trial, max(b for by_dataset in peaks.values() for b in by_dataset.values())),
+            "",
+        ]
     return "\n".join(
         [
             f"Spec {spec.name} ({loaded.path}), hash {spec_hash(spec)}",

@@ -9,12 +9,15 @@ from benchmarks import trial_step
 from trainables import setups
 
 
+@pytest.mark.parametrize("requested", ["auto", "fp32"])
 @pytest.mark.parametrize("name", setups.names())
-def test_reference_and_project_paths_give_the_same_first_loss(name):
-    rows = [trial_step.measure(name, path, "RN-tiny", 64, 4, 10, 1) for path in trial_step.PATHS]
+def test_reference_and_project_paths_give_the_same_first_loss(name, requested):
+    rows = [trial_step.measure(name, path, "RN-tiny", 64, 4, 10, 1, requested) for path in trial_step.PATHS]
     (summary,) = trial_step.compare(rows)
     assert summary["loss_agrees"], summary
     assert rows[0]["precision"] == "fp32"
+    if requested == "fp32":
+        assert rows[1]["precision"] == "fp32" and summary["loss_relative_difference"] <= 1e-3
 
 
 @pytest.mark.parametrize("name", ["positive_coop", "dual_coop"])
