@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -21,7 +22,7 @@ from trainables.clip import resolve_device
 from trainables.errors import UserInputError
 from trainables import features
 
-from orchestrator import grid, tracking
+from orchestrator import cluster, grid, tracking
 from orchestrator.schema import CELL_KEY_TAG, CELL_ROLE, LAUNCH_ROLE, SPEC_HASH_TAG, TRIAL_ROLE, role_filter
 from orchestrator.spec import ExperimentSpec, LoadedSpec, spec_hash
 from orchestrator.trial_errors import HideUserErrorTracebacks, user_error_cause
@@ -62,6 +63,8 @@ def _prepare_environment() -> None:
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # progress is ours (orchestrator.progress)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Over HTTP, MLflow prints two links for every run it ends; the progress table is the report.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # tune.run's closing messages point at Tuner.restore; the orchestrator says what to run instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     # After Ctrl-C it warns that trials which never started have no results yet.
@@ -130,31 +133,28 @@ def _start_ray(address: str | None) -> bool:
             log_to_driver=False,  # trial output goes to each trial's folder (RunConfig.log_to_file)
         )
     except ConnectionError as error:
-        raise UserInputError(f"cannot join the Ray cluster at {address}: {error}") from None
+        hint = ""
+        if "RAY_AUTH_MODE" not in os.environ and _ray_token_present():
+            # Ray sends its token to `auto` only, never to an explicit address, unless told to.
+            hint = " (if the cluster uses token authentication, set RAY_AUTH_MODE=token)"
+        raise UserInputError(f"cannot join the Ray cluster at {address}: {error}{hint}") from None
     return True
 
 
-def _keep_resources_busy(spec: ExperimentSpec, address: str | None) -> None:
+def _ray_token_present() -> bool:
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH", str(Path.home() / ".ray" / "auth_token"))
+    return "RAY_AUTH_TOKEN" in os.environ or Path(token_path).is_file()
+
+
+def _keep_resources_busy(spec: ExperimentSpec) -> None:
     """Let Tune queue as many trials as the cluster can run at once.
 
     With a custom searcher Tune queues one pending trial at a time unless a concurrency limit is
     set, so the first trials would start one after another instead of filling every CPU and GPU.
     """
-    import ray
-
-    if spec.resources.max_concurrent_trials is not None:
-        return  # Tune's ConcurrencyLimiter then sets the queue length itself
-    available = ray.cluster_resources()
-    fits = int(available.get("CPU", 0) // spec.resources.cpus_per_trial)
-    if spec.resources.gpus_per_trial > 0:
-        fits = min(fits, int(available.get("GPU", 0) // spec.resources.gpus_per_trial))
-    if fits == 0 and address is None:
-        raise UserInputError(
-            f"a trial needs {spec.resources.cpus_per_trial:g} CPUs and {spec.resources.gpus_per_trial:g} GPUs "
-            f"(resources.*_per_trial) but this machine has {available.get('CPU', 0):g} CPUs and "
-            f"{available.get('GPU', 0):g} GPUs"
-        )
-    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(fits, 1))  # a cluster may scale up: queue one at least
+    fits = cluster.trials_that_fit(spec.resources)  # refuses resources no node has, before any scheduling
+    if spec.resources.max_concurrent_trials is None:  # else Tune's ConcurrencyLimiter sets the queue length
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(fits)
 
 
 def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
@@ -306,7 +306,9 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
     # A batch system's SIGTERM ends the launch like a second Ctrl-C: runs closed, state kept.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        _keep_resources_busy(spec, address)
+        _keep_resources_busy(spec)
+        if address is not None:
+            cluster.check_shared_storage(spec.experiment_dir)
         results = _build_tuner(plan, digest, resume).fit()
     except KeyboardInterrupt:
         stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return

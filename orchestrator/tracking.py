@@ -38,6 +38,7 @@ from orchestrator.schema import (
     FINAL_METRICS,
     GIT_COMMIT_TAG,
     LAST_MAP,
+    RAY_NODE_TAG,
     OOD_FINAL_METRICS,
     OOD_UNLOGGED,
     LAUNCH_ROLE,
@@ -250,6 +251,7 @@ class MlflowCallback(Callback):
         self._trial_runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
         self._logged_up_to: dict[str, int] = {}  # Ray trial id -> last epoch its run holds
         self._final_logged: set[str] = set()  # Ray trial ids whose run already has its final metrics
+        self._nodes: dict[str, str] = {}  # Ray trial id -> the node its run's tag names
         self._train_sets: dict[str, object] = {}
 
     def __getstate__(self) -> dict:
@@ -360,8 +362,13 @@ class MlflowCallback(Callback):
             metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
         # What the trial's `auto` settings became on its device (the same at every epoch).
         resolved = flatten(result.get("resolved", {}), RESOLVED_PARAM_PREFIX)
-        self.store.log(self._trial_runs[trial.trial_id], metrics, step=epoch, params=resolved)
+        run_id = self._trial_runs[trial.trial_id]
+        self.store.log(run_id, metrics, step=epoch, params=resolved)
         self._logged_up_to[trial.trial_id] = epoch
+        node = f"{result['node_id']} ({result['hostname']})"
+        if self._nodes.get(trial.trial_id) != node:  # a trial restarted elsewhere moves on
+            self.store.client.set_tag(run_id, RAY_NODE_TAG, node)
+            self._nodes[trial.trial_id] = node
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._trial_runs[trial.trial_id]

@@ -11,6 +11,7 @@ import gc
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -28,8 +29,10 @@ def run_trial(config: dict) -> None:
         with checkpoint.as_directory() as directory:
             # Our own file, written below: it holds tensors and plain Python values only.
             state = torch.load(Path(directory) / _STATE_FILE, weights_only=False)
+    node_id = ray.get_runtime_context().get_node_id()  # which node ran each epoch, for the trial's run
     try:
         for metrics, state in family.run(trial_config, state):
+            metrics = {**metrics, "node_id": node_id}
             with tempfile.TemporaryDirectory() as directory:
                 torch.save(state, Path(directory) / _STATE_FILE)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))

@@ -1,0 +1,147 @@
+"""The multi-node path for real: two Ray nodes on loopback (`ray start --head`, then `ray start
+--address`), an `mlflow server` over HTTP, and the CLI joining them with `--address`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from orchestrator.schema import RAY_NODE_TAG, ROLE_TAG, TRIAL_ROLE
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = {
+    "name": "two_nodes",
+    "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 16, "synthetic_num_test": 8}],
+    "backbone": {"model": "RN-tiny", "image_size": 64},
+    "setups": ["baseline", "dual_coop"],
+    "label_ratios": [0.1, 0.5],
+    "seeds": [1],
+    "training": {"epochs": 2},
+    "resources": {"cpus_per_trial": 1},
+}
+# Ray 2.60 sends its auth token to an explicit address only when told to (STACK-NOTES.md).
+ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_cli(*args: str, prefix: tuple[str, ...] = ()) -> None:
+    done = subprocess.run([*prefix, shutil.which("ray"), *args], env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+class TwoNodes:
+    """A head and a worker node of one CPU each; `worker_prefix` runs the worker's `ray start`
+    under another command (a private mount namespace, say)."""
+
+    def __init__(self, worker_prefix: tuple[str, ...] = ()):
+        self.address = f"127.0.0.1:{free_port()}"
+        ray_cli("stop", "--force")
+        ray_cli("start", "--head", f"--port={self.address.split(':')[1]}", "--num-cpus=1", "--include-dashboard=false",
+                "--disable-usage-stats")  # fmt: skip
+        ray_cli("start", f"--address={self.address}", "--num-cpus=1", prefix=worker_prefix)
+
+    def stop(self) -> None:
+        ray_cli("stop", "--force")
+
+
+class MlflowServer:
+    """`mlflow server` on loopback with a SQLite backend and served artifacts."""
+
+    def __init__(self, folder: Path):
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        port = self.uri.rsplit(":", 1)[1]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", port, "--workers", "1"],
+            env=ENV, stdout=open(folder / "mlflow-server.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, (folder / "mlflow-server.txt").read_text()
+            time.sleep(1)
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
+def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    (cwd / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "spec.yaml", *args],
+        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_grid_runs_on_both_nodes_and_every_run_reaches_the_server(tmp_path, mlflow_server):
+    nodes = TwoNodes()
+    try:
+        done = run_cli(tmp_path, "--address", nodes.address, "--tracking-uri", mlflow_server.uri)
+    finally:
+        nodes.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All 4 trials finished" in done.stdout
+    assert "View run" not in done.stdout  # MLflow's per-run links over HTTP would drown the progress
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name(SPEC["name"])
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags[ROLE_TAG] == TRIAL_ROLE]
+    assert len(trials) == 4
+    for run in trials:
+        assert run.info.status == "FINISHED"
+        assert {"mAP", "best_mAP", "train_loss"} <= set(run.data.metrics)
+        assert len(client.get_metric_history(run.info.run_id, "mAP")) == 2  # one point per epoch
+        assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["per_class_ap.csv"]
+    assert len({run.data.tags[RAY_NODE_TAG].split()[0] for run in trials}) == 2  # trials ran on both nodes
+    # Nothing was written next to the driver: the server holds the runs and their artifacts.
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_results_folder_a_node_cannot_see_is_refused_before_any_trial(tmp_path, mlflow_server):
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    # The worker node runs in its own mount namespace, with an empty tmpfs over the storage folder:
+    # a node-local disk at the same path, as on a cluster without a shared filesystem.
+    masked = ("unshare", "--mount", "--propagation", "private", "sh", "-c", f'mount -t tmpfs tmpfs "{storage}" && exec "$0" "$@"')
+    if subprocess.run([*masked, "true"], capture_output=True).returncode != 0:
+        pytest.skip("no private mount namespaces here (unshare needs CAP_SYS_ADMIN)")
+    nodes = TwoNodes(worker_prefix=masked)
+    try:
+        done = run_cli(tmp_path, "--address", nodes.address, "--tracking-uri", mlflow_server.uri, "--storage", str(storage))
+    finally:
+        nodes.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"storage {storage} is not shared" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list((storage / SPEC["name"]).glob("*/result.json"))  # no trial ran
