@@ -138,7 +138,7 @@ def _add_spec_command(
         help="override any spec field; KEY is dotted, list items by index, VALUE is YAML "
         "(--set training.epochs=2 --set datasets.0.synthetic_num_train=64 --set 'setups=[baseline]')",
     )
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db)")
     parser.add_argument("--storage", help="folder for Ray results, checkpoints and the Optuna database (default: runs/)")
     return parser
 

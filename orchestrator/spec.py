@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import typing
 from collections import Counter
 from dataclasses import dataclass
@@ -345,8 +346,11 @@ class ExperimentSpec(Strict):
 
 
 def resolve_tracking_uri(value: str | None) -> str:
-    """An absolute MLflow tracking URI: the working directory's `mlflow.db` by default, a relative
-    SQLite path made absolute; ValueError for anything that is not a tracking URI."""
+    """An absolute MLflow tracking URI: by default MLflow's MLFLOW_TRACKING_URI, else the working
+    directory's `mlflow.db`; a relative SQLite path made absolute; ValueError for anything that is
+    not a tracking URI."""
+    if value is None:
+        value = os.environ.get("MLFLOW_TRACKING_URI")
     if value is None:
         return f"sqlite:///{_absolute(Path('mlflow.db'))}"
     scheme = urlparse(value).scheme

@@ -10,6 +10,7 @@ launch marks leftovers FAILED before resuming, and a resumed trial sets its run 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.entities import Metric, Param, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from ray.tune import Callback
@@ -65,6 +67,18 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
         reason = getattr(error, "reason", error)
         raise UserInputError(f"MLflow tracking server {tracking_uri} is unreachable: {reason}") from None
+    # `/health` answers anyone; a server with MLflow's basic-auth app wants credentials for the rest.
+    try:
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except MlflowException as error:
+        if error.get_http_status_code() in (401, 403):
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise UserInputError(
+                f"MLflow tracking server {tracking_uri} refused "
+                + (f"user '{user}' (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)" if user else
+                   "a request without credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+            ) from None
+        raise
 
 
 def git_commit() -> str:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -63,16 +64,27 @@ class TwoNodes:
 
 
 class MlflowServer:
-    """`mlflow server` on loopback with a SQLite backend and served artifacts."""
+    """`mlflow server` on loopback with a SQLite backend and served artifacts; or, given `auth`
+    (username, password), docker/mlflow-entrypoint.sh: the compose file's server with basic auth."""
 
-    def __init__(self, folder: Path):
-        self.uri = f"http://127.0.0.1:{free_port()}"
-        port = self.uri.rsplit(":", 1)[1]
+    def __init__(self, folder: Path, auth: tuple[str, str] | None = None):
+        port = str(free_port())
+        self.uri = f"http://127.0.0.1:{port}"
+        backend, artifacts = f"sqlite:///{folder / 'server.db'}", str(folder / "artifacts")
+        if auth is None:
+            command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+                       "--artifacts-destination", artifacts, "--host", "127.0.0.1", "--port", port, "--workers", "1"]  # fmt: skip
+            env = ENV
+        else:
+            command = [str(REPO / "docker" / "mlflow-entrypoint.sh"), "--workers", "1"]
+            env = {**ENV, "MLFLOW_AUTH_ADMIN_USERNAME": auth[0], "MLFLOW_AUTH_ADMIN_PASSWORD": auth[1],
+                   "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key", "MLFLOW_BACKEND_STORE_URI": backend,
+                   "MLFLOW_ARTIFACTS_DESTINATION": artifacts, "MLFLOW_AUTH_DIR": str(folder), "MLFLOW_HOST": "127.0.0.1",
+                   "MLFLOW_PORT": port, "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port}",
+                   "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
-             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", port, "--workers", "1"],
-            env=ENV, stdout=open(folder / "mlflow-server.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            command, env=env, stdout=open(folder / "mlflow-server.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -96,11 +108,11 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def run_cli(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     (cwd / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "run", "spec.yaml", *args],
-        cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 
@@ -145,3 +157,38 @@ def test_results_folder_a_node_cannot_see_is_refused_before_any_trial(tmp_path, 
     assert f"storage {storage} is not shared" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list((storage / SPEC["name"]).glob("*/result.json"))  # no trial ran
+
+
+def test_compose_mlflow_server_lets_in_only_its_users(tmp_path):
+    """docker/mlflow-entrypoint.sh for real: anonymous and wrong credentials are refused (the CLI
+    says so in one line, exit 2), the admin from the environment logs a whole run."""
+    server = MlflowServer(tmp_path, auth=("admin", "a-long-test-password"))
+    try:
+        search = urllib.request.Request(f"{server.uri}/api/2.0/mlflow/experiments/search?max_results=1")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(search, timeout=10)
+        assert refused.value.code == 401
+
+        anonymous = run_cli(tmp_path, "--tracking-uri", server.uri, "--set", "label_ratios=[0.5]", "--set", "setups=[baseline]")
+        assert anonymous.returncode == 2, anonymous.stderr
+        assert anonymous.stderr.strip().splitlines() == [
+            f"error: MLflow tracking server {server.uri} refused a request without credentials: "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        ]
+        wrong = {**ENV, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "not-the-password"}
+        refused_user = run_cli(tmp_path, "--tracking-uri", server.uri, env=wrong)
+        assert refused_user.returncode == 2 and "refused user 'admin'" in refused_user.stderr
+
+        admin = {**ENV, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "a-long-test-password"}
+        done = run_cli(tmp_path, "--tracking-uri", server.uri, "--set", "label_ratios=[0.5]", "--set", "setups=[baseline]", env=admin)
+        assert done.returncode == 0, done.stdout + done.stderr
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD="a-long-test-password")
+        try:
+            client = MlflowClient(server.uri)
+            experiment = client.get_experiment_by_name(SPEC["name"])
+            (trial,) = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags[ROLE_TAG] == TRIAL_ROLE]
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        assert trial.info.status == "FINISHED" and "best_mAP" in trial.data.metrics
+    finally:
+        server.stop()

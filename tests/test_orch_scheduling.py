@@ -62,3 +62,17 @@ def test_fresh_deletes_the_folder_and_the_runs(spec, store, tmp_path):
     assert prepare_results_folder(spec, spec_hash(spec), store, fresh=True) is False
     assert not spec.experiment_dir.exists()
     assert store.runs() == []
+
+
+def test_trials_fit_per_node_not_on_the_cluster_totals(monkeypatch):
+    from orchestrator import cluster
+    from orchestrator.spec import Resources
+
+    nodes = [{"NodeID": f"n{i}", "Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}} for i in range(2)]
+    monkeypatch.setattr(cluster, "alive_nodes", lambda: nodes)
+    # Per node: min(4 // 1, 1 // 0.25) = 4, twice; min(4 // 2, 1 // 1) = 1, twice.
+    assert cluster.trials_that_fit(Resources(cpus_per_trial=1, gpus_per_trial=0.25)) == 8
+    assert cluster.trials_that_fit(Resources(cpus_per_trial=2, gpus_per_trial=1)) == 2
+    # 2 GPUs in all, but never on one node: refused before anything is scheduled.
+    with pytest.raises(UserInputError, match=r"needs 1 CPUs and 2 GPUs on one node .* 2 Ray node\(s\) have 4 CPUs and 1 GPUs"):
+        cluster.trials_that_fit(Resources(cpus_per_trial=1, gpus_per_trial=2))

@@ -15,7 +15,7 @@ import pytest
 from mlflow.entities import ViewType
 
 from orchestrator import grid, tracking
-from orchestrator.schema import CELL_KEY_TAG, PARENT_RUN_TAG, ROLE_TAG, TRIAL_KEY_TAG, role_filter
+from orchestrator.schema import CELL_KEY_TAG, PARENT_RUN_TAG, RAY_NODE_TAG, ROLE_TAG, TRIAL_KEY_TAG, role_filter
 from orchestrator.scheduling import finalize
 from trainables import data
 from trainables.errors import UserInputError
@@ -49,9 +49,10 @@ def ray_trial(spec, setup: str = "baseline", trial_id: str = "abc", checkpoint=N
     )  # fmt: skip
 
 
-def epoch_result(epoch: int, mAP: float) -> dict:
+def epoch_result(epoch: int, mAP: float, node: str = "node-a") -> dict:
+    """What Tune hands the callback: the trainable's metrics, its Ray node id, and Tune's own keys."""
     return {
-        "epoch": epoch, "train_loss": 10.0 / epoch, "mAP": mAP, "best_mAP": mAP, "best_epoch": epoch,
+        "node_id": node, "hostname": "host-1", "node_ip": "10.0.0.1", "epoch": epoch, "train_loss": 10.0 / epoch, "mAP": mAP, "best_mAP": mAP, "best_epoch": epoch,
         "lr_projector": 0.01 / epoch, "trainable_params": 24, "train_seconds": 1.5 * epoch, "gpu_seconds": 0.0,
         "kept_fraction": 0.5, "classnames": ["circle", "square", "star"], "best_per_class_ap": [0.5, float("nan"), 1.0],
     }  # fmt: skip
@@ -112,13 +113,15 @@ def test_trial_run_under_cell_under_launch_with_tags_params_and_mask(spec, store
 
 def test_epochs_final_metrics_and_per_class_artifact(started, store, tmp_path):
     logger, trial = started
-    for epoch, mAP in ((1, 30.0), (2, 50.0), (3, 40.0)):
-        logger.on_trial_result(0, [], trial, epoch_result(epoch, mAP))
+    for epoch, mAP, node in ((1, 30.0, "node-a"), (2, 50.0, "node-a"), (3, 40.0, "node-b")):
+        logger.on_trial_result(0, [], trial, epoch_result(epoch, mAP, node))
     trial.last_result = {**epoch_result(3, 40.0), "best_mAP": 50.0, "best_epoch": 2}
     logger.on_trial_complete(0, [], trial)
 
     (run,) = trial_runs(store)
     assert run.info.status == "FINISHED"
+    assert run.data.tags[RAY_NODE_TAG] == "node-b (host-1)"  # the node of its latest epoch
+    assert "node_id" not in run.data.metrics and "node_id" not in run.data.params
     history = store.client.get_metric_history(run.info.run_id, "mAP")
     assert [(m.step, m.value) for m in history] == [(1, 30.0), (2, 50.0), (3, 40.0)]
     assert [m.step for m in store.client.get_metric_history(run.info.run_id, "lr_projector")] == [1, 2, 3]
@@ -283,7 +286,7 @@ def test_an_ood_trial_logs_its_family_metrics_and_negative_labels(tracked_spec, 
         result = {"epoch": epoch, "train_loss": 1.0 / epoch, "auroc": auroc, "auroc.far": auroc, "auroc.empty": auroc,
                   "fpr95_ood_pos": 100 - auroc, "id_accuracy": 90.0, "best_auroc": auroc, "best_epoch": epoch,
                   "trainable_params": 256, "train_seconds": 2.0 * epoch, "num_negative_labels": 2,
-                  "negative_labels": ["kite", "river"]}  # fmt: skip
+                  "negative_labels": ["kite", "river"], "node_id": "node-a", "hostname": "host-1"}  # fmt: skip
         logger.on_trial_result(0, [], trial, result)
     trial.last_result = result
     logger.on_trial_complete(0, [], trial)
