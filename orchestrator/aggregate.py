@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
     experiment = experiment_id(client, target)
-    trials = tables.read_trials(client, experiment)
+    all_trials = trials = tables.read_trials(client, experiment)
     if trials.empty:
         raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
     ood_trials = ood_table.read_ood_trials(client, experiment)
@@ -299,6 +299,12 @@ def run(args: argparse.Namespace) -> int:
                 print(describe_best(configs, args.metric), file=sys.stderr)
         if ood is not None:
             sys.stdout.write(ood_table.render(ood, args.format, ood_title))
+
+    failed = all_trials[all_trials["status"] == "FAILED"]
+    if not failed.empty:  # the table shows their cells as missing or with fewer seeds (†); here is why
+        print(f"{len(failed)} failed trial(s), not in the table:", file=sys.stderr)
+        for row in failed.sort_values("run_name").itertuples():
+            print(f"  {row.run_name}: {row.error or 'stopped or crashed before its first epoch'}", file=sys.stderr)
 
     if args.out is None and args.no_log:
         return 0

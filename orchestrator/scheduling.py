@@ -204,7 +204,7 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
                 CSVLoggerCallback(),
             ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
             log_to_file=True,
             verbose=0,
         ),

@@ -18,6 +18,13 @@ CELL_KEY_TAG = "orchestrator.cell_key"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 """MLflow's own nesting tag: a cell run's parent is the launch run, a trial run's its cell run."""
 ERROR_FILE_TAG = "orchestrator.error_file"
+ERROR_TAG = "orchestrator.error"
+"""On a failed trial's run: its exception in one line (`FloatingPointError: training loss is nan ...`);
+the traceback is the run's artifact `error.txt`."""
+RETRIES_TAG = "orchestrator.retries"
+"""On a trial's run: how often Ray restarted it from its last checkpoint after a failure (a lost
+node, a crashed worker), and `orchestrator.last_failure` the latest reason."""
+LAST_FAILURE_TAG = "orchestrator.last_failure"
 RAY_NODE_TAG = "orchestrator.ray_node"
 """The Ray node (id) and host that ran the trial's latest epoch."""
 """On a failed trial's run: the trial's error file."""

@@ -207,6 +207,9 @@ class Resources(Strict):
     """A fraction (0.5) packs several trials on one GPU; above 1 it must be a whole number."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """None: as many as the cluster's CPUs and GPUs allow."""
+    max_failures: int = Field(0, ge=0)
+    """How often Ray restarts a failed trial from its last checkpoint, on any node: set it on a
+    cluster whose nodes can go away. Every failure counts, a diverged (NaN) trial's too."""
 
     @field_validator("gpus_per_trial")
     @classmethod
@@ -535,6 +538,7 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
     problems += _search_problems(spec)
     problems += _setup_problems(spec)
     problems += _family_problems(spec)
+    problems += _backbone_problems(spec)
     if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
         problems.append(
             (
@@ -551,6 +555,16 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
         problems += _dataset_problems(spec)
         problems += _ood_data_problems(spec)
     return problems
+
+
+def _backbone_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    from trainables.clip import check_model
+
+    try:
+        check_model(spec.backbone.model, spec.backbone.image_size)
+    except UserInputError as error:
+        return [("backbone", str(error))]
+    return []
 
 
 def _family_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:

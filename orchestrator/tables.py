@@ -30,6 +30,7 @@ from trainables.errors import UserInputError
 
 from orchestrator.schema import (
     CELL_KEY_TAG,
+    ERROR_TAG,
     FAMILY_TAG,
     FINAL_METRICS,
     KEY_TAGS,
@@ -93,7 +94,7 @@ def check_metric(metric: str) -> None:
 def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     """One row per trial run of the experiment, whatever its status.
 
-    Columns: `run_id`, `status`, `start_time`, the key tags (`label_ratio` as float, `seed` as int),
+    Columns: `run_id`, `run_name`, `status`, `error` (a failed run's reason, else None), `start_time`, the key tags (`label_ratio` as float, `seed` as int),
     `cell_key`, `trial_key`, every final metric (NaN where not logged) and every param as
     `params.<dotted name>` (strings, as MLflow stores them).
     """
@@ -114,7 +115,9 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
             rows.append(
                 {
                     "run_id": run.info.run_id,
+                    "run_name": run.info.run_name,
                     "status": run.info.status,
+                    "error": tags.get(ERROR_TAG),
                     "start_time": run.info.start_time,
                     **{tag: tags[tag] for tag in KEY_TAGS},
                     "cell_key": tags.get(CELL_KEY_TAG),
@@ -127,7 +130,7 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
         page_token = page.token
         if not page_token:
             break
-    columns = ["run_id", "status", "start_time", *KEY_TAGS, "cell_key", "family", "trial_key", *FINAL_METRICS]
+    columns = ["run_id", "run_name", "status", "error", "start_time", *KEY_TAGS, "cell_key", "family", "trial_key", *FINAL_METRICS]
     return pd.DataFrame(rows, columns=None if rows else columns).astype({"label_ratio": float, "seed": int})
 
 

@@ -36,11 +36,14 @@ from orchestrator.schema import (
     CELL_ROLE,
     EPOCH_METRICS,
     ERROR_FILE_TAG,
+    ERROR_TAG,
     FAMILY_TAG,
     FINAL_METRICS,
     GIT_COMMIT_TAG,
+    LAST_FAILURE_TAG,
     LAST_MAP,
     RAY_NODE_TAG,
+    RETRIES_TAG,
     OOD_FINAL_METRICS,
     OOD_UNLOGGED,
     LAUNCH_ROLE,
@@ -53,7 +56,7 @@ from orchestrator.schema import (
     TRIAL_ROLE,
     experiment_tags,
 )
-from orchestrator.trial_errors import error_path
+from orchestrator.trial_errors import error_path, error_summary, traceback_text
 
 
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -405,10 +408,26 @@ class MlflowCallback(Callback):
             self.store.end(run_id, "FAILED")  # stopped before its first epoch
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        """A failed trial: its run FAILED, the reason as a tag, the traceback as `error.txt`."""
         run_id = self._trial_runs.get(trial.trial_id)
-        if run_id is not None:
-            path = error_path(trial)
-            if path is not None:
-                self.store.client.set_tag(run_id, ERROR_FILE_TAG, str(path))
-            self.store.end(run_id, "FAILED")
+        if run_id is None:
+            return
+        tags = {ERROR_TAG: error_summary(trial)}
+        path = error_path(trial)
+        if path is not None:
+            tags[ERROR_FILE_TAG] = str(path)
+        for name, value in tags.items():
+            self.store.client.set_tag(run_id, name, value)
+        traceback = traceback_text(trial)
+        if traceback:
+            self.store.log_file(run_id, "error.txt", lambda file: Path(file).write_text(traceback))
+        self.store.end(run_id, "FAILED")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """Ray restarts a failed trial from its last checkpoint (`FailureConfig.max_failures`): say why on its run."""
+        run_id = self._trial_runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        retries = int(self.store.client.get_run(run_id).data.tags.get(RETRIES_TAG, "0")) + 1
+        self.store.client.set_tag(run_id, RETRIES_TAG, str(retries))
+        self.store.client.set_tag(run_id, LAST_FAILURE_TAG, error_summary(trial))

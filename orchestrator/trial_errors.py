@@ -4,6 +4,7 @@ every other user error; anything else keeps Ray's traceback in the log and the t
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from ray import cloudpickle
@@ -25,6 +26,32 @@ def trial_exception(trial) -> BaseException | None:
         return None
     with open(Path(trial.local_path, name), "rb") as file:
         return cloudpickle.load(file)
+
+
+def error_summary(trial) -> str:
+    """The failed trial's exception in one line: `Type: message`, from the pickled exception, or
+    the traceback file's last line."""
+    error = trial_exception(trial)
+    cause = getattr(error, "cause", error)  # Ray wraps the trial's exception in a RayTaskError
+    if cause is not None and not isinstance(cause, BaseException):
+        cause = None
+    if cause is not None:
+        message = " ".join(str(cause).split())
+        return f"{type(cause).__name__}: {message}"[:500] if message else type(cause).__name__
+    lines = [line for line in traceback_text(trial).splitlines() if line.strip()]
+    return lines[-1].strip()[:500] if lines else "unknown error (no error file)"
+
+
+def traceback_text(trial) -> str:
+    """The failed trial's traceback, from the driver's copy of its error file ("" if none), without
+    the terminal colours Ray puts in it."""
+    name = trial.run_metadata.error_filename
+    if not name or not trial.local_path or not Path(trial.local_path, name).is_file():
+        return ""
+    return _TERMINAL_COLOURS.sub("", Path(trial.local_path, name).read_text())
+
+
+_TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def error_path(trial) -> Path | None:

@@ -6,6 +6,7 @@ import json
 import pickle
 import socket
 import subprocess
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -184,13 +185,43 @@ def test_trial_restarted_from_scratch_gets_a_clean_run(started, spec, store):
     assert sum(r.data.tags.get(ROLE_TAG) == "trial" for r in everything) == 2  # one deleted, one active
 
 
-def test_failed_trial_is_marked_failed(started, store):
+def _fail(trial, folder: Path, error: BaseException) -> str:
+    """Leave on the driver what Tune leaves for a failed trial: the pickled exception and its traceback."""
+    from ray import cloudpickle
+
+    try:
+        raise error
+    except BaseException:
+        text = traceback.format_exc()
+    folder.mkdir(exist_ok=True)
+    (folder / "error.pkl").write_bytes(cloudpickle.dumps(error))
+    (folder / "error.txt").write_text(text)
+    trial.local_path = str(folder)
+    trial.run_metadata = SimpleNamespace(error_filename="error.txt", pickled_error_filename="error.pkl")
+    return text
+
+
+def test_failed_trial_is_marked_failed_with_its_reason_and_traceback(started, store, tmp_path):
     logger, trial = started
-    trial.run_metadata.error_filename = "error.txt"
+    text = _fail(trial, tmp_path / "trial", FloatingPointError("training loss is nan at epoch 2, step 1: the learning\nrate diverges"))
     logger.on_trial_error(0, [], trial)
     (run,) = trial_runs(store)
     assert run.info.status == "FAILED"
+    assert run.data.tags["orchestrator.error"] == "FloatingPointError: training loss is nan at epoch 2, step 1: the learning rate diverges"
     assert run.data.tags["orchestrator.error_file"] == "/results/baseline-shapes-r0.5-s3/error.txt"
+    local = store.client.download_artifacts(run.info.run_id, "error.txt", str(tmp_path))
+    assert Path(local).read_text() == text and "Traceback (most recent call last)" in text
+
+
+def test_recovered_trial_counts_its_retries_and_says_why(started, store, tmp_path):
+    logger, trial = started
+    for attempt in (1, 2):
+        _fail(trial, tmp_path / f"attempt{attempt}", RuntimeError(f"node {attempt} lost"))
+        logger.on_trial_recover(0, [], trial)
+    (run,) = trial_runs(store)
+    assert run.data.tags["orchestrator.retries"] == "2"
+    assert run.data.tags["orchestrator.last_failure"] == "RuntimeError: node 2 lost"
+    assert run.info.status == "RUNNING"  # Ray restarts it from its last checkpoint
 
 
 def test_finalize_closes_cells_and_launch_by_their_trials(spec, store, tmp_path):

@@ -214,7 +214,7 @@ def load(
     DualCoOp does (row 0 kept, the spatial grid interpolated bicubically). `quick_gelu` chooses the
     transformers' activation (`resolve_quick_gelu`); the choice and its reason are on the result.
     """
-    _check_model(model, image_size)
+    check_model(model, image_size)
     checkpoint: Path | None = None
     tag_cfg: dict | None = None
     if pretrained is None:
@@ -369,7 +369,9 @@ def _unsupported_reason(cfg: dict) -> str | None:
     return None
 
 
-def _check_model(model: str, image_size: int) -> None:
+def check_model(model: str, image_size: int) -> None:
+    """Refuse, in one line, a model open_clip does not know or this project cannot use, or an image size
+    that does not fit its stride."""
     cfg = open_clip.get_model_config(model)
     if cfg is None:
         examples = ["RN50", "RN101", "ViT-B-16", "ViT-B-32", "RN-tiny", "ViT-tiny"]

@@ -128,3 +128,11 @@ def _power(base: torch.Tensor, exponent: float) -> torch.Tensor:
     at_zero = base <= 0
     safe_base = torch.where(at_zero, torch.ones_like(base), base)
     return torch.where(at_zero, 0.0**exponent, safe_base.pow(exponent))
+
+
+def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    """Stop a diverged trial at once, saying where: a NaN loss would only poison every later epoch."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: the learning rate or loss settings diverge"
+        )

@@ -22,7 +22,7 @@ from trainables import data, precision, setups
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.errors import UserInputError
 from trainables.features import FeatureCache
-from trainables.losses import AsymmetricLoss
+from trainables.losses import AsymmetricLoss, check_finite
 from trainables.metrics import map_summary
 from trainables.pretrain import load_backbone
 
@@ -142,6 +142,7 @@ class _Trial:
             with _autocast(self.precision, self.device):
                 logits = self.setup(feats)
             loss = self.loss(logits.float(), targets) * self.config.loss.weight
+            check_finite(loss, epoch, batches)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
