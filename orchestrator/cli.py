@@ -115,6 +115,12 @@ def _table(args: argparse.Namespace) -> int:
     return aggregate.run(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from orchestrator import status
+
+    return status.run(args)
+
+
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -202,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     aggregate.configure_parser(table)
     table.set_defaults(handler=_table)
+
+    status = commands.add_parser(
+        "status",
+        help="finished, running, failed and pending trials of an experiment",
+        description="Count an experiment's trials by state from MLflow (pending: the launched spec's "
+        "trials that have no run yet) and list the running and failed ones, with why each failed.",
+    )
+    status.add_argument("experiment", help="an MLflow experiment name, or the spec file that made it")
+    status.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    status.set_defaults(handler=_status)
 
     ui = commands.add_parser(
         "ui",

@@ -32,7 +32,7 @@ def tiny_spec(write_spec, minimal_spec):
     return write_spec(raw, "tiny.yaml")
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["describe"], ["cache"], ["table"], ["ui"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["describe"], ["cache"], ["table"], ["status"], ["ui"]])
 def test_help_of_every_command(command, capsys):
     with pytest.raises(SystemExit) as done:
         cli.main([*command, "--help"])
@@ -40,7 +40,7 @@ def test_help_of_every_command(command, capsys):
     text = capsys.readouterr().out
     assert text.startswith(f"usage: python -m orchestrator {' '.join(command)}".rstrip())
     if not command:
-        for name in ("run", "validate", "describe", "cache", "table", "ui"):
+        for name in ("run", "validate", "describe", "cache", "table", "status", "ui"):
             assert f"\n    {name} " in text
 
 
@@ -58,7 +58,7 @@ def test_describe_counts_trials_and_parameters(tiny_spec, capsys, tmp_path):
     d, width, classes, n_ctx = config["embed_dim"], config["text_cfg"]["width"], 5, 16
     baseline = d * 2 * classes + 2 * classes  # Linear(d, 2K) applied per location
     dual = 2 * classes * n_ctx * width  # class-specific positive and negative contexts
-    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines() if line.startswith(("baseline", "dual_coop"))}
+    rows = {line.split()[0]: line.split()[1] for line in text.splitlines() if line.startswith(("baseline", "dual_coop"))}
     assert rows == {"baseline": f"{baseline:,}", "dual_coop": f"{dual:,}"}
     assert f"Ray results:    {tmp_path / 'runs' / 'tiny'}" in text
     assert f"MLflow:         sqlite:///{tmp_path / 'mlflow.db'}" in text

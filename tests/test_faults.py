@@ -55,6 +55,13 @@ def test_diverging_trials_fail_with_their_reason_and_the_others_finish(tmp_path)
         assert "\x1b[" not in traceback  # Ray's terminal colours are gone
         assert finished.info.status == "FINISHED" and "best_mAP" in finished.data.metrics
 
+    status = cli(tmp_path, "status", "faults")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].endswith(": 4 trials: 2 finished, 0 running, 2 failed, 0 pending")
+    assert lines[1].startswith("  failed   baseline-shapes-r0.5-s1: FloatingPointError: training loss is ")
+    assert len(lines) == 3
+
     table = cli(tmp_path, "table", "faults", "--no-log")
     assert table.returncode == 0, table.stderr
     assert "2 failed trial(s), not in the table:" in table.stderr

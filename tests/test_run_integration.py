@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,6 +171,14 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
     assert finished_before
     mlflow = client(tmp_path)
     epochs_before = {key: len(mlflow.get_metric_history(r.info.run_id, "mAP")) for key, r in before.items()}
+
+    # `status` reads the killed run from MLflow: every trial is counted, none twice.
+    status = subprocess.run([sys.executable, "-m", "orchestrator", "status", "smoke"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    counts = re.match(r"Experiment 'smoke' \(.*\): 4 trials: (\d+) finished, (\d+) running, (\d+) failed, (\d+) pending$",
+                      status.stdout.splitlines()[0])  # fmt: skip
+    assert counts and sum(map(int, counts.groups())) == 4 and int(counts[1]) == len(finished_before), status.stdout
 
     code, output = run(args, tmp_path)
     assert code == 0, output

@@ -1,0 +1,66 @@
+"""`status EXPERIMENT`: finished, running, failed and pending trials at a glance, from MLflow.
+
+The expected number of trials comes from the spec the launch run logged (`spec.yaml`), so the
+command needs nothing but the tracking store: it works from any machine that reaches the server.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from trainables.errors import UserInputError
+
+from orchestrator import aggregate, grid
+from orchestrator.schema import EPOCH_METRICS, ERROR_TAG, ROLE_TAG, TRIAL_ROLE, role_filter
+from orchestrator.spec import ExperimentSpec
+
+
+def expected_trials(client, launch) -> int | None:
+    """Trials the launched spec has in all (None if the launch run has no readable spec)."""
+    if launch is None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(launch.info.run_id, "spec.yaml", folder)
+        except Exception:  # noqa: BLE001 - an artifact store that lost the file: report what MLflow has
+            return None
+        spec = ExperimentSpec.model_validate(yaml.safe_load(Path(path).read_text()))
+    return grid.Plan.of(spec).total_trials
+
+
+def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> str:
+    launch = aggregate.launch_run(client, experiment_id)
+    runs = client.search_runs([experiment_id], filter_string=role_filter(TRIAL_ROLE), max_results=50_000)
+    runs = [run for run in runs if run.data.tags.get(ROLE_TAG) == TRIAL_ROLE]
+    counts = Counter(run.info.status for run in runs)
+    expected = expected_trials(client, launch)
+    pending = max(expected - len(runs), 0) if expected is not None else None
+    total = expected if expected is not None else len(runs)
+    parts = [f"{counts['FINISHED']} finished", f"{counts['RUNNING']} running", f"{counts['FAILED'] + counts['KILLED']} failed"]
+    parts.append(f"{pending} pending" if pending is not None else "pending unknown (the launch run has no spec.yaml)")
+    lines = [f"Experiment '{name}' ({tracking_uri}): {total} trials: {', '.join(parts)}"]
+    if launch is not None and launch.info.status == "RUNNING" and counts["RUNNING"]:
+        lines.append("  (RUNNING as last logged: if the driver was killed, `run` the spec again to resume)")
+    for run in sorted(runs, key=lambda r: r.info.run_name):
+        if run.info.status == "RUNNING":
+            epochs = len(client.get_metric_history(run.info.run_id, EPOCH_METRICS[0]))
+            lines.append(f"  running  {run.info.run_name}: {epochs} epoch(s) logged")
+        elif run.info.status in ("FAILED", "KILLED"):
+            reason = run.data.tags.get(ERROR_TAG, "stopped before it finished (no error recorded)")
+            lines.append(f"  failed   {run.info.run_name}: {reason}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    """The `status` command."""
+    target = aggregate.resolve_target(args.experiment, args.tracking_uri)
+    client = aggregate.open_store(target.tracking_uri)
+    experiment = aggregate.experiment_id(client, target)
+    if not client.search_runs([experiment], max_results=1):
+        raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no runs yet")
+    print(status_report(client, experiment, target.experiment_name, target.tracking_uri))
+    return 0
