@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.schema import RAY_NODE_TAG, ROLE_TAG, TRIAL_ROLE
+from orchestrator.schema import LAST_FAILURE_TAG, RAY_NODE_TAG, RETRIES_TAG, ROLE_TAG, TRIAL_ROLE
 
 pytestmark = pytest.mark.integration
 
@@ -50,16 +51,39 @@ def ray_cli(*args: str, prefix: tuple[str, ...] = ()) -> None:
 
 class TwoNodes:
     """A head and a worker node of one CPU each; `worker_prefix` runs the worker's `ray start`
-    under another command (a private mount namespace, say)."""
+    under another command (a private mount namespace, say). With `killable`, the worker node runs
+    in its own PID namespace, so that `lose_worker` ends all of its processes at once, as a machine
+    that goes away."""
 
-    def __init__(self, worker_prefix: tuple[str, ...] = ()):
+    def __init__(self, worker_prefix: tuple[str, ...] = (), killable: bool = False):
         self.address = f"127.0.0.1:{free_port()}"
         ray_cli("stop", "--force")
         ray_cli("start", "--head", f"--port={self.address.split(':')[1]}", "--num-cpus=1", "--include-dashboard=false",
                 "--disable-usage-stats")  # fmt: skip
-        ray_cli("start", f"--address={self.address}", "--num-cpus=1", prefix=worker_prefix)
+        self.worker = None
+        if not killable:
+            ray_cli("start", f"--address={self.address}", "--num-cpus=1", prefix=worker_prefix)
+            return
+        self.worker = subprocess.Popen(
+            ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", shutil.which("ray"), "start", f"--address={self.address}",
+             "--num-cpus=1", "--block"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+
+    def worker_node_id(self) -> str | None:
+        """The worker node's Ray id, once it has joined (asked from a separate driver process)."""
+        ask = ("import ray; ray.init(address='%s', logging_level='ERROR'); "
+               "print(*[n['NodeID'] for n in ray.nodes() if n['Alive'] and 'node:__internal_head__' not in n['Resources']])")  # fmt: skip
+        done = subprocess.run([sys.executable, "-c", ask % self.address], env=ENV, capture_output=True, text=True, timeout=60)
+        return done.stdout.strip() or None
+
+    def lose_worker(self) -> None:
+        # unshare passes SIGKILL on to the namespace's first process; the kernel then kills every other one.
+        self.worker.kill()
+        self.worker.wait()
 
     def stop(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.lose_worker()
         ray_cli("stop", "--force")
 
 
@@ -192,3 +216,60 @@ def test_compose_mlflow_server_lets_in_only_its_users(tmp_path):
         assert trial.info.status == "FINISHED" and "best_mAP" in trial.data.metrics
     finally:
         server.stop()
+
+
+def test_trials_of_a_lost_node_resume_elsewhere_from_their_checkpoint(tmp_path):
+    if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no PID namespaces here (unshare needs CAP_SYS_ADMIN)")
+    nodes = TwoNodes(killable=True)
+    spec = {**SPEC, "setups": ["dual_coop"], "datasets": [{**SPEC["datasets"][0], "synthetic_num_train": 32}],
+            "training": {"epochs": 30, "batch_size": 4}, "resources": {"cpus_per_trial": 1, "max_failures": 2}}  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "spec.yaml", "--address", nodes.address], cwd=tmp_path, env=ENV,
+        stdout=open(tmp_path / "output.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        client = wait_for(lambda: MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}") if "Starting" in (tmp_path / "output.txt").read_text() else None)
+        experiment = wait_for(lambda: client.get_experiment_by_name(SPEC["name"]))
+        worker_node = wait_for(lambda: nodes.worker_node_id())
+
+        def trial_on_worker():
+            for run in client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}'"):
+                epochs = len(client.get_metric_history(run.info.run_id, "mAP"))
+                if run.data.tags.get(RAY_NODE_TAG, "").startswith(worker_node) and 2 <= epochs < 25:
+                    return run.info.run_name, epochs
+            return None
+
+        lost_trial, epochs_before = wait_for(trial_on_worker)
+        nodes.lose_worker()
+        driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        nodes.stop()
+    output = (tmp_path / "output.txt").read_text()
+    assert driver.returncode == 0, output
+    trials = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}'")
+    (run,) = [r for r in trials if r.info.run_name == lost_trial]
+    assert run.info.status == "FINISHED"
+    assert int(run.data.tags[RETRIES_TAG]) >= 1
+    assert run.data.tags[LAST_FAILURE_TAG]  # what Ray said about the lost node
+    assert not run.data.tags[RAY_NODE_TAG].startswith(worker_node)  # finished on the head
+    # Each epoch logged once, none lost, and the restart began after the last checkpoint, not at 1.
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "mAP")]
+    assert steps == list(range(1, 31))
+    results = [json.loads(line) for line in (tmp_path / "runs" / SPEC["name"] / lost_trial / "result.json").read_text().splitlines()]
+    first_epochs = [r["epoch"] for r in results]
+    assert first_epochs.count(1) == 1, first_epochs  # resumed from a checkpoint: epoch 1 never ran again
+
+
+def wait_for(probe, timeout: float = 240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
