@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,11 @@ def _prepare_environment() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Over HTTP, MLflow prints two links for every run it ends; the progress table is the report.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # A tracking server that stops answering must not stall Tune for minutes per call (MLflow's
+    # default: 7 retries with exponential backoff): the callback notices and keeps the results.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     # tune.run's closing messages point at Tuner.restore; the orchestrator says what to run instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     # After Ctrl-C it warns that trials which never started have no results yet.
@@ -141,6 +147,12 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
+def _deliver(spec: ExperimentSpec, digest: str) -> None:
+    delivered = tracking.deliver_undelivered(spec.tracking_uri, spec.name, digest, spec.experiment_dir)
+    if delivered:
+        print(f"Delivered to MLflow the results of {delivered} trial(s) it had missed", flush=True)
+
+
 def _ray_token_present() -> bool:
     token_path = os.environ.get("RAY_AUTH_TOKEN_PATH", str(Path.home() / ".ray" / "auth_token"))
     return "RAY_AUTH_TOKEN" in os.environ or Path(token_path).is_file()
@@ -158,6 +170,7 @@ def _keep_resources_busy(spec: ExperimentSpec) -> None:
 
 
 def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
+    """A new Tuner, or the one in the results folder (`resume`), whose callbacks were pickled with it."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -198,7 +211,7 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
             name=spec.name,
             storage_path=str(spec.storage),
             callbacks=[
-                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest),
+                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest, spec.experiment_dir),
                 ProgressTable(),
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
@@ -309,9 +322,25 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
         _keep_resources_busy(spec)
         if address is not None:
             cluster.check_shared_storage(spec.experiment_dir)
+        _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
         results = _build_tuner(plan, digest, resume).fit()
+        if tracking.Undelivered(spec.experiment_dir).read()["trials"]:
+            tracking.check_reachable(spec.tracking_uri)  # still down: the results wait (below)
+            _deliver(spec, digest)
     except KeyboardInterrupt:
         stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
+    except UserInputError as error:
+        waiting = tracking.Undelivered(spec.experiment_dir).read()["trials"]
+        if not waiting:
+            store.close_running("FAILED")
+            raise
+        # Tune has finished; only MLflow is missing results. Nothing is lost: Ray's results hold them.
+        print(
+            f"{error}\nThe results of {len(waiting)} trial(s) wait in {spec.experiment_dir}; run the same command "
+            "again once the server answers to deliver them (finished trials are not rerun).",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED_TRIALS
     except BaseException:
         store.close_running("FAILED")
         raise

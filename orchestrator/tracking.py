@@ -9,9 +9,11 @@ launch marks leftovers FAILED before resuming, and a resumed trial sets its run 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -246,6 +248,68 @@ class TrackingStore:
         return run_id
 
 
+PROBE_INTERVAL_S = 30.0
+"""While the tracking server is down, how often the driver asks it again."""
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether an MLflow call failed because the server did not answer (not because it refused)."""
+    if isinstance(error, (ConnectionError, TimeoutError, urllib.error.URLError)):
+        return True
+    if isinstance(error, MlflowException):
+        text = str(error)
+        return error.get_http_status_code() in (502, 503, 504) or "Max retries exceeded" in text or "Connection" in text
+    return type(error).__module__.startswith(("requests", "urllib3")) and "Connection" in type(error).__name__
+
+
+class Undelivered:
+    """The trials whose MLflow logging an unreachable server interrupted, listed in the results
+    folder (`mlflow-undelivered.json`), so that a later launch delivers them from Ray's results."""
+
+    FILE = "mlflow-undelivered.json"
+
+    def __init__(self, results_dir: Path):
+        self.path = results_dir / self.FILE
+
+    def read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {"reason": "", "trials": []}
+
+    def add(self, trial_id: str, reason: str) -> None:
+        record = self.read()
+        record["reason"] = reason or record["reason"]
+        record["trials"] = sorted(set(record["trials"]) | {trial_id})
+        self.path.write_text(json.dumps(record))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _unless_unreachable(handler):
+    """Run a trial event's handler unless the server is down or the trial already missed an
+    event: then list the trial as undelivered (its run is rebuilt later from Ray's results)."""
+
+    @functools.wraps(handler)
+    def guarded(self, iteration: int, trials: list, trial, *args, **info) -> None:
+        if self.results_dir is None:
+            return handler(self, iteration, trials, trial, *args, **info)
+        undelivered = Undelivered(self.results_dir)
+        if trial.trial_id in undelivered.read()["trials"] or not self._server_answers():
+            undelivered.add(trial.trial_id, "")
+            return None
+        try:
+            return handler(self, iteration, trials, trial, *args, **info)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._down_until = time.monotonic() + PROBE_INTERVAL_S
+            undelivered.add(trial.trial_id, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            print(f"MLflow at {self.tracking_uri} does not answer; trial results are kept in {self.results_dir} "
+                  "and delivered when it does", file=sys.stderr, flush=True)  # fmt: skip
+            return None
+
+    return guarded
+
+
 class MlflowCallback(Callback):
     """Writes the cell and trial runs of one spec from the Tune driver (no trial talks to MLflow).
 
@@ -254,10 +318,12 @@ class MlflowCallback(Callback):
     continues logging after the last epoch its run already has.
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, spec_hash: str):
+    def __init__(self, tracking_uri: str, experiment_name: str, spec_hash: str, results_dir: Path | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.spec_hash = spec_hash
+        self.results_dir = results_dir
+        """Tune's experiment folder: where the trials that MLflow missed are listed (`Undelivered`)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -270,12 +336,15 @@ class MlflowCallback(Callback):
         self._final_logged: set[str] = set()  # Ray trial ids whose run already has its final metrics
         self._nodes: dict[str, str] = {}  # Ray trial id -> the node its run's tag names
         self._train_sets: dict[str, object] = {}
+        self._down_until = 0.0  # while the server does not answer: when to ask it again
 
     def __getstate__(self) -> dict:
         # Pickled into Tune's experiment state: configuration only, never a client or a dataset.
-        return {"tracking_uri": self.tracking_uri, "experiment_name": self.experiment_name, "spec_hash": self.spec_hash}
+        return {"tracking_uri": self.tracking_uri, "experiment_name": self.experiment_name, "spec_hash": self.spec_hash,
+                "results_dir": self.results_dir}  # fmt: skip
 
     def __setstate__(self, state: dict) -> None:
+        self.results_dir = None  # in states pickled before it existed
         self.__dict__.update(state)
         self._reset()
 
@@ -287,6 +356,18 @@ class MlflowCallback(Callback):
 
     def setup(self, **info) -> None:
         self._commit = git_commit()
+
+    def _server_answers(self) -> bool:
+        """False while a server that stopped answering has not been asked again (every PROBE_INTERVAL_S)."""
+        if time.monotonic() >= self._down_until:
+            return True
+        try:
+            check_reachable(self.tracking_uri, timeout_s=2.0)
+        except UserInputError:
+            self._down_until = time.monotonic() + PROBE_INTERVAL_S
+            return False
+        self._down_until = 0.0
+        return True
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -340,6 +421,7 @@ class MlflowCallback(Callback):
         )
         self.store.log(run_id, {"kept_fraction": data.kept_fraction(mask, train.labels)})
 
+    @_unless_unreachable
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         family = family_of(trial.config)
         config = family.config.model_validate(trial.config["trial_config"])
@@ -369,6 +451,7 @@ class MlflowCallback(Callback):
                 self._final_logged.add(trial.trial_id)
         self._trial_runs[trial.trial_id] = run_id
 
+    @_unless_unreachable
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         epoch = int(result["epoch"])
         if epoch <= self._logged_up_to.get(trial.trial_id, 0):
@@ -387,6 +470,7 @@ class MlflowCallback(Callback):
             self.store.client.set_tag(run_id, RAY_NODE_TAG, node)
             self._nodes[trial.trial_id] = node
 
+    @_unless_unreachable
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         run_id = self._trial_runs[trial.trial_id]
         result = trial.last_result
@@ -407,6 +491,7 @@ class MlflowCallback(Callback):
         else:
             self.store.end(run_id, "FAILED")  # stopped before its first epoch
 
+    @_unless_unreachable
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         """A failed trial: its run FAILED, the reason as a tag, the traceback as `error.txt`."""
         run_id = self._trial_runs.get(trial.trial_id)
@@ -423,6 +508,7 @@ class MlflowCallback(Callback):
             self.store.log_file(run_id, "error.txt", lambda file: Path(file).write_text(traceback))
         self.store.end(run_id, "FAILED")
 
+    @_unless_unreachable
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """Ray restarts a failed trial from its last checkpoint (`FailureConfig.max_failures`): say why on its run."""
         run_id = self._trial_runs.get(trial.trial_id)
@@ -431,3 +517,33 @@ class MlflowCallback(Callback):
         retries = int(self.store.client.get_run(run_id).data.tags.get(RETRIES_TAG, "0")) + 1
         self.store.client.set_tag(run_id, RETRIES_TAG, str(retries))
         self.store.client.set_tag(run_id, LAST_FAILURE_TAG, error_summary(trial))
+
+
+def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str, results_dir: Path) -> int:
+    """Log what MLflow missed while its server was down, from Ray's results folder; return how many
+    trials were delivered. Every listed trial's run is rebuilt to what Ray holds (epochs it already
+    has are not logged again); a finished or failed trial's run is closed, an unfinished one stays
+    RUNNING for Tune to continue. Needs Ray initialised (Tune reads its experiment state)."""
+    from ray.tune import ExperimentAnalysis
+
+    undelivered = Undelivered(results_dir)
+    listed = set(undelivered.read()["trials"])
+    if not listed:
+        return 0
+    replay = MlflowCallback(tracking_uri, experiment_name, spec_hash)  # without results_dir: not guarded
+    replay.setup()
+    delivered = 0
+    for trial in ExperimentAnalysis(str(results_dir)).trials:
+        if trial.trial_id not in listed:
+            continue
+        replay.on_trial_start(0, [], trial)
+        results = Path(trial.path, "result.json")
+        for line in results.read_text().splitlines() if results.is_file() else []:
+            replay.on_trial_result(0, [], trial, json.loads(line))
+        if trial.status == "TERMINATED":
+            replay.on_trial_complete(0, [], trial)
+        elif trial.status == "ERROR":
+            replay.on_trial_error(0, [], trial)
+        delivered += 1
+    undelivered.clear()
+    return delivered

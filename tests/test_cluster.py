@@ -91,8 +91,8 @@ class MlflowServer:
     """`mlflow server` on loopback with a SQLite backend and served artifacts; or, given `auth`
     (username, password), docker/mlflow-entrypoint.sh: the compose file's server with basic auth."""
 
-    def __init__(self, folder: Path, auth: tuple[str, str] | None = None):
-        port = str(free_port())
+    def __init__(self, folder: Path, auth: tuple[str, str] | None = None, port: int | None = None):
+        port = str(port or free_port())
         self.uri = f"http://127.0.0.1:{port}"
         backend, artifacts = f"sqlite:///{folder / 'server.db'}", str(folder / "artifacts")
         if auth is None:
@@ -273,3 +273,48 @@ def wait_for(probe, timeout: float = 240):
         time.sleep(0.3)
     raise AssertionError("timed out")
 
+
+
+def test_results_wait_while_the_tracking_server_is_down_and_are_delivered_when_it_returns(tmp_path):
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    server = MlflowServer(server_dir)
+    port = int(server.uri.rsplit(":", 1)[1])
+    spec = {**SPEC, "training": {"epochs": 6, "batch_size": 4}, "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 1}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    command = [sys.executable, "-m", "orchestrator", "run", "spec.yaml", "--tracking-uri", server.uri]
+    driver = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=open(tmp_path / "output.txt", "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        client = MlflowClient(server.uri)
+        experiment = wait_for(lambda: client.get_experiment_by_name(SPEC["name"]))
+        finished = f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}' and attributes.status = 'FINISHED'"
+        wait_for(lambda: client.search_runs([experiment.experiment_id], finished))
+        server.stop()  # midway: one trial logged, three to go
+        stopped = time.monotonic()
+        driver.wait(timeout=600)
+        outage_s = time.monotonic() - stopped
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    output = (tmp_path / "output.txt").read_text()
+    assert driver.returncode == 1, output
+    assert f"MLflow at {server.uri} does not answer; trial results are kept in" in output
+    assert f"wait in {tmp_path / 'runs' / SPEC['name']}; run the same command again" in output
+    assert "Traceback" not in output
+
+    server = MlflowServer(server_dir, port=port)  # back, on the same store
+    try:
+        started = time.monotonic()
+        again = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+        print(f"outage run {outage_s:.0f} s, delivering run {time.monotonic() - started:.0f} s")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "Delivered to MLflow the results of " in again.stdout
+        trials = client.search_runs([experiment.experiment_id], f"tags.`{ROLE_TAG}` = '{TRIAL_ROLE}'")
+        assert len(trials) == 4 and {run.info.status for run in trials} == {"FINISHED"}
+        for run in trials:  # every epoch once, the final metrics and the per-class artifact, as if never down
+            assert [m.step for m in client.get_metric_history(run.info.run_id, "mAP")] == list(range(1, 7)), run.info.run_name
+            assert "best_mAP" in run.data.metrics
+            assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["per_class_ap.csv"]
+    finally:
+        server.stop()
