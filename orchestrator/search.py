@@ -80,9 +80,10 @@ class CellSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self._optuna_trials:
             return
-        cell_key, number = self._optuna_trials.pop(trial_id)
+        cell_key, number = self._optuna_trials[trial_id]
+        study = self._study(cell_key)  # first: after a restore, opening it fails orphans, and this trial is none
+        del self._optuna_trials[trial_id]
         value = (result or {}).get(self.metric)
-        study = self._study(cell_key)
         if error or value is None or not math.isfinite(value):
             study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         else:
@@ -124,10 +125,13 @@ class CellSearcher(Searcher):
         if cell_key not in self._studies:
             cell = next(c for c in self._cells if c.key == cell_key)
             search = self._spec.search
+            # A resumed search draws on from where it stopped: seeded as a fresh one, its sampler would
+            # repeat the draws of the trials the study already has.
+            seed = (_cell_seed(search.seed, cell) + 1_000_003 * self._asked_before(cell_key)) % 2**32
             if search.sampler == "cmaes":
-                sampler = optuna.samplers.CmaEsSampler(seed=_cell_seed(search.seed, cell))
+                sampler = optuna.samplers.CmaEsSampler(seed=seed)
             else:
-                sampler = _SAMPLERS[search.sampler](seed=_cell_seed(search.seed, cell))
+                sampler = _SAMPLERS[search.sampler](seed=seed)
             study = optuna.create_study(
                 study_name=cell_key,
                 storage=self._optuna_storage,
@@ -139,6 +143,12 @@ class CellSearcher(Searcher):
                 self._fail_orphans(study, cell_key)
             self._studies[cell_key] = study
         return self._studies[cell_key]
+
+    def _asked_before(self, cell_key: str) -> int:
+        """How many trials the cell's stored study holds (0 for a new or an in-memory one)."""
+        if self._optuna_storage is None or cell_key not in optuna.get_all_study_names(self._optuna_storage):
+            return 0
+        return len(optuna.load_study(study_name=cell_key, storage=self._optuna_storage).trials)
 
     def _fail_orphans(self, study: optuna.Study, cell_key: str) -> None:
         """Fail trials asked before a crash whose Ray trial was never saved: nothing will finish them."""

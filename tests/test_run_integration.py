@@ -144,7 +144,7 @@ def _wait_for_finished_trial(cwd: Path, experiment: str, process: subprocess.Pop
         assert process.poll() is None, "the run ended before a trial finished"
         # The driver prints this once its store is created: opening it earlier would race the
         # driver's database migrations.
-        if "Starting 'smoke'" in (cwd / "output.txt").read_text():
+        if f"Starting '{experiment}'" in (cwd / "output.txt").read_text():
             mlflow = client(cwd)
             found = mlflow.get_experiment_by_name(experiment)
             if found is not None:
@@ -238,3 +238,35 @@ def test_corrupt_image_fails_with_one_line_and_exit_code_2(tmp_path, feature_mod
     else:
         (trial,) = trials
         assert trial.info.status == "FAILED"
+
+
+def test_killed_optuna_search_resumes_with_its_history(tmp_path):
+    args = [
+        "run", "smoke.yaml", *SMALL,
+        "--set", "name=optuna_killed", "--set", "setups=[baseline]", "--set", "training.epochs=6",
+        "--set", "search={kind: optuna, sampler: tpe, num_samples: 4, seed: 1}",
+        "--set", "loss.gamma_neg={low: 0, high: 4}", "--set", "resources.max_concurrent_trials=1",
+    ]  # fmt: skip
+    process = start(args, tmp_path)
+    try:
+        _wait_for_finished_trial(tmp_path, "optuna_killed", process)
+    finally:
+        kill_group(process)  # SIGKILL mid-search
+    storage = f"sqlite:///{tmp_path / 'runs' / 'optuna_killed' / 'optuna.db'}"
+    complete = optuna.trial.TrialState.COMPLETE
+    before = [t for t in optuna.load_study(study_name="baseline-shapes-r0.5-s1", storage=storage).trials if t.state == complete]
+    assert 1 <= len(before) < 4
+
+    code, output = run(args, tmp_path)
+    assert code == 0, output
+    assert output.startswith("Resuming 'optuna_killed'")
+    study = optuna.load_study(study_name="baseline-shapes-r0.5-s1", storage=storage)
+    told = [t for t in study.trials if t.state == complete]
+    assert len(told) == 4  # the search went on to its num_samples, not 4 more
+    # The trials told before the kill are still the study's history, with their parameters.
+    assert [(t.number, t.params, t.value) for t in before] == [(t.number, t.params, t.value) for t in told[: len(before)]]
+    assert len({t.params["gamma_neg"] for t in study.trials}) == len(study.trials)  # no draw repeated after the restart
+    trials = runs_by_role(tmp_path, "optuna_killed")["trial"]
+    assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
+    assert len({r.data.tags[TRIAL_KEY_TAG] for r in trials}) == 4  # each trial one MLflow run
+    assert sorted(t.value for t in told) == pytest.approx(sorted(r.data.metrics["best_mAP"] for r in trials))
