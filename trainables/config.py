@@ -26,6 +26,9 @@ class BackboneConfig(Strict):
     or `synthetic`: a tiny CLIP pre-trained contrastively on generated shapes (trainables.pretrain),
     so that the prompt setups have a text encoder that knows the demo's class words."""
     image_size: int = Field(448, ge=32)
+    synthetic_negation_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """`pretrained: synthetic` only: the fraction of pre-training captions that also name an absent
+    class ("a circle and a star, no ring"); the negation testbed's variable."""
     quick_gelu: Literal["auto"] | bool = "auto"
     """The transformers' activation: QuickGELU (True), GELU (False), or `auto`: what the weights
     were trained with where that is knowable (`trainables.clip.resolve_quick_gelu`). Every

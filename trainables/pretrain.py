@@ -66,6 +66,16 @@ CAPTION_TEMPLATES = (
     "{}.",
 )
 
+ABSENCE_PHRASINGS = (
+    "{present}, no {absent}",
+    "{present} and no {absent}",
+    "{present} but no {absent}",
+    "{present}, without {absent_with_article}",
+)
+"""How a caption names a class that is absent, after the ones present ("a circle and a star, no
+ring"): what pretraining captions almost never do (0.47% of LAION-400M, PositiveCoOp section 5.2),
+here at a chosen rate (`negation_rate`)."""
+
 
 SYNTHETIC_WEIGHTS = "synthetic"
 """The `backbone.pretrained` value that names this module's checkpoint, trained on first use."""
@@ -79,7 +89,11 @@ def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
     """
     if backbone.pretrained != SYNTHETIC_WEIGHTS:
         return backbone.pretrained
-    return str(synthetic_clip_checkpoint(backbone.model, backbone.image_size, data_dir, progress=True))
+    return str(
+        synthetic_clip_checkpoint(
+            backbone.model, backbone.image_size, data_dir, negation_rate=backbone.synthetic_negation_rate, progress=True
+        )
+    )
 
 
 def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> clip_lib.FrozenCLIP:
@@ -97,6 +111,7 @@ def synthetic_clip_checkpoint(
     steps: int = 200,
     batch_size: int = 64,
     num_classes: int = 8,
+    negation_rate: float = 0.0,
     progress: bool = False,
 ) -> Path:
     """The checkpoint of `model` pre-trained on shapes, trained on the first call and reused after.
@@ -107,7 +122,7 @@ def synthetic_clip_checkpoint(
     callers wait on a file lock; the file is renamed into place complete, so a reader never sees
     a partial one.
     """
-    recipe = _recipe(model, image_size, seed, steps, batch_size, num_classes)
+    recipe = _recipe(model, image_size, seed, steps, batch_size, num_classes, negation_rate)
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(data_dir) / "pretrained"
     checkpoint = folder / f"{model}-shapes-{digest}.pt"
@@ -122,7 +137,8 @@ def synthetic_clip_checkpoint(
             leftover.unlink()
         started = time.perf_counter()
         clip_model, losses = train_synthetic_clip(
-            model, image_size, seed=seed, steps=steps, batch_size=batch_size, num_classes=num_classes, progress=progress
+            model, image_size, seed=seed, steps=steps, batch_size=batch_size, num_classes=num_classes,
+            negation_rate=negation_rate, progress=progress,
         )
         sidecar = {**recipe, "losses": losses, "train_seconds": time.perf_counter() - started}
         temporary_sidecar = folder / f".{checkpoint.stem}.json.tmp-{os.getpid()}"
@@ -142,6 +158,7 @@ def train_synthetic_clip(
     steps: int = 200,
     batch_size: int = 64,
     num_classes: int = 8,
+    negation_rate: float = 0.0,
     progress: bool = False,
 ) -> tuple[open_clip.CLIP, list[float]]:
     """Pre-train `model` contrastively on rendered shapes; return the open_clip model and the loss of each step.
@@ -175,7 +192,8 @@ def train_synthetic_clip(
         batch = order[cursor : cursor + batch_size].numpy()
         cursor += batch_size
         image_features = F.normalize(encode_images(batch).float(), dim=-1)
-        text_features = clip_model.encode_text(tokenizer([caption(names, labels[i], caption_rng) for i in batch]), normalize=True)
+        captions = [caption(names, labels[i], caption_rng, negation_rate) for i in batch]
+        text_features = clip_model.encode_text(tokenizer(captions), normalize=True)
         loss = loss_fn(image_features, text_features, clip_model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -224,11 +242,19 @@ def render_pool(count: int, num_classes: int, seed: int) -> tuple[np.ndarray, np
     return images, labels
 
 
-def caption(names: list[str], present: np.ndarray, rng: np.random.Generator) -> str:
-    """A caption listing the classes `present` (bool [K]) in random order, in a random template."""
+def caption(names: list[str], present: np.ndarray, rng: np.random.Generator, negation_rate: float = 0.0) -> str:
+    """A caption listing the classes `present` (bool [K]) in random order, in a random template;
+    with probability `negation_rate` it also names one absent class (`ABSENCE_PHRASINGS`). At rate 0
+    it draws nothing more from `rng`: the captions, and the weights, of the plain recipe."""
     objects = [_with_article(names[k]) for k in rng.permutation(np.flatnonzero(present))]
     listed = objects[0] if len(objects) == 1 else f"{', '.join(objects[:-1])} and {objects[-1]}"
-    return CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))].format(listed)
+    template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
+    absent = np.flatnonzero(~present)
+    if negation_rate > 0 and len(absent) and rng.random() < negation_rate:
+        name = names[rng.choice(absent)]
+        phrasing = ABSENCE_PHRASINGS[rng.integers(len(ABSENCE_PHRASINGS))]
+        listed = phrasing.format(present=listed, absent=name, absent_with_article=_with_article(name))
+    return template.format(listed)
 
 
 def _with_article(name: str) -> str:
@@ -246,9 +272,11 @@ def _parameter_groups(clip_model: open_clip.CLIP) -> list[dict]:
     return [{"params": decayed, "weight_decay": WEIGHT_DECAY}, {"params": plain, "weight_decay": 0.0}]
 
 
-def _recipe(model: str, image_size: int, seed: int, steps: int, batch_size: int, num_classes: int) -> dict:
-    """Everything the trained weights depend on: the arguments, the recipe and the generator."""
+def _recipe(model: str, image_size: int, seed: int, steps: int, batch_size: int, num_classes: int, negation_rate: float) -> dict:
+    """Everything the trained weights depend on: the arguments, the recipe and the generator (the
+    negation rate only when set: the plain recipe's checkpoints keep their names)."""
     return {
+        **({"negation_rate": negation_rate} if negation_rate > 0 else {}),
         "model": model,
         "image_size": image_size,
         "seed": seed,
