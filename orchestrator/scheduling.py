@@ -324,13 +324,13 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
             cluster.check_shared_storage(spec.experiment_dir)
         _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
         results = _build_tuner(plan, digest, resume).fit()
-        if tracking.Undelivered(spec.experiment_dir).read()["trials"]:
+        if tracking.Undelivered(spec.experiment_dir).trials():
             tracking.check_reachable(spec.tracking_uri)  # still down: the results wait (below)
             _deliver(spec, digest)
     except KeyboardInterrupt:
         stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
     except UserInputError as error:
-        waiting = tracking.Undelivered(spec.experiment_dir).read()["trials"]
+        waiting = tracking.Undelivered(spec.experiment_dir).trials()
         if not waiting:
             store.close_running("FAILED")
             raise

@@ -271,14 +271,12 @@ class Undelivered:
     def __init__(self, results_dir: Path):
         self.path = results_dir / self.FILE
 
-    def read(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {"reason": "", "trials": []}
+    def trials(self) -> list[str]:
+        """Ray trial ids, sorted."""
+        return json.loads(self.path.read_text()) if self.path.is_file() else []
 
-    def add(self, trial_id: str, reason: str) -> None:
-        record = self.read()
-        record["reason"] = reason or record["reason"]
-        record["trials"] = sorted(set(record["trials"]) | {trial_id})
-        self.path.write_text(json.dumps(record))
+    def add(self, trial_id: str) -> None:
+        self.path.write_text(json.dumps(sorted({*self.trials(), trial_id})))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -293,8 +291,8 @@ def _unless_unreachable(handler):
         if self.results_dir is None:
             return handler(self, iteration, trials, trial, *args, **info)
         undelivered = Undelivered(self.results_dir)
-        if trial.trial_id in undelivered.read()["trials"] or not self._server_answers():
-            undelivered.add(trial.trial_id, "")
+        if trial.trial_id in undelivered.trials() or not self._server_answers():
+            undelivered.add(trial.trial_id)
             return None
         try:
             return handler(self, iteration, trials, trial, *args, **info)
@@ -302,7 +300,7 @@ def _unless_unreachable(handler):
             if not is_unreachable(error):
                 raise
             self._down_until = time.monotonic() + PROBE_INTERVAL_S
-            undelivered.add(trial.trial_id, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}")
+            undelivered.add(trial.trial_id)
             print(f"MLflow at {self.tracking_uri} does not answer; trial results are kept in {self.results_dir} "
                   "and delivered when it does", file=sys.stderr, flush=True)  # fmt: skip
             return None
@@ -527,7 +525,7 @@ def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str,
     from ray.tune import ExperimentAnalysis
 
     undelivered = Undelivered(results_dir)
-    listed = set(undelivered.read()["trials"])
+    listed = set(undelivered.trials())
     if not listed:
         return 0
     replay = MlflowCallback(tracking_uri, experiment_name, spec_hash)  # without results_dir: not guarded

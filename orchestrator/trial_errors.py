@@ -11,6 +11,9 @@ from ray import cloudpickle
 
 from trainables.errors import UserInputError
 
+_TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+"""The colour codes Ray writes into a trial's error file."""
+
 
 def user_error_cause(error: BaseException | None) -> UserInputError | None:
     """The UserInputError a trial raised, unwrapped from Ray's task error; None for other failures."""
@@ -50,8 +53,6 @@ def traceback_text(trial) -> str:
         return ""
     return _TERMINAL_COLOURS.sub("", Path(trial.local_path, name).read_text())
 
-
-_TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def error_path(trial) -> Path | None:
