@@ -124,9 +124,11 @@ def test_vit_trains_its_whole_image_tower(tmp_path):
 def test_resolve_pretrained_maps_only_the_reserved_value(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
-        pretrain, "synthetic_clip_checkpoint", lambda model, size, data_dir, **_: calls.append((model, size, data_dir)) or tmp_path / "x.pt"
-    )
+        pretrain, "synthetic_clip_checkpoint",
+        lambda model, size, data_dir, negation_rate, **_: calls.append((model, size, data_dir, negation_rate)) or tmp_path / "x.pt",
+    )  # fmt: skip
     assert pretrain.resolve_pretrained(BackboneConfig(model="RN101", pretrained="openai"), tmp_path) == "openai"
     assert pretrain.resolve_pretrained(BackboneConfig(model="RN101", pretrained=None), tmp_path) is None
-    resolved = pretrain.resolve_pretrained(BackboneConfig(model="RN-tiny", pretrained="synthetic", image_size=128), tmp_path)
-    assert resolved == str(tmp_path / "x.pt") and calls == [("RN-tiny", 128, tmp_path)]
+    backbone = BackboneConfig(model="RN-tiny", pretrained="synthetic", image_size=128, synthetic_negation_rate=0.05)
+    resolved = pretrain.resolve_pretrained(backbone, tmp_path)
+    assert resolved == str(tmp_path / "x.pt") and calls == [("RN-tiny", 128, tmp_path, 0.05)]

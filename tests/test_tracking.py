@@ -56,6 +56,7 @@ def epoch_result(epoch: int, mAP: float, node: str = "node-a") -> dict:
         "node_id": node, "hostname": "host-1", "node_ip": "10.0.0.1", "epoch": epoch, "train_loss": 10.0 / epoch, "mAP": mAP, "best_mAP": mAP, "best_epoch": epoch,
         "lr_projector": 0.01 / epoch, "trainable_params": 24, "train_seconds": 1.5 * epoch, "gpu_seconds": 0.0,
         "kept_fraction": 0.5, "classnames": ["circle", "square", "star"], "best_per_class_ap": [0.5, float("nan"), 1.0],
+        "absence_cosine.not_a_photo": 0.97, "absence_cosine.photo_without": 0.93,
     }  # fmt: skip
 
 
@@ -129,6 +130,7 @@ def test_epochs_final_metrics_and_per_class_artifact(started, store, tmp_path):
     metrics = run.data.metrics
     assert (metrics["best_mAP"], metrics["last_mAP"], metrics["best_epoch"]) == (50.0, 40.0, 2)
     assert (metrics["trainable_params"], metrics["train_seconds"], metrics["kept_fraction"]) == (24, 4.5, 0.5)
+    assert (metrics["absence_cosine.not_a_photo"], metrics["absence_cosine.photo_without"]) == (0.97, 0.93)
     assert len(store.client.get_metric_history(run.info.run_id, "best_mAP")) == 1  # final only
     table = pd.read_csv(store.client.download_artifacts(run.info.run_id, "per_class_ap.csv", str(tmp_path)))
     assert table["class"].tolist() == ["circle", "square", "star"]

@@ -50,6 +50,10 @@ def test_epochs_report_metrics_and_the_baseline_learns(tmp_path):
     assert history[-1]["best_mAP"] == max(m["mAP"] for m in history)
     assert history[-1]["trainable_params"] == 64 * 2 * len(history[-1]["classnames"]) + 2 * len(history[-1]["classnames"])
     assert 0.4 < history[-1]["kept_fraction"] < 0.6
+    # The backbone's section 5.2 cosines, on the trial's class names: a property of the frozen
+    # encoder, the same at every epoch.
+    for key in ("absence_cosine.not_a_photo", "absence_cosine.photo_without"):
+        assert -1 <= history[0][key] <= 1 and {m[key] for m in history} == {history[0][key]}
 
 
 def test_resuming_from_a_state_continues_exactly(tmp_path):

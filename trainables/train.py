@@ -13,18 +13,19 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainables import clip as clip_lib
-from trainables import data, precision, setups
+from trainables import data, negation, precision, setups
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.errors import UserInputError
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss, check_finite
 from trainables.metrics import map_summary
-from trainables.pretrain import load_backbone
+from trainables.pretrain import SYNTHETIC_WEIGHTS, load_backbone, resolve_pretrained
 
 
 def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float:
@@ -65,10 +66,16 @@ class _Trial:
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
         self.resolved = {"training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu}
         """What `auto` settings became on this device and these weights: logged with the trial's run."""
+        if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe
+            self.resolved["backbone.synthetic_checkpoint"] = Path(resolve_pretrained(config.backbone, config.data_dir)).name
 
         data.check(config.dataset, config.data_dir)
         train_ds = data.build_dataset(config.dataset, "train", config.data_dir)
         test_ds = data.build_dataset(config.dataset, "test", config.data_dir)
+        # Can this backbone's text encoder tell "no X" from "X"? (PositiveCoOp section 5.2)
+        self.absence_cosines = {
+            f"absence_cosine.{key}": value for key, value in negation.absence_cosines(self.clip, train_ds.classnames).items()
+        }
         partial = data.dataset_partial_labels(train_ds, config.label_ratio, config.seed)
         self.kept_fraction = data.kept_fraction(partial, train_ds.labels)
         self.train = _Split(train_ds, torch.from_numpy(partial))
@@ -212,6 +219,7 @@ def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple
             "gpu_seconds": seconds if on_gpu else 0.0,
             "kept_fraction": trial.kept_fraction,
             "resolved": trial.resolved,
+            **trial.absence_cosines,
             **lrs,
         }
         yield metrics, state
