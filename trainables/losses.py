@@ -130,9 +130,14 @@ def _power(base: torch.Tensor, exponent: float) -> torch.Tensor:
     return torch.where(at_zero, 0.0**exponent, safe_base.pow(exponent))
 
 
-def check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
-    """Stop a diverged trial at once, saying where: a NaN loss would only poison every later epoch."""
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, epoch: int, step: int) -> float:
+    """One optimiser step on `loss`; its value. A non-finite loss stops the trial at once, saying
+    where (epoch and step, 0-based here): a NaN would only poison every later epoch."""
     if not torch.isfinite(loss):
         raise FloatingPointError(
             f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: the learning rate or loss settings diverge"
         )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()

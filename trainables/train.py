@@ -23,7 +23,7 @@ from trainables import data, negation, precision, setups
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.errors import UserInputError
 from trainables.features import FeatureCache
-from trainables.losses import AsymmetricLoss, check_finite
+from trainables.losses import AsymmetricLoss, descend
 from trainables.metrics import map_summary
 from trainables.pretrain import SYNTHETIC_WEIGHTS, load_backbone, resolve_pretrained
 
@@ -149,11 +149,7 @@ class _Trial:
             with _autocast(self.precision, self.device):
                 logits = self.setup(feats)
             loss = self.loss(logits.float(), targets) * self.config.loss.weight
-            check_finite(loss, epoch, batches)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item()
+            total += descend(self.optimizer, loss, epoch, batches)
             batches += 1
         return total / max(batches, 1)
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from trainables import clip as clip_lib
 from trainables.features import FeatureCache
-from trainables.losses import check_finite
+from trainables.losses import descend
 from trainables.ood import collect, lapt, negatives
 from trainables.ood.config import NegativesConfig, OODTrialConfig
 from trainables.ood.data import id_dataset, ood_set
@@ -139,11 +139,7 @@ class _OODTrial:
             feats, labels = self.examples[idx], self.labels[idx]
             text = self.prompts.text_features(self.train_negatives)
             loss = self._loss(feats, labels, text, num_labels, generator, mixing_weights)
-            check_finite(loss, epoch, step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.item()
+            total += descend(self.optimizer, loss, epoch, step)
             batches += 1
         return total / max(batches, 1)
 
