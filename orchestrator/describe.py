@@ -25,15 +25,14 @@ def per_setup_and_dataset(loaded: LoadedSpec) -> tuple[dict[str, dict[str, int]]
     classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
     params: dict[str, dict[str, int]] = {}
     peaks: dict[str, dict[str, int]] = {}
-    for setup in spec.mlr_setups:
-        options = spec.setup_options.get(setup, {})
-        params[setup] = {n: setups.count_trainable(setups.build(setup, names, backbone, **options)) for n, names in classnames.items()}
-        peaks[setup] = {
-            n: memory.mlr_trial_bytes(
-                setup, names, backbone, options, spec.training.batch_size, spec.training.eval_batch_size, chosen
+    for name in spec.mlr_setups:
+        params[name], peaks[name] = {}, {}
+        for dataset, names in classnames.items():
+            setup = setups.build(name, names, backbone, **spec.setup_options.get(name, {}))
+            params[name][dataset] = setups.count_trainable(setup)
+            peaks[name][dataset] = memory.mlr_trial_bytes(
+                setup, backbone, spec.training.batch_size, spec.training.eval_batch_size, chosen
             )
-            for n, names in classnames.items()
-        }
     return params, peaks, f"{device.type}, {chosen}"
 
 

@@ -7,15 +7,14 @@ command needs nothing but the tracking store: it works from any machine that rea
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator import aggregate, grid
-from orchestrator.schema import EPOCH_METRICS, ERROR_TAG, ROLE_TAG, TRIAL_ROLE, role_filter
+from orchestrator import aggregate, grid, tables
+from orchestrator.schema import EPOCH_METRICS
 from orchestrator.spec import ExperimentSpec
 
 
@@ -34,24 +33,23 @@ def expected_trials(client, launch) -> int | None:
 
 def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> str:
     launch = aggregate.launch_run(client, experiment_id)
-    runs = client.search_runs([experiment_id], filter_string=role_filter(TRIAL_ROLE), max_results=50_000)
-    runs = [run for run in runs if run.data.tags.get(ROLE_TAG) == TRIAL_ROLE]
-    counts = Counter(run.info.status for run in runs)
+    trials = tables.read_trials(client, experiment_id)
+    counts = trials["status"].value_counts()
+    running, failed = trials[trials["status"] == "RUNNING"], trials[trials["status"].isin(["FAILED", "KILLED"])]
     expected = expected_trials(client, launch)
-    pending = max(expected - len(runs), 0) if expected is not None else None
-    total = expected if expected is not None else len(runs)
-    parts = [f"{counts['FINISHED']} finished", f"{counts['RUNNING']} running", f"{counts['FAILED'] + counts['KILLED']} failed"]
+    pending = max(expected - len(trials), 0) if expected is not None else None
+    total = expected if expected is not None else len(trials)
+    parts = [f"{counts.get('FINISHED', 0)} finished", f"{len(running)} running", f"{len(failed)} failed"]
     parts.append(f"{pending} pending" if pending is not None else "pending unknown (the launch run has no spec.yaml)")
     lines = [f"Experiment '{name}' ({tracking_uri}): {total} trials: {', '.join(parts)}"]
-    if launch is not None and launch.info.status == "RUNNING" and counts["RUNNING"]:
+    if launch is not None and launch.info.status == "RUNNING" and len(running):
         lines.append("  (RUNNING as last logged: if the driver was killed, `run` the spec again to resume)")
-    for run in sorted(runs, key=lambda r: r.info.run_name):
-        if run.info.status == "RUNNING":
-            epochs = len(client.get_metric_history(run.info.run_id, EPOCH_METRICS[0]))
-            lines.append(f"  running  {run.info.run_name}: {epochs} epoch(s) logged")
-        elif run.info.status in ("FAILED", "KILLED"):
-            reason = run.data.tags.get(ERROR_TAG, "stopped before it finished (no error recorded)")
-            lines.append(f"  failed   {run.info.run_name}: {reason}")
+    for row in trials.sort_values("run_name").itertuples():
+        if row.status == "RUNNING":
+            epochs = len(client.get_metric_history(row.run_id, EPOCH_METRICS[0]))
+            lines.append(f"  running  {row.run_name}: {epochs} epoch(s) logged")
+        elif row.status in ("FAILED", "KILLED"):
+            lines.append(f"  failed   {row.run_name}: {row.error or 'stopped before it finished (no error recorded)'}")
     return "\n".join(lines)
 
 

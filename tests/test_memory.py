@@ -2,7 +2,7 @@
 
 import torch
 
-from trainables import clip, memory
+from trainables import clip, memory, setups
 
 N = 256
 BLOCK = N * N * 4  # one [N, N] float32 tensor
@@ -42,8 +42,10 @@ def test_mlr_trial_counts_weights_once_and_grows_with_the_prompts():
     weights = sum(t.numel() * t.element_size() for t in (*backbone.parameters(), *backbone.buffers()))
     names = [f"class {i}" for i in range(20)]
     peaks = {
-        setup: memory.mlr_trial_bytes(setup, names, backbone, {}, batch_size=8, eval_batch_size=16, chosen_precision="fp32")
-        for setup in ("baseline", "positive_coop", "dual_coop")
+        name: memory.mlr_trial_bytes(
+            setups.build(name, names, backbone), backbone, batch_size=8, eval_batch_size=16, chosen_precision="fp32"
+        )
+        for name in ("baseline", "positive_coop", "dual_coop")
     }
     assert weights < peaks["baseline"] < 1.5 * weights  # the backbone once, plus a linear head's step
     # DualCoOp encodes 2K prompts per step where PositiveCoOp encodes K: its activations double.

@@ -17,9 +17,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from trainables import setups
 from trainables.clip import FrozenCLIP
 from trainables.losses import AsymmetricLoss
+from trainables.setups.base import MLRSetup
 
 
 class TensorMemory(TorchDispatchMode):
@@ -79,23 +79,16 @@ def _module_tensors(*modules: torch.nn.Module) -> list[torch.Tensor]:
     return [t for module in modules for t in (*module.parameters(), *module.buffers())]
 
 
-def mlr_trial_bytes(
-    setup_name: str,
-    classnames: list[str],
-    clip: FrozenCLIP,
-    setup_options: dict,
-    batch_size: int,
-    eval_batch_size: int,
-    chosen_precision: str,
-) -> int:
-    """Peak bytes of an MLR trial on `clip`'s device: two SGD steps on cached features (the second
-    with momentum buffers), then the evaluation's class embeddings and one test batch."""
+def mlr_trial_bytes(setup: MLRSetup, clip: FrozenCLIP, batch_size: int, eval_batch_size: int, chosen_precision: str) -> int:
+    """Peak bytes of an MLR trial of `setup` (built on `clip`) on `clip`'s device: two SGD steps on
+    cached features (the second with momentum buffers), then the evaluation's class embeddings and
+    one test batch. The steps change the setup's weights: measure a copy you do not need."""
     device = clip.device
-    setup = setups.build(setup_name, classnames, clip, **setup_options).to(device)
+    setup = setup.to(device)
     optimizer = torch.optim.SGD(setup.parameters(), lr=1e-6, momentum=0.9)
     loss_fn = AsymmetricLoss()
     length, dim = clip.dense_shape
-    targets = torch.ones(batch_size, len(classnames), dtype=torch.int8, device=device)
+    targets = torch.ones(batch_size, setup.num_classes, dtype=torch.int8, device=device)
 
     def steps() -> None:
         for _ in range(2):
