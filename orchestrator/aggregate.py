@@ -158,7 +158,7 @@ def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict 
     A new name keeps the original experiment intact (the same name with other settings would need
     --fresh); the search and the scheduler are switched off so that the one configuration trains fully.
     """
-    cell_key = f"{best['setup']}-{best['dataset']}-r{best['label_ratio']:g}-s{best['seed']}"
+    cell_key = best["cell_key"]
     overrides = [
         f"name={experiment_name}-best-{cell_key}",
         f"setups=[{best['setup']}]",
@@ -167,6 +167,8 @@ def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict 
         "search={kind: grid}",
         "scheduler={kind: none}",
     ]
+    if isinstance(((spec_raw or {}).get("backbone") or {}).get("synthetic_negation_rate"), list):  # one point of the axis
+        overrides.append(f"backbone.synthetic_negation_rate={best['params.backbone.synthetic_negation_rate']}")
     datasets = (spec_raw or {}).get("datasets") or []
     chosen = [dataset for dataset in datasets if isinstance(dataset, dict) and dataset.get("name") == best["dataset"]]
     if len(datasets) > 1 and chosen:
@@ -263,7 +265,7 @@ def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_d
 
 def run(args: argparse.Namespace) -> int:
     """The `table` command; returns the exit code."""
-    from orchestrator import ood_table, tables
+    from orchestrator import negation_table, ood_table, tables
 
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
@@ -274,22 +276,27 @@ def run(args: argparse.Namespace) -> int:
     ood_trials = ood_table.read_ood_trials(client, experiment)
     trials = trials[trials["family"] != "ood"]
     launch = launch_run(client, experiment)
-    table = configs = ood = None
+    table = configs = ood = negation = None
     if not trials.empty:
         reference = tables.load_reference() if args.reference == "paper" else None
         table = tables.build_table(trials, args.metric, reference)
         spec, spec_raw = spec_source(client, target, launch)
         configs = best_configs(trials, args.metric, spec, spec_raw, target.experiment_name)
+        if negation_table.applies(trials):
+            negation = negation_table.comparisons(trials, args.metric)
     if not ood_trials.empty:
         ood = ood_table.build_ood_table(ood_trials, ood_table.load_reference() if args.reference == "paper" else None)
     title = f"{target.experiment_name}: {args.metric}"
     ood_title = f"{target.experiment_name}: OOD detection"
+    negation_title = f"{target.experiment_name}: {args.metric} difference against the negation rate of pre-training"
 
     if args.format == "rich":
         if table is not None:
             tables.print_rich(table, title)
             if not configs.empty:
                 print(describe_best(configs, args.metric))
+        if negation is not None and not negation.empty:
+            print(negation_table.render(negation, "rich", negation_title), end="")
         if ood is not None:
             print(ood_table.render(ood, "rich", ood_title), end="")
     else:
@@ -297,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(tables.render(table, args.format, title=title))
             if not configs.empty:  # stdout stays a clean document of the chosen format
                 print(describe_best(configs, args.metric), file=sys.stderr)
+        if negation is not None and not negation.empty:
+            sys.stdout.write(negation_table.render(negation, args.format, negation_title))
         if ood is not None:
             sys.stdout.write(ood_table.render(ood, args.format, ood_title))
 
@@ -312,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir = args.out if args.out is not None else Path(scratch)
         if table is not None:
             write_outputs(table, trials, configs, args.metric, title, out_dir)
+        if negation is not None and not negation.empty:
+            negation_table.write(negation, negation_title, out_dir)
         if ood is not None:
             write_ood_outputs(ood, ood_title, out_dir)
         if args.out is not None:

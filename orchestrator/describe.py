@@ -88,8 +88,10 @@ def describe(loaded: LoadedSpec) -> str:
         ]
     mlr = []
     if mlr_cells:
+        rates = spec.backbone.negation_rates
+        backbones = f"{len(rates)} backbones (negation rates {', '.join(f'{r:g}' for r in rates)}) x " if len(rates) > 1 else ""
         mlr = [
-            f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {len(spec.mlr_setups)} setups x "
+            f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {backbones}{len(spec.mlr_setups)} setups x "
             f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
         ]
     parameters = []

@@ -14,7 +14,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from trainables.config import DatasetConfig, TrialConfig
+from trainables.config import BackboneConfig, DatasetConfig, TrialConfig
 from trainables.ood.config import IDDatasetConfig
 
 from orchestrator.ood_spec import UNTUNED, variant_config
@@ -31,13 +31,17 @@ class Cell:
     """An MLR setup, or a LAPT variant (`lapt`, `neglabel`, ...) in the OOD family."""
     label_ratio: float
     seed: int
+    backbone: BackboneConfig
+    """The spec's backbone, at this cell's point of its negation-rate axis."""
     family: str = "mlr"
     """The task family (`trainables.tasks.FAMILIES`) that runs the cell's trials."""
 
     @property
     def key(self) -> str:
-        """`dual_coop-coco-r0.3-s1`: the readable name of the cell, unique within a spec."""
-        return f"{self.setup}-{self.dataset.name}-r{self.label_ratio:g}-s{self.seed}"
+        """`dual_coop-coco-r0.3-s1`: the readable name of the cell, unique within a spec; a synthetic
+        backbone pre-trained with negated captions adds its rate (`-neg0.05`)."""
+        rate = self.backbone.synthetic_negation_rate
+        return f"{self.setup}-{self.dataset.name}{f'-neg{rate:g}' if rate else ''}-r{self.label_ratio:g}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -64,18 +68,22 @@ class Trial:
 
 
 def cells(spec: ExperimentSpec) -> list[Cell]:
-    """Every cell: the MLR ones (datasets outermost, seeds innermost), then the OOD family's (an
-    untuned variant once, at ratio 1 and the first seed: it learns nothing that either changes)."""
+    """Every cell: the MLR ones (datasets outermost, then backbones, seeds innermost), then the OOD
+    family's (an untuned variant once, at ratio 1 and the first seed: it learns nothing that either
+    changes; validation allows it one backbone)."""
+    backbones = spec.backbone.configs()
     mlr = [
-        Cell(dataset, setup, ratio, seed)
-        for dataset, setup, ratio, seed in itertools.product(spec.datasets, spec.mlr_setups, spec.label_ratios, spec.seeds)
+        Cell(dataset, setup, ratio, seed, backbone)
+        for dataset, backbone, setup, ratio, seed in itertools.product(
+            spec.datasets, backbones, spec.mlr_setups, spec.label_ratios, spec.seeds
+        )
     ]
     if not spec.runs_ood or spec.ood is None:
         return mlr
     ood = []
     for variant in spec.ood.variants:
         grid = [(1.0, spec.seeds[0])] if variant in UNTUNED else itertools.product(spec.ood.label_ratios, spec.seeds)
-        ood += [Cell(spec.ood.id_dataset, variant, ratio, seed, family="ood") for ratio, seed in grid]
+        ood += [Cell(spec.ood.id_dataset, variant, ratio, seed, backbones[0], family="ood") for ratio, seed in grid]
     return mlr + ood
 
 
@@ -104,7 +112,7 @@ def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled: dict[str, flo
         setup=cell.setup,
         setup_options=spec.setup_options.get(cell.setup, {}),
         dataset=cell.dataset,
-        backbone=spec.backbone,
+        backbone=cell.backbone,
         features=spec.features,
         training=spec.training.config(spec.learning_rates(cell.setup, sampled)),
         loss=loss,
@@ -134,7 +142,7 @@ def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
     """Every trial of `cell` in a grid search, in loss-grid order; an OOD cell's one trial."""
     if cell.family == "ood":
         config = variant_config(
-            spec.ood, cell.setup, spec.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
+            spec.ood, cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
         ).model_dump(mode="json")
         return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family="ood")]
     return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]

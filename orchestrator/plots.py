@@ -59,7 +59,7 @@ def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _grid(panels: int, columns: int, width: float, height: float) -> tuple[Figure, list]:
+def panel_grid(panels: int, columns: int, width: float, height: float) -> tuple[Figure, list]:
     columns = max(1, min(columns, panels))
     rows = math.ceil(panels / columns)
     figure = Figure(figsize=(width * columns + 1.8, height * rows), layout="constrained")
@@ -84,7 +84,7 @@ def map_vs_ratio_figure(trials: pd.DataFrame, metric: str) -> Figure | None:
     colors = setup_colors(stats["setup"].tolist())
     blocks = list(stats.groupby(BLOCK))
     with matplotlib.rc_context(FONT):
-        figure, axes = _grid(len(blocks), columns=3, width=4.6, height=3.4)
+        figure, axes = panel_grid(len(blocks), columns=3, width=4.6, height=3.4)
         for axis, ((dataset, backbone), block) in zip(axes, blocks):
             for setup, line in sorted(block.groupby("setup"), key=lambda item: setup_sort_key(item[0])):
                 percent = line["label_ratio"] * 100
@@ -98,7 +98,7 @@ def map_vs_ratio_figure(trials: pd.DataFrame, metric: str) -> Figure | None:
             axis.set_xlabel("labels kept (%)")
             axis.set_ylabel(f"{metric} (%)")
             axis.grid(alpha=0.3)
-        handles, labels = _unique_legend(axes)
+        handles, labels = unique_legend(axes)
         figure.legend(handles, labels, loc="outside right upper", title="setup (band: ±std over seeds)")
     return figure
 
@@ -130,7 +130,7 @@ def search_scatter_figure(searched: pd.DataFrame, params: list[str], metric: str
     colors = setup_colors(searched["setup"].tolist())
     groups = list(searched.groupby([*BLOCK, "label_ratio"]))
     with matplotlib.rc_context(FONT):
-        figure, axes = _grid(len(groups) * len(params), columns=len(params), width=3.8, height=3.0)
+        figure, axes = panel_grid(len(groups) * len(params), columns=len(params), width=3.8, height=3.0)
         panels = iter(axes)
         for (dataset, backbone, ratio), group in groups:
             for param in params:
@@ -142,12 +142,12 @@ def search_scatter_figure(searched: pd.DataFrame, params: list[str], metric: str
                 axis.set_xlabel(param_label(param))
                 axis.set_ylabel(f"{metric} (%)")
                 axis.grid(alpha=0.3)
-        handles, labels = _unique_legend(axes)
+        handles, labels = unique_legend(axes)
         figure.legend(handles, labels, loc="outside right upper", title="setup")
     return figure
 
 
-def _unique_legend(axes: list) -> tuple[list, list]:
+def unique_legend(axes: list) -> tuple[list, list]:
     """One legend entry per setup over all panels, in the canonical setup order."""
     entries = {}
     for axis in axes:

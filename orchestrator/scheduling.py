@@ -7,6 +7,7 @@ continue from their last checkpoint, the Optuna studies continue, and MLflow run
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -273,10 +274,15 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 def fill_feature_cache(spec: ExperimentSpec) -> None:
     """Encode everything the trials read (and pre-train a `synthetic` backbone) before any trial starts."""
-    for dataset in spec.datasets:
-        print(f"Feature cache for dataset '{dataset.name}' ({spec.backbone.model}, {spec.features.mode}):", flush=True)
+    for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs()):
+        rate = backbone.synthetic_negation_rate
+        print(
+            f"Feature cache for dataset '{dataset.name}' ({backbone.model}{f', negation rate {rate:g}' if rate else ''}, "
+            f"{spec.features.mode}):",
+            flush=True,
+        )
         summary = features.fill(
-            dataset, spec.backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
+            dataset, backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
             batch_size=spec.training.eval_batch_size, num_workers=spec.training.num_workers,
         )  # fmt: skip
         print(

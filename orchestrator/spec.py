@@ -134,6 +134,31 @@ LearningRate = Annotated[
 ]
 
 
+NegationRate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class BackboneSpec(BackboneConfig):
+    """`BackboneConfig`, where `synthetic_negation_rate` may also be a list: a grid axis of
+    synthetic backbones, one pre-trained checkpoint per rate (the negation testbed)."""
+
+    synthetic_negation_rate: NegationRate | Annotated[list[NegationRate], Field(min_length=1)] = 0.0
+
+    @field_validator("synthetic_negation_rate")
+    @classmethod
+    def _distinct_rates(cls, value: float | list[float]) -> float | list[float]:
+        return _unique(value) if isinstance(value, list) else value
+
+    @property
+    def negation_rates(self) -> list[float]:
+        rate = self.synthetic_negation_rate
+        return list(rate) if isinstance(rate, list) else [rate]
+
+    def configs(self) -> list[BackboneConfig]:
+        """One `BackboneConfig` per negation rate, in the spec's order."""
+        fields = self.model_dump(exclude={"synthetic_negation_rate"})
+        return [BackboneConfig(**fields, synthetic_negation_rate=rate) for rate in self.negation_rates]
+
+
 class TrainingSpec(TrainingConfig):
     """`TrainingConfig`, where a learning-rate group may also be a search range for Optuna
     (`lr: {prompt: {low: 1e-5, high: 1e-1, log: true}}`)."""
@@ -241,7 +266,7 @@ class ExperimentSpec(Strict):
     """Names the MLflow experiment and the results folder `<storage>/<name>`."""
     datasets: list[DatasetConfig] = Field(default_factory=list)
     """The multi-label datasets of the MLR setups."""
-    backbone: BackboneConfig = BackboneConfig()
+    backbone: BackboneSpec = BackboneSpec()
     features: FeatureConfig = FeatureConfig()
     setups: list[str] = Field(min_length=1)
     setup_options: dict[str, dict] = Field(default_factory=dict)
@@ -559,12 +584,19 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
 
 def _backbone_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     from trainables.clip import check_model
+    from trainables.pretrain import SYNTHETIC_WEIGHTS
 
+    problems = []
     try:
         check_model(spec.backbone.model, spec.backbone.image_size)
     except UserInputError as error:
-        return [("backbone", str(error))]
-    return []
+        problems.append(("backbone", str(error)))
+    rates = spec.backbone.negation_rates
+    if spec.backbone.pretrained != SYNTHETIC_WEIGHTS and rates != [0.0]:
+        problems.append(("backbone.synthetic_negation_rate", f"only `pretrained: {SYNTHETIC_WEIGHTS}` weights are pre-trained here, at a chosen rate"))
+    if spec.runs_ood and len(rates) > 1:
+        problems.append(("backbone.synthetic_negation_rate", f"a list of rates is an axis of the MLR setups; run '{LAPT_SETUP}' in a spec of its own"))
+    return problems
 
 
 def _family_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:

@@ -116,12 +116,16 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 
 
 def backbone_tag(config: TrialConfig | OODTrialConfig) -> str:
-    """`RN101/openai@448`: model, weights (`random` without, a checkpoint by file name), input size."""
+    """`RN101/openai@448`: model, weights (`random` without, a checkpoint by file name; synthetic
+    ones pre-trained with negated captions with their rate, `synthetic-neg0.05`), input size."""
     weights = config.backbone.pretrained
     if weights is None:
         weights = "random"
     elif Path(weights).suffix:
         weights = Path(weights).name
+    rate = config.backbone.synthetic_negation_rate
+    if rate:
+        weights = f"{weights}-neg{rate:g}"
     return f"{config.backbone.model}/{weights}@{config.backbone.image_size}"
 
 

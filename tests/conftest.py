@@ -123,6 +123,7 @@ def log_trial() -> Callable[..., str]:
         train_seconds: float = 60.0,
         params: dict[str, str] | None = None,
         trial: int = 0,
+        metrics: dict[str, float] | None = None,
     ) -> str:
         dataset, backbone = block
         cell_key = f"{setup}-{dataset}-r{ratio:g}-s{seed}"
@@ -150,6 +151,7 @@ def log_trial() -> Callable[..., str]:
             "train_seconds": train_seconds,
             "gpu_seconds": gpu_seconds,
             "kept_fraction": ratio,
+            **(metrics or {}),
         }
         config = {
             "setup": setup,

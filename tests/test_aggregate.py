@@ -132,7 +132,8 @@ def test_rerun_command_picks_the_cells_dataset_from_a_multi_dataset_spec(tmp_pat
     spec_path = tmp_path / "two.yaml"
     two_datasets = "  - {name: shapes, kind: synthetic}\n  - {name: dots, kind: synthetic, synthetic_num_classes: 4}"
     spec_path.write_text(SPEC.replace("  - {name: shapes, kind: synthetic}", two_datasets) % (tmp_path / "mlflow.db"))
-    best = pd.Series({"setup": "baseline", "dataset": "dots", "label_ratio": 0.5, "seed": 1, "params.loss.gamma_neg": "1.25"})
+    best = pd.Series({"setup": "baseline", "dataset": "dots", "label_ratio": 0.5, "seed": 1, "cell_key": "baseline-dots-r0.5-s1",
+                      "params.loss.gamma_neg": "1.25"})
     command = aggregate.rerun_command(best, ["params.loss.gamma_neg"], str(spec_path), aggregate.read_spec(spec_path), SEARCH_NAME)
     words = shlex.split(command)
     overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]

@@ -1,0 +1,192 @@
+"""The negation testbed's reading: do negative prompts gain on a backbone that has seen "no X"?
+
+An experiment whose trials ran on synthetic backbones pre-trained at several negation rates
+(`backbone.synthetic_negation_rate: [0, 0.005, 0.05, 0.25]`, search_spaces/negation_testbed.yaml)
+gets, from the `table` command, one more table and one more plot: NegativeCoOp - PositiveCoOp and
+DualCoOp - PositiveCoOp mAP against the negation rate, per label ratio and over all ratios, each as
+the mean over seeds of the paired difference, its 95% interval and the paired t-test
+(`orchestrator.paired`); beside them the backbone's section 5.2 cosines (`trainables.negation`).
+
+A cell's value is its best trial, as in the comparison table. "All" averages a seed's differences
+over the label ratios first, so the seed stays the unit of the test (n = seeds).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import rich.console
+import rich.measure
+import rich.table
+import rich.text
+from matplotlib.figure import Figure
+
+from orchestrator import plots, tables
+from orchestrator.paired import PairedDifference, paired_difference
+from orchestrator.schema import ABSENCE_METRICS
+
+RATE_PARAM = "params.backbone.synthetic_negation_rate"
+COMPARISONS = (("negative_coop", "positive_coop"), ("dual_coop", "positive_coop"))
+"""(a, b): the rows report a - b, both setups on the same backbone, ratio and seed."""
+ALL = "All"
+SIGNIFICANCE = 0.05
+COSINE_LABELS = {"absence_cosine.not_a_photo": "cos(not a photo)", "absence_cosine.photo_without": "cos(photo without)"}
+FILE_STEM = "negation"
+CAPTION = (
+    "mAP difference in points: mean over seeds [95% interval], p of the paired t-test across seeds;"
+    f" All: each seed's differences averaged over the label ratios first; bold (*): p < {SIGNIFICANCE:g}."
+    " cos: the backbone's section 5.2 cosine between 'a photo of a X' and its negation, mean over classes."
+)
+
+
+def negation_rates(trials: pd.DataFrame) -> list[float]:
+    """The distinct negation rates of the finished trials (empty when no trial logged one)."""
+    if RATE_PARAM not in trials:
+        return []
+    finished = trials[trials["status"] == "FINISHED"]
+    return sorted(finished[RATE_PARAM].dropna().astype(float).unique())
+
+
+def applies(trials: pd.DataFrame) -> bool:
+    """Whether the experiment is a negation testbed: its trials ran at more than one negation rate."""
+    return len(negation_rates(trials)) > 1
+
+
+def comparisons(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
+    """One row per (dataset, negation rate, comparison, label ratio or `All`): the paired difference
+    (`mean`, `low`, `high`, `t`, `p_value`, `n`) and the backbone's cosines (`ABSENCE_METRICS`)."""
+    cells = tables.best_per_cell(trials, metric)
+    cells = cells.assign(negation_rate=cells[RATE_PARAM].astype(float))
+    rows = []
+    for (dataset, rate), block in cells.groupby(["dataset", "negation_rate"]):
+        by_cell = block.pivot_table(index=["label_ratio", "seed"], columns="setup", values=metric)
+        cosines = {name: block[name].mean() for name in ABSENCE_METRICS}
+        for a, b in COMPARISONS:
+            if a not in by_cell or b not in by_cell:
+                continue
+            pairs = by_cell[[a, b]].dropna()
+            per_ratio = [*pairs.groupby(level="label_ratio"), (ALL, pairs.groupby(level="seed").mean())]
+            for ratio, paired in per_ratio:
+                result = paired_difference(paired[a].to_numpy(), paired[b].to_numpy())
+                rows.append({"dataset": dataset, "negation_rate": rate, "a": a, "b": b, "label_ratio": ratio,
+                             **_fields(result), **cosines})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _fields(result: PairedDifference) -> dict:
+    return {"mean": result.mean, "low": result.low, "high": result.high, "t": result.t, "p_value": result.p_value, "n": result.n}
+
+
+def comparison_label(a: str, b: str) -> str:
+    return f"{tables.SETUP_LABELS.get(a, a)} − {tables.SETUP_LABELS.get(b, b)}"
+
+
+def _cell(row: pd.Series) -> str:
+    if np.isnan(row["low"]):
+        return f"{row['mean']:+.1f} (n={row['n']})"
+    p = "" if np.isnan(row["p_value"]) else f" p={row['p_value']:.2f}"
+    return f"{row['mean']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}]{p}"
+
+
+def display(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(strings: a row per dataset, rate and comparison, a column per ratio, All and the cosines;
+    the cells whose paired test is significant)."""
+    ratios = sorted(r for r in rows["label_ratio"].unique() if r != ALL)
+    columns = [*(tables.ratio_label(r) for r in ratios), ALL, *COSINE_LABELS.values()]
+    shown, marked, index = [], [], []
+    for (dataset, rate, a, b), group in rows.groupby(["dataset", "negation_rate", "a", "b"], sort=False):
+        by_ratio = {tables.ratio_label(r) if r != ALL else ALL: row for r, row in zip(group["label_ratio"], group.to_dict("records"))}
+        first = group.iloc[0]
+        shown.append([*(_cell(pd.Series(by_ratio[c])) if c in by_ratio else tables.MISSING for c in columns[: len(ratios) + 1]),
+                      *(f"{first[name]:.3f}" for name in COSINE_LABELS)])  # fmt: skip
+        marked.append([bool(c in by_ratio and by_ratio[c]["p_value"] < SIGNIFICANCE) for c in columns[: len(ratios) + 1]]
+                      + [False] * len(COSINE_LABELS))  # fmt: skip
+        index.append((dataset, f"{rate:g}", comparison_label(a, b)))
+    names = pd.MultiIndex.from_tuples(index, names=["Dataset", "Negation rate", "Comparison"])
+    return pd.DataFrame(shown, index=names, columns=columns), pd.DataFrame(marked, index=names, columns=columns)
+
+
+def render(rows: pd.DataFrame, fmt: str, title: str) -> str:
+    """The testbed table in one of `tables.FORMATS`; CSV is the long numeric frame of `comparisons`."""
+    if fmt == "csv":
+        return rows.to_csv(index=False)
+    shown, marked = display(rows)
+    if fmt == "markdown":
+        return shown.mask(marked, "**" + shown + "**").to_markdown(disable_numparse=True) + f"\n\n- {CAPTION}\n"
+    if fmt == "latex":
+        text = shown.map(tables.latex_escape)
+        text.index = text.index.map(lambda key: tuple(tables.latex_escape(part) for part in key))
+        text.columns = text.columns.map(tables.latex_escape)
+        styler = text.style.apply(lambda _: tables.best_css(marked).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
+        return styler.to_latex(hrules=True, convert_css=True, column_format="lll" + "r" * text.shape[1],
+                               caption=tables.latex_escape(f"{title}. {CAPTION}"), position_float="centering")  # fmt: skip
+    if fmt == "html":
+        return tables.html_styler(shown, marked, [CAPTION]).to_html()
+    if fmt != "rich":
+        raise ValueError(f"unknown table format '{fmt}'")
+    output = rich.table.Table(title=title, caption=CAPTION, caption_justify="left")
+    for name in shown.index.names:
+        output.add_column(name, no_wrap=True)
+    for column in shown.columns:
+        output.add_column(column, justify="right", no_wrap=True)
+    for (key, row), (_, marks) in zip(shown.iterrows(), marked.iterrows(), strict=True):
+        cells = [rich.text.Text(f"{cell}*", style="bold") if mark else rich.text.Text(cell) for cell, mark in zip(row, marks)]
+        output.add_row(*(rich.text.Text(part) for part in key), *cells)
+    buffer = io.StringIO()
+    console = rich.console.Console(file=buffer, width=10_000)
+    natural = rich.measure.Measurement.get(console, console.options, output).maximum
+    rich.console.Console(file=buffer, width=natural).print(output)
+    return buffer.getvalue()
+
+
+def figure(rows: pd.DataFrame) -> Figure:
+    """Per dataset: the mean differences (All, with their 95% intervals; per ratio, faint) against
+    the negation rate, and the section 5.2 cosines against it. The rate axis is symmetric-log, so
+    that rate 0 and rates a decade apart are all visible."""
+    datasets = list(dict.fromkeys(rows["dataset"]))
+    colors = plots.setup_colors([a for a, _ in COMPARISONS])
+    with matplotlib.rc_context(plots.FONT):
+        fig, axes = plots.panel_grid(2 * len(datasets), columns=2, width=4.6, height=3.4)
+        for number, dataset in enumerate(datasets):
+            here = rows[rows["dataset"] == dataset]
+            differences, cosines = axes[2 * number], axes[2 * number + 1]
+            for (a, b), pair in here.groupby(["a", "b"], sort=False):
+                pooled = pair[pair["label_ratio"] == ALL]
+                error = np.vstack([pooled["mean"] - pooled["low"], pooled["high"] - pooled["mean"]])
+                differences.errorbar(pooled["negation_rate"], pooled["mean"], yerr=np.nan_to_num(error), marker="o",
+                                     capsize=3, color=colors[a], label=f"{comparison_label(a, b)} (all ratios, 95% CI)")  # fmt: skip
+                for _, ratio in pair[pair["label_ratio"] != ALL].groupby("label_ratio"):
+                    differences.plot(ratio["negation_rate"], ratio["mean"], color=colors[a], alpha=0.3, linewidth=0.8)
+            differences.axhline(0, color="black", linewidth=0.8)
+            differences.set_title(f"{dataset}: mAP difference (faint: per label ratio)")
+            differences.set_ylabel("mAP difference (points)")
+            per_rate = here.drop_duplicates("negation_rate")
+            for name, label in COSINE_LABELS.items():
+                cosines.plot(per_rate["negation_rate"], per_rate[name], marker="o", label=label)
+            cosines.set_title(f"{dataset}: section 5.2 cosine")
+            cosines.set_ylabel("cosine to 'a photo of a X'")
+            cosines.legend()
+            for axis in (differences, cosines):
+                axis.set_xscale("symlog", linthresh=min(r for r in rows["negation_rate"] if r > 0))
+                axis.set_xticks(sorted(rows["negation_rate"].unique()), [f"{r:g}" for r in sorted(rows["negation_rate"].unique())])
+                axis.set_xlabel("negation rate of the pre-training captions")
+                axis.grid(alpha=0.3)
+        handles, labels = plots.unique_legend(axes[::2])
+        fig.legend(handles, labels, loc="outside lower center")
+    return fig
+
+
+def write(rows: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
+    """The table in every format under `out_dir/tables` (`negation.*`), the plot under `out_dir/plots`."""
+    table_dir = out_dir / "tables"
+    table_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, file_name in tables.FILE_NAMES.items():
+        path = table_dir / file_name.replace("comparison", FILE_STEM)
+        path.write_text(render(rows, fmt, title))
+        written.append(path)
+    return written + plots.save_figure(figure(rows), out_dir / "plots", f"{FILE_STEM}_vs_rate")
