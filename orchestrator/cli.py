@@ -145,7 +145,7 @@ def _add_spec_command(
         "(--set training.epochs=2 --set datasets.0.synthetic_num_train=64 --set 'setups=[baseline]')",
     )
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<working dir>/mlflow.db)")
-    parser.add_argument("--storage", help="folder for Ray results, checkpoints and the Optuna database (default: runs/)")
+    parser.add_argument("--storage", help="where Ray keeps results and checkpoints: a folder (default: runs/) or s3://bucket/prefix")
     return parser
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
+
+import pyarrow.fs
 
 from trainables.errors import UserInputError
 
-from orchestrator.spec import Resources
+from orchestrator import results_store
+from orchestrator.spec import Resources, is_uri
 
 
 def alive_nodes() -> list[dict]:
@@ -40,13 +42,13 @@ def trials_that_fit(resources: Resources) -> int:
     return fits
 
 
-def check_shared_storage(folder: Path) -> None:
-    """Refuse a multi-node run whose results folder some node cannot see.
+def check_shared_storage(results: str) -> None:
+    """Refuse a multi-node run whose results (a folder or an object store URI) some node cannot reach.
 
     Trial checkpoints are written where the trial runs and read where it resumes, and the driver
-    reads every trial's results: Ray 2.7+ no longer syncs them between nodes, so the folder must be
-    on a filesystem every node mounts. Checked for real: a marker file the driver writes must be
-    visible from a task pinned to each node.
+    reads every trial's results: Ray 2.7+ no longer syncs them between nodes, so they must live on a
+    filesystem every node mounts, or in an object store every node has credentials for. Checked for
+    real: a marker the driver writes must be readable from a task pinned to each node.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -54,25 +56,41 @@ def check_shared_storage(folder: Path) -> None:
     nodes = alive_nodes()
     if len(nodes) < 2:
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f".shared-storage-check-{uuid.uuid4().hex}"
-    marker.write_text("written by the driver\n")
+    fs, path = results_store.open_location(results)
+    marker = f"{path}/.shared-storage-check-{uuid.uuid4().hex}"
+    with results_store.reaching(results):
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(marker) as stream:
+            stream.write(b"written by the driver\n")
 
     @ray.remote(num_cpus=0)
-    def sees(path: str) -> bool:
-        return Path(path).exists()
+    def reads(location: str, name: str) -> str | None:
+        """None if this node reads the marker, else why not."""
+        try:
+            node_fs, _ = pyarrow.fs.FileSystem.from_uri(location)
+            with node_fs.open_input_stream(name) as stream:
+                stream.read()
+        except OSError as error:
+            return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return None
 
     try:
-        seen = ray.get([
-            sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(marker))
+        problems = ray.get([
+            reads.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(results, marker)
             for node in nodes
         ])  # fmt: skip
     finally:
-        marker.unlink()
-    blind = [node for node, visible in zip(nodes, seen, strict=True) if not visible]
+        with results_store.reaching(results):
+            fs.delete_file(marker)
+    blind = [(node, problem) for node, problem in zip(nodes, problems, strict=True) if problem is not None]
     if blind:
-        names = ", ".join(f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node in blind)
+        names = ", ".join(f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node, _ in blind)
+        if is_uri(results):
+            raise UserInputError(
+                f"storage {results} is not reachable from Ray node(s) {names}: {blind[0][1]}; every node needs "
+                "the store's endpoint and credentials in its environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)"
+            )
         raise UserInputError(
-            f"storage {folder.parent} is not shared: Ray node(s) {names} cannot see it; a multi-node run needs "
-            "--storage on a filesystem every node mounts at the same path"
+            f"storage {results.rsplit('/', 1)[0]} is not shared: Ray node(s) {names} cannot see it; a multi-node run "
+            "needs --storage on a filesystem every node mounts at the same path, or an object store URI (s3://bucket/prefix)"
         )

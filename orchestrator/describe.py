@@ -6,7 +6,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from orchestrator import grid
-from orchestrator.spec import LoadedSpec, spec_hash
+from orchestrator.spec import LoadedSpec, is_uri, spec_hash
 
 
 def per_setup_and_dataset(loaded: LoadedSpec) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], str]:
@@ -115,7 +115,7 @@ def describe(loaded: LoadedSpec) -> str:
             f"at most {resources.max_concurrent_trials or 'as many as fit'} at once",
             "",
             *parameters,
-            f"Ray results:    {spec.experiment_dir}",
+            f"Ray results:    {spec.results}" + (f" (driver state in {spec.state_dir})" if is_uri(spec.storage) else ""),
             f"MLflow:         {spec.tracking_uri} (experiment '{spec.name}')",
             f"Feature cache:  {spec.cache_dir}",
             f"Generated data: {spec.data_dir}",

@@ -88,7 +88,7 @@ def comparison_label(a: str, b: str) -> str:
 def _cell(row: pd.Series) -> str:
     if np.isnan(row["low"]):
         return f"{row['mean']:+.1f} (n={row['n']})"
-    p = "" if np.isnan(row["p_value"]) else f" p={row['p_value']:.2f}"
+    p = "" if np.isnan(row["p_value"]) else " p<0.001" if row["p_value"] < 0.001 else f" p={row['p_value']:.3f}"
     return f"{row['mean']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}]{p}"
 
 
@@ -116,7 +116,8 @@ def render(rows: pd.DataFrame, fmt: str, title: str) -> str:
         return rows.to_csv(index=False)
     shown, marked = display(rows)
     if fmt == "markdown":
-        return shown.mask(marked, "**" + shown + "**").to_markdown(disable_numparse=True) + f"\n\n- {CAPTION}\n"
+        bold = shown.mask(marked, "**" + shown + "**").reset_index()
+        return bold.to_markdown(index=False, disable_numparse=True) + f"\n\n- {CAPTION}\n"
     if fmt == "latex":
         text = shown.map(tables.latex_escape)
         text.index = text.index.map(lambda key: tuple(tables.latex_escape(part) for part in key))
@@ -170,9 +171,12 @@ def figure(rows: pd.DataFrame) -> Figure:
             cosines.set_title(f"{dataset}: section 5.2 cosine")
             cosines.set_ylabel("cosine to 'a photo of a X'")
             cosines.legend()
+            rates = sorted(rows["negation_rate"].unique())
+            smallest = min((r for r in rates if r > 0), default=1.0)
             for axis in (differences, cosines):
-                axis.set_xscale("symlog", linthresh=min(r for r in rows["negation_rate"] if r > 0))
-                axis.set_xticks(sorted(rows["negation_rate"].unique()), [f"{r:g}" for r in sorted(rows["negation_rate"].unique())])
+                axis.set_xscale("symlog", linthresh=smallest)
+                axis.set_xlim(-0.3 * smallest, 1.5 * rates[-1])  # no empty negative half; the last point inside
+                axis.set_xticks(rates, [f"{r:g}" for r in rates])
                 axis.set_xlabel("negation rate of the pre-training captions")
                 axis.grid(alpha=0.3)
         handles, labels = plots.unique_legend(axes[::2])

@@ -8,7 +8,6 @@ continue from their last checkpoint, the Optuna studies continue, and MLflow run
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -24,13 +23,10 @@ from trainables.clip import resolve_device
 from trainables.errors import UserInputError
 from trainables import features
 
-from orchestrator import cluster, grid, tracking
+from orchestrator import cluster, grid, results_store, tracking
 from orchestrator.schema import CELL_KEY_TAG, CELL_ROLE, LAUNCH_ROLE, SPEC_HASH_TAG, TRIAL_ROLE, role_filter
 from orchestrator.spec import ExperimentSpec, LoadedSpec, spec_hash
 from orchestrator.trial_errors import HideUserErrorTracebacks, user_error_cause
-
-METADATA_FILE = "orchestrator.json"
-"""In the results folder: the spec hash and tracking URI that a resume must match."""
 
 EXIT_OK, EXIT_FAILED_TRIALS, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -50,7 +46,7 @@ class Outcome:
 
 
 def optuna_storage(spec: ExperimentSpec) -> str:
-    return f"sqlite:///{spec.experiment_dir / 'optuna.db'}"
+    return f"sqlite:///{spec.state_dir / 'optuna.db'}"
 
 
 def _trial_name(trial) -> str:
@@ -90,11 +86,8 @@ def _prepare_environment() -> None:
 
 def prepare_results_folder(spec: ExperimentSpec, digest: str, store: tracking.TrackingStore, fresh: bool) -> bool:
     """Decide between resuming and starting over; return True to resume. Refuse a changed spec."""
-    from ray import tune
-
-    folder = spec.experiment_dir
     if fresh:
-        shutil.rmtree(folder, ignore_errors=True)
+        _start_over(spec)
         store.delete_all()
         return False
     others = [r for r in store.runs(role_filter(LAUNCH_ROLE)) if r.data.tags.get(SPEC_HASH_TAG) != digest]
@@ -104,24 +97,27 @@ def prepare_results_folder(spec: ExperimentSpec, digest: str, store: tracking.Tr
             f"(hash {others[0].data.tags.get(SPEC_HASH_TAG)}, this one {digest}); pass --fresh to replace them "
             "or give the spec another name (--set name=...)"
         )
-    # `can_restore` only sees tuner.pkl, written before any trial runs; without an experiment
-    # state (Tune's `experiment_state-<time>.json`) there is nothing to resume.
-    if not (tune.Tuner.can_restore(str(folder)) and any(folder.glob("experiment_state-*.json"))):
+    if not results_store.has_tune_state(spec.results):
         # A first launch, or one killed before Tune's first save: start over.
-        shutil.rmtree(folder, ignore_errors=True)
+        _start_over(spec)
         return False
-    metadata = json.loads((folder / METADATA_FILE).read_text()) if (folder / METADATA_FILE).exists() else {}
+    metadata = results_store.read_metadata(spec.results)
     if metadata.get("spec_hash") != digest:
         raise UserInputError(
-            f"{folder} holds results of a different spec (hash {metadata.get('spec_hash')}, this one {digest}); "
+            f"{spec.results} holds results of a different spec (hash {metadata.get('spec_hash')}, this one {digest}); "
             "pass --fresh to start over or give the spec another name (--set name=...)"
         )
     if metadata.get("tracking_uri") != spec.tracking_uri:
         raise UserInputError(
-            f"{folder} was logged to MLflow at {metadata.get('tracking_uri')}; resume with "
+            f"{spec.results} was logged to MLflow at {metadata.get('tracking_uri')}; resume with "
             f"--tracking-uri {metadata.get('tracking_uri')} or pass --fresh"
         )
     return True
+
+
+def _start_over(spec: ExperimentSpec) -> None:
+    results_store.delete(spec.results)
+    shutil.rmtree(spec.state_dir, ignore_errors=True)
 
 
 def _start_ray(address: str | None) -> bool:
@@ -149,7 +145,7 @@ def _start_ray(address: str | None) -> bool:
 
 
 def _deliver(spec: ExperimentSpec, digest: str) -> None:
-    delivered = tracking.deliver_undelivered(spec.tracking_uri, spec.name, digest, spec.experiment_dir)
+    delivered = tracking.deliver_undelivered(spec.tracking_uri, spec.name, digest, spec.state_dir, spec.results)
     if delivered:
         print(f"Delivered to MLflow the results of {delivered} trial(s) it had missed", flush=True)
 
@@ -186,7 +182,7 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
     )
     if resume:
         return tune.Tuner.restore(
-            str(spec.experiment_dir), trainable, resume_unfinished=True, resume_errored=True, param_space={}
+            spec.results, trainable, resume_unfinished=True, resume_errored=True, param_space={}
         )
     scheduler = None
     if spec.scheduler.kind == "asha":
@@ -210,9 +206,9 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
         ),
         run_config=tune.RunConfig(
             name=spec.name,
-            storage_path=str(spec.storage),
+            storage_path=spec.storage,
             callbacks=[
-                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest, spec.experiment_dir),
+                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest, spec.state_dir),
                 ProgressTable(),
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
@@ -301,9 +297,9 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
     digest = spec_hash(spec)
     store = tracking.TrackingStore(spec.tracking_uri, spec.name)
     resume = prepare_results_folder(spec, digest, store, fresh)
-    spec.experiment_dir.mkdir(parents=True, exist_ok=True)
-    (spec.experiment_dir / METADATA_FILE).write_text(
-        json.dumps({"spec_hash": digest, "tracking_uri": spec.tracking_uri, "spec_path": str(loaded.path)}, indent=2)
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    results_store.write_metadata(
+        spec.results, {"spec_hash": digest, "tracking_uri": spec.tracking_uri, "spec_path": str(loaded.path)}
     )
     leftovers = store.close_running("FAILED")  # runs a crashed driver left RUNNING
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
@@ -311,7 +307,7 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
 
     print(
         f"{'Resuming' if resume else 'Starting'} '{spec.name}': {plan.total_trials} trials in "
-        f"{len(plan.cells)} cells; results in {spec.experiment_dir}; MLflow at {spec.tracking_uri}"
+        f"{len(plan.cells)} cells; results in {spec.results}; MLflow at {spec.tracking_uri}"
         + (f" ({leftovers} runs a crash left RUNNING marked FAILED until resumed)" if leftovers else ""),
         flush=True,
     )
@@ -327,22 +323,22 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
     try:
         _keep_resources_busy(spec)
         if address is not None:
-            cluster.check_shared_storage(spec.experiment_dir)
+            cluster.check_shared_storage(spec.results)
         _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
         results = _build_tuner(plan, digest, resume).fit()
-        if tracking.Undelivered(spec.experiment_dir).trials():
+        if tracking.Undelivered(spec.state_dir).trials():
             tracking.check_reachable(spec.tracking_uri)  # still down: the results wait (below)
             _deliver(spec, digest)
     except KeyboardInterrupt:
         stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
     except UserInputError as error:
-        waiting = tracking.Undelivered(spec.experiment_dir).trials()
+        waiting = tracking.Undelivered(spec.state_dir).trials()
         if not waiting:
             store.close_running("FAILED")
             raise
         # Tune has finished; only MLflow is missing results. Nothing is lost: Ray's results hold them.
         print(
-            f"{error}\nThe results of {len(waiting)} trial(s) wait in {spec.experiment_dir}; run the same command "
+            f"{error}\nThe results of {len(waiting)} trial(s) wait in {spec.results}; run the same command "
             "again once the server answers to deliver them (finished trials are not rerun).",
             file=sys.stderr,
         )
@@ -372,7 +368,7 @@ def _report(spec: ExperimentSpec, outcome: Outcome) -> None:
     elif outcome.failed:
         print(
             f"{outcome.failed} of {outcome.expected} trials failed (errors in each trial's folder under "
-            f"{spec.experiment_dir}); run the same command again to retry them from their last checkpoint."
+            f"{spec.results}); run the same command again to retry them from their last checkpoint."
         )
     else:
         print(f"All {outcome.expected} trials finished. Browse them with: python -m orchestrator ui")

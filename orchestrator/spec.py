@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from trainables.config import (
     BackboneConfig,
@@ -41,6 +41,9 @@ _TAG = "~"
 
 _ALL_GROUPS = frozenset({"prompt", "embedding", "projector"})
 """Every learning-rate group a setup may have (docs/ARCHITECTURE.md); the default `training.lr` names all three."""
+
+STORAGE_SCHEMES = ("s3", "gs", "abfs", "abfss", "hdfs")
+"""Object stores Ray Tune writes to through pyarrow.fs (S3, through MinIO, is the one tested here)."""
 
 _TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
@@ -263,7 +266,7 @@ class ExperimentSpec(Strict):
     trains, what is searched, how trials are scheduled, and where results go."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    """Names the MLflow experiment and the results folder `<storage>/<name>`."""
+    """Names the MLflow experiment and the results `<storage>/<name>`."""
     datasets: list[DatasetConfig] = Field(default_factory=list)
     """The multi-label datasets of the MLR setups."""
     backbone: BackboneSpec = BackboneSpec()
@@ -282,8 +285,14 @@ class ExperimentSpec(Strict):
     search: Search = GridSearch()
     scheduler: Scheduler = NoScheduler()
     resources: Resources = Resources()
-    storage: Path = Field(Path("runs"), validate_default=True)
-    """Ray Tune results, checkpoints and the Optuna database: `<storage>/<name>/`."""
+    storage: str = Field("runs", validate_default=True)
+    """Where Ray Tune keeps results and checkpoints, `<storage>/<name>`: a folder (on a cluster, one
+    every node mounts at the same path) or an object store URI (`s3://bucket/prefix`; MinIO and
+    other S3 endpoints through AWS_ENDPOINT_URL, credentials as boto3 reads them, on every node)."""
+    state_dir: Path | None = Field(None, validate_default=True)
+    """The driver's own files: the Optuna database, the run's metadata, the trials MLflow missed.
+    Default: the results folder itself when `storage` is a folder, `runs/<name>` of the working
+    directory when it is a URI (keep it on a volume that outlives the driver to resume there)."""
     data_dir: Path = Field(Path("runs/data"), validate_default=True)
     """Where generated (synthetic) datasets are written."""
     cache_dir: Path = Field(Path("runs/cache"), validate_default=True)
@@ -328,10 +337,33 @@ class ExperimentSpec(Strict):
             for d in value
         ]
 
-    @field_validator("storage", "data_dir", "cache_dir")
+    @field_validator("data_dir", "cache_dir")
     @classmethod
     def _absolute_path(cls, value: Path) -> Path:
         return _absolute(value)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme in STORAGE_SCHEMES:
+            if not urlparse(value).netloc:
+                raise ValueError(f"'{value}' names no bucket: {scheme}://bucket/prefix")
+            return value.rstrip("/")
+        if "://" in value:
+            raise ValueError(f"'{value}': storage is a folder or a {'/'.join(STORAGE_SCHEMES)} URI")
+        return str(_absolute(Path(value)))
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            return _absolute(value)
+        if "storage" not in info.data or "name" not in info.data:
+            return None  # reported by their own validation
+        if is_uri(info.data["storage"]):
+            return _absolute(Path("runs") / info.data["name"])
+        return Path(info.data["storage"]) / info.data["name"]
 
     @field_validator("tracking_uri")
     @classmethod
@@ -339,9 +371,9 @@ class ExperimentSpec(Strict):
         return resolve_tracking_uri(value)
 
     @property
-    def experiment_dir(self) -> Path:
-        """Ray Tune's experiment folder for this spec; the Optuna database lives in it too."""
-        return self.storage / self.name
+    def results(self) -> str:
+        """Ray Tune's experiment folder or URI for this spec, `<storage>/<name>`."""
+        return f"{self.storage}/{self.name}"
 
     def search_space(self, setup: str) -> dict[str, SearchRange]:
         """What Optuna searches in `setup`'s cells, by parameter name: the loss ranges (`gamma_neg`)
@@ -371,6 +403,11 @@ class ExperimentSpec(Strict):
             if value is not None:  # a missing group is reported by validation
                 rates[group] = value
         return rates
+
+
+def is_uri(storage: str) -> bool:
+    """Whether a spec's `storage` is an object store URI rather than a folder."""
+    return urlparse(storage).scheme in STORAGE_SCHEMES
 
 
 def resolve_tracking_uri(value: str | None) -> str:
@@ -573,8 +610,8 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
         )
     for field in ("data_dir", "cache_dir"):
         # `--fresh` deletes the experiment folder; it must not hold data shared with other specs.
-        if getattr(spec, field).is_relative_to(spec.experiment_dir):
-            inside = f"{getattr(spec, field)} lies inside this spec's results folder {spec.experiment_dir}"
+        if getattr(spec, field).is_relative_to(spec.state_dir):
+            inside = f"{getattr(spec, field)} lies inside this spec's folder {spec.state_dir}"
             problems.append((field, inside))
     if check_data:
         problems += _dataset_problems(spec)

@@ -267,8 +267,9 @@ def is_unreachable(error: BaseException) -> bool:
 
 
 class Undelivered:
-    """The trials whose MLflow logging an unreachable server interrupted, listed in the results
-    folder (`mlflow-undelivered.json`), so that a later launch delivers them from Ray's results."""
+    """The trials whose MLflow logging an unreachable server interrupted, listed in the driver's
+    folder (`mlflow-undelivered.json` in `ExperimentSpec.state_dir`), so that a later launch
+    delivers them from Ray's results."""
 
     FILE = "mlflow-undelivered.json"
 
@@ -325,7 +326,7 @@ class MlflowCallback(Callback):
         self.experiment_name = experiment_name
         self.spec_hash = spec_hash
         self.results_dir = results_dir
-        """Tune's experiment folder: where the trials that MLflow missed are listed (`Undelivered`)."""
+        """The driver's folder (`ExperimentSpec.state_dir`): where the trials that MLflow missed are listed (`Undelivered`)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -521,26 +522,28 @@ class MlflowCallback(Callback):
         self.store.client.set_tag(run_id, LAST_FAILURE_TAG, error_summary(trial))
 
 
-def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str, results_dir: Path) -> int:
-    """Log what MLflow missed while its server was down, from Ray's results folder; return how many
-    trials were delivered. Every listed trial's run is rebuilt to what Ray holds (epochs it already
+def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str, state_dir: Path, results: str) -> int:
+    """Log what MLflow missed while its server was down (listed in `state_dir`), from Ray's results
+    (`results`: a folder or a URI); return how many trials were delivered. Every listed trial's run is rebuilt to what Ray holds (epochs it already
     has are not logged again); a finished or failed trial's run is closed, an unfinished one stays
     RUNNING for Tune to continue. Needs Ray initialised (Tune reads its experiment state)."""
     from ray.tune import ExperimentAnalysis
 
-    undelivered = Undelivered(results_dir)
+    from orchestrator import results_store
+
+    undelivered = Undelivered(state_dir)
     listed = set(undelivered.trials())
     if not listed:
         return 0
     replay = MlflowCallback(tracking_uri, experiment_name, spec_hash)  # without results_dir: not guarded
     replay.setup()
     delivered = 0
-    for trial in ExperimentAnalysis(str(results_dir)).trials:
+    fs, _ = results_store.open_location(results)
+    for trial in ExperimentAnalysis(results).trials:
         if trial.trial_id not in listed:
             continue
         replay.on_trial_start(0, [], trial)
-        results = Path(trial.path, "result.json")
-        for line in results.read_text().splitlines() if results.is_file() else []:
+        for line in _result_lines(fs, f"{trial.path}/result.json"):
             replay.on_trial_result(0, [], trial, json.loads(line))
         if trial.status == "TERMINATED":
             replay.on_trial_complete(0, [], trial)
@@ -549,3 +552,13 @@ def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str,
         delivered += 1
     undelivered.clear()
     return delivered
+
+
+def _result_lines(fs, path: str) -> list[str]:
+    """The lines of a trial's `result.json` (none before its first report)."""
+    import pyarrow.fs
+
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return []
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode().splitlines()

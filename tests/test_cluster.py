@@ -44,8 +44,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_cli(*args: str, prefix: tuple[str, ...] = ()) -> None:
-    done = subprocess.run([*prefix, shutil.which("ray"), *args], env=ENV, capture_output=True, text=True, timeout=120)
+def ray_cli(*args: str, prefix: tuple[str, ...] = (), env: dict | None = None) -> None:
+    done = subprocess.run([*prefix, shutil.which("ray"), *args], env=env or ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -55,14 +55,15 @@ class TwoNodes:
     in its own PID namespace, so that `lose_worker` ends all of its processes at once, as a machine
     that goes away."""
 
-    def __init__(self, worker_prefix: tuple[str, ...] = (), killable: bool = False):
+    def __init__(self, worker_prefix: tuple[str, ...] = (), killable: bool = False, env: dict | None = None,
+                 worker_env: dict | None = None):  # fmt: skip
         self.address = f"127.0.0.1:{free_port()}"
         ray_cli("stop", "--force")
         ray_cli("start", "--head", f"--port={self.address.split(':')[1]}", "--num-cpus=1", "--include-dashboard=false",
-                "--disable-usage-stats")  # fmt: skip
+                "--disable-usage-stats", env=env)  # fmt: skip
         self.worker = None
         if not killable:
-            ray_cli("start", f"--address={self.address}", "--num-cpus=1", prefix=worker_prefix)
+            ray_cli("start", f"--address={self.address}", "--num-cpus=1", prefix=worker_prefix, env=worker_env or env)
             return
         self.worker = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", shutil.which("ray"), "start", f"--address={self.address}",
@@ -132,6 +133,52 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+class ObjectStore:
+    """An S3 endpoint on loopback (moto's server) with one bucket, `results`; `env` points boto3 and
+    pyarrow (so Ray Tune, on every node) at it, as AWS_ENDPOINT_URL points them at MinIO in compose."""
+
+    BUCKET = "results"
+
+    def __init__(self, folder: Path):
+        port = free_port()
+        self.env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test-key",
+                    "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=open(folder / "moto.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_for(lambda: self._answers(), timeout=60)
+        self.client().create_bucket(Bucket=self.BUCKET)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", int(self.env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])), timeout=1):
+                return True
+        except OSError:
+            return self.process.poll() is not None  # ended: the client call below says why
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"], aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"], region_name=self.env["AWS_DEFAULT_REGION"])  # fmt: skip
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix)
+        return [entry["Key"].removeprefix(prefix) for page in pages for entry in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def object_store(tmp_path_factory):
+    store = ObjectStore(tmp_path_factory.mktemp("object-store"))
+    yield store
+    store.stop()
+
+
 def run_cli(cwd: Path, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     (cwd / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     return subprocess.run(
@@ -181,6 +228,61 @@ def test_results_folder_a_node_cannot_see_is_refused_before_any_trial(tmp_path, 
     assert f"storage {storage} is not shared" in done.stderr
     assert "Traceback" not in done.stderr
     assert not list((storage / SPEC["name"]).glob("*/result.json"))  # no trial ran
+
+
+def test_results_go_to_an_object_store_from_both_nodes_and_resume_from_there(tmp_path, mlflow_server, object_store):
+    env = {**ENV, **object_store.env}
+    command = ("--address", None, "--tracking-uri", mlflow_server.uri, "--storage", "s3://results/grids", "--set", "name=in_s3")
+    nodes = TwoNodes(env=env)
+    try:
+        arguments = [nodes.address if word is None else word for word in command]
+        done = run_cli(tmp_path, *arguments, env=env)
+        again = run_cli(tmp_path, *arguments, env=env)
+    finally:
+        nodes.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "results in s3://results/grids/in_s3" in done.stdout
+    keys = object_store.keys("grids/in_s3/")
+    assert "orchestrator.json" in keys and "tuner.pkl" in keys and any(k.startswith("experiment_state-") for k in keys)
+    trial_results = sorted(k for k in keys if k.endswith("/result.json"))
+    assert len(trial_results) == 4
+    assert sum("/checkpoint_" in k for k in keys) >= 4  # every trial's checkpoints, from whichever node ran it
+    # Only the driver's own state is on this disk, no trial results.
+    assert not list((tmp_path / "runs").rglob("result.json"))
+
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("in_s3")
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags[ROLE_TAG] == TRIAL_ROLE]
+    assert len(trials) == 4 and {run.info.status for run in trials} == {"FINISHED"}
+    assert len({run.data.tags[RAY_NODE_TAG].split()[0] for run in trials}) == 2
+    # The same command again resumes from the store: nothing reruns, no epoch is logged twice.
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Resuming 'in_s3'" in again.stdout and "All 4 trials finished" in again.stdout
+    for run in trials:
+        assert len(client.get_metric_history(run.info.run_id, "mAP")) == 2
+
+
+def test_an_object_store_a_node_cannot_reach_is_refused_before_any_trial(tmp_path, mlflow_server, object_store):
+    env = {**ENV, **object_store.env}
+    closed = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}  # the worker's endpoint answers nothing
+    nodes = TwoNodes(env=env, worker_env=closed)
+    try:
+        done = run_cli(tmp_path, "--address", nodes.address, "--tracking-uri", mlflow_server.uri,
+                       "--storage", "s3://results/grids", "--set", "name=unreachable", env=env)  # fmt: skip
+    finally:
+        nodes.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: storage s3://results/grids/unreachable is not reachable from Ray node(s) 127.0.0.1")
+    assert "AWS_ENDPOINT_URL" in line
+    assert not [k for k in object_store.keys("grids/unreachable/") if k.endswith("result.json")]  # no trial ran
+
+
+def test_a_missing_bucket_is_one_line(tmp_path, object_store):
+    done = run_cli(tmp_path, "--storage", "s3://no-such-bucket/grids", env={**ENV, **object_store.env})
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot use storage s3://no-such-bucket/grids/two_nodes: ") and "no-such-bucket" in line
 
 
 def test_compose_mlflow_server_lets_in_only_its_users(tmp_path):

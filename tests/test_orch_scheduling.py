@@ -7,7 +7,8 @@ import json
 import pytest
 
 from orchestrator import tracking
-from orchestrator.scheduling import METADATA_FILE, prepare_results_folder
+from orchestrator.results_store import METADATA_FILE
+from orchestrator.scheduling import prepare_results_folder
 from orchestrator.spec import spec_hash
 from trainables.errors import UserInputError
 
@@ -24,24 +25,24 @@ def store(spec):
 
 def saved_experiment(spec, digest: str, tracking_uri: str) -> None:
     """A results folder Tune can restore (its experiment state file) with the orchestrator's metadata."""
-    spec.experiment_dir.mkdir(parents=True)
-    (spec.experiment_dir / "tuner.pkl").write_bytes(b"")
-    (spec.experiment_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
-    (spec.experiment_dir / METADATA_FILE).write_text(json.dumps({"spec_hash": digest, "tracking_uri": tracking_uri}))
+    spec.state_dir.mkdir(parents=True)
+    (spec.state_dir / "tuner.pkl").write_bytes(b"")
+    (spec.state_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (spec.state_dir / METADATA_FILE).write_text(json.dumps({"spec_hash": digest, "tracking_uri": tracking_uri}))
 
 
 def test_the_same_spec_resumes(spec, store):
     saved_experiment(spec, spec_hash(spec), spec.tracking_uri)
     assert prepare_results_folder(spec, spec_hash(spec), store, fresh=False) is True
-    assert spec.experiment_dir.is_dir()
+    assert spec.state_dir.is_dir()
 
 
 def test_a_folder_tune_cannot_restore_is_started_over(spec, store):
-    spec.experiment_dir.mkdir(parents=True)
-    (spec.experiment_dir / "tuner.pkl").write_bytes(b"")  # killed before Tune saved any state
-    (spec.experiment_dir / "optuna.db").write_text("stale")
+    spec.state_dir.mkdir(parents=True)
+    (spec.state_dir / "tuner.pkl").write_bytes(b"")  # killed before Tune saved any state
+    (spec.state_dir / "optuna.db").write_text("stale")
     assert prepare_results_folder(spec, spec_hash(spec), store, fresh=False) is False
-    assert not spec.experiment_dir.exists()
+    assert not spec.state_dir.exists()
 
 
 def test_a_changed_spec_is_refused(spec, store):
@@ -60,7 +61,7 @@ def test_fresh_deletes_the_folder_and_the_runs(spec, store, tmp_path):
     saved_experiment(spec, "0ld0ld0ld0ld", spec.tracking_uri)
     store.launch_run("0ld0ld0ld0ld", "", tmp_path / "again.yaml", "c")
     assert prepare_results_folder(spec, spec_hash(spec), store, fresh=True) is False
-    assert not spec.experiment_dir.exists()
+    assert not spec.state_dir.exists()
     assert store.runs() == []
 
 

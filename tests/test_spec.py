@@ -24,11 +24,20 @@ def problems(path: Path, overrides=()) -> list[str]:
 
 def test_valid_spec_gets_absolute_defaults_under_the_working_directory(make_spec, tmp_path):
     spec = make_spec()
-    assert spec.storage == tmp_path / "runs"
+    assert spec.storage == str(tmp_path / "runs")
     assert spec.data_dir == tmp_path / "runs" / "data"
     assert spec.cache_dir == tmp_path / "runs" / "cache"
     assert spec.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert spec.experiment_dir == tmp_path / "runs" / "unit"
+    assert spec.state_dir == tmp_path / "runs" / "unit"
+    assert spec.results == str(tmp_path / "runs" / "unit")
+
+
+def test_object_store_results_keep_the_drivers_state_in_the_working_directory(make_spec, tmp_path):
+    spec = make_spec(storage="s3://bucket/grids/")
+    assert (spec.storage, spec.results) == ("s3://bucket/grids", "s3://bucket/grids/unit")
+    assert spec.state_dir == tmp_path / "runs" / "unit"
+    assert make_spec(storage="s3://bucket/grids", state_dir="/vol/state").state_dir == Path("/vol/state")
+    assert spec_hash(spec) == spec_hash(make_spec())  # where results go does not change them
 
 
 @pytest.mark.parametrize(
@@ -36,6 +45,8 @@ def test_valid_spec_gets_absolute_defaults_under_the_working_directory(make_spec
     [
         ({"label_ratios": [0.1, 1.5]}, "label_ratios.1", "less than or equal to 1"),
         ({"label_ratios": [0.0]}, "label_ratios.0", "greater than 0"),
+        ({"storage": "s3:///prefix"}, "storage", "names no bucket"),
+        ({"storage": "ftp://host/results"}, "storage", "storage is a folder or a s3/gs/abfs/abfss/hdfs URI"),
         ({"setups": ["baseline", "triple_coop"]}, "setups", "unknown setup(s) ['triple_coop']"),
         ({"trainig": {"epochs": 3}}, "trainig", "unknown key; expected one of: name, datasets"),
         ({"training": {"epocs": 3}}, "training.epocs", "unknown key; expected one of: epochs, batch_size"),
@@ -89,7 +100,7 @@ def test_loss_axis_bounds_come_from_the_loss_config(write_spec, minimal_spec):
         ({"lr_per_setup": {"dual_coop": {"projector": 0.1}}}, "lr_per_setup.dual_coop", "no parameter group(s) ['projector']"),
         ({"setup_options": {"dual_coop": {"n_kontext": 4}}, "setups": ["baseline"]}, "setup_options.dual_coop", "n_kontext"),
         ({"scheduler": {"kind": "asha", "grace_period": 5}}, "scheduler.grace_period", "more than training.epochs (2)"),
-        ({"cache_dir": "runs/unit/cache"}, "cache_dir", "inside this spec's results folder"),
+        ({"cache_dir": "runs/unit/cache"}, "cache_dir", "inside this spec's folder"),
         ({"datasets": [{"name": "voc", "kind": "voc", "root": "no/such/voc"}]}, "datasets.0", "no/such/voc"),
     ],
 )
