@@ -240,14 +240,7 @@ def write_ood_outputs(table: pd.DataFrame, title: str, out_dir: Path) -> list[Pa
     """The OOD table in every format under `out_dir/tables` (`ood_detection.*`)."""
     from orchestrator import ood_table, tables
 
-    table_dir = out_dir / "tables"
-    table_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt, file_name in tables.FILE_NAMES.items():
-        path = table_dir / file_name.replace("comparison", "ood_detection")
-        path.write_text(ood_table.render(table, fmt, title))
-        written.append(path)
-    return written
+    return tables.write_formats(out_dir, "ood_detection", lambda fmt: ood_table.render(table, fmt, title))
 
 
 def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_dir: Path) -> str:

@@ -13,16 +13,11 @@ over the label ratios first, so the seed stays the unit of the test (n = seeds).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
-import rich.console
-import rich.measure
-import rich.table
-import rich.text
 from matplotlib.figure import Figure
 
 from orchestrator import plots, tables
@@ -115,33 +110,7 @@ def render(rows: pd.DataFrame, fmt: str, title: str) -> str:
     if fmt == "csv":
         return rows.to_csv(index=False)
     shown, marked = display(rows)
-    if fmt == "markdown":
-        bold = shown.mask(marked, "**" + shown + "**").reset_index()
-        return bold.to_markdown(index=False, disable_numparse=True) + f"\n\n- {CAPTION}\n"
-    if fmt == "latex":
-        text = shown.map(tables.latex_escape)
-        text.index = text.index.map(lambda key: tuple(tables.latex_escape(part) for part in key))
-        text.columns = text.columns.map(tables.latex_escape)
-        styler = text.style.apply(lambda _: tables.best_css(marked).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
-        return styler.to_latex(hrules=True, convert_css=True, column_format="lll" + "r" * text.shape[1],
-                               caption=tables.latex_escape(f"{title}. {CAPTION}"), position_float="centering")  # fmt: skip
-    if fmt == "html":
-        return tables.html_styler(shown, marked, [CAPTION]).to_html()
-    if fmt != "rich":
-        raise ValueError(f"unknown table format '{fmt}'")
-    output = rich.table.Table(title=title, caption=CAPTION, caption_justify="left")
-    for name in shown.index.names:
-        output.add_column(name, no_wrap=True)
-    for column in shown.columns:
-        output.add_column(column, justify="right", no_wrap=True)
-    for (key, row), (_, marks) in zip(shown.iterrows(), marked.iterrows(), strict=True):
-        cells = [rich.text.Text(f"{cell}*", style="bold") if mark else rich.text.Text(cell) for cell, mark in zip(row, marks)]
-        output.add_row(*(rich.text.Text(part) for part in key), *cells)
-    buffer = io.StringIO()
-    console = rich.console.Console(file=buffer, width=10_000)
-    natural = rich.measure.Measurement.get(console, console.options, output).maximum
-    rich.console.Console(file=buffer, width=natural).print(output)
-    return buffer.getvalue()
+    return tables.render_marked(shown, marked, fmt, title, CAPTION)
 
 
 def figure(rows: pd.DataFrame) -> Figure:
@@ -186,11 +155,5 @@ def figure(rows: pd.DataFrame) -> Figure:
 
 def write(rows: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
     """The table in every format under `out_dir/tables` (`negation.*`), the plot under `out_dir/plots`."""
-    table_dir = out_dir / "tables"
-    table_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt, file_name in tables.FILE_NAMES.items():
-        path = table_dir / file_name.replace("comparison", FILE_STEM)
-        path.write_text(render(rows, fmt, title))
-        written.append(path)
+    written = tables.write_formats(out_dir, FILE_STEM, lambda fmt: render(rows, fmt, title))
     return written + plots.save_figure(figure(rows), out_dir / "plots", f"{FILE_STEM}_vs_rate")

@@ -9,16 +9,11 @@ Rows: the variants of `orchestrator.ood_spec.VARIANTS` (and a label ratio when s
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from importlib import resources
 
 import pandas as pd
-import rich.console
-import rich.measure
-import rich.table
-import rich.text
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tables
@@ -117,29 +112,4 @@ def render(table: pd.DataFrame, fmt: str, title: str) -> str:
         flat.columns = [f"{place}.{metric}" for place, metric in table.columns]
         return flat.to_csv()
     shown, best = display(table)
-    if fmt == "markdown":
-        bold = shown.mask(best, "**" + shown + "**")
-        return bold.to_markdown(disable_numparse=True) + f"\n\n- {CAPTION}\n"
-    if fmt == "latex":
-        text = shown.map(tables.latex_escape)
-        text.index = text.index.map(tables.latex_escape)
-        text.columns = text.columns.map(tables.latex_escape)
-        styler = text.style.apply(lambda _: tables.best_css(best).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
-        return styler.to_latex(hrules=True, convert_css=True, column_format="l" + "r" * text.shape[1],
-                               caption=tables.latex_escape(f"{title}. {CAPTION}"), position_float="centering")  # fmt: skip
-    if fmt == "html":
-        return tables.html_styler(shown, best, [CAPTION]).to_html()
-    if fmt != "rich":
-        raise ValueError(f"unknown table format '{fmt}'")
-    output = rich.table.Table(title=title, caption=CAPTION, caption_justify="left")
-    output.add_column("Variant", no_wrap=True)
-    for column in shown.columns:
-        output.add_column(column, justify="right", no_wrap=True)
-    for (label, row), (_, marks) in zip(shown.iterrows(), best.iterrows(), strict=True):
-        cells = [rich.text.Text(f"{cell}*", style="bold") if mark else rich.text.Text(cell) for cell, mark in zip(row, marks)]
-        output.add_row(rich.text.Text(label), *cells)  # Text: "[reference]" is not markup
-    buffer = io.StringIO()
-    console = rich.console.Console(file=buffer, width=10_000)
-    natural = rich.measure.Measurement.get(console, console.options, output).maximum
-    rich.console.Console(file=buffer, width=natural).print(output)
-    return buffer.getvalue()
+    return tables.render_marked(shown, best, fmt, title, CAPTION)

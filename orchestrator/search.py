@@ -19,7 +19,6 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from orchestrator.grid import Cell, Plan, make_trial
-from orchestrator.spec import ExperimentSpec
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial as RayTrial

@@ -16,7 +16,8 @@ import io
 import math
 import re
 from importlib import resources
-from typing import TYPE_CHECKING, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, TextIO
 
 import numpy as np
 import pandas as pd
@@ -605,3 +606,51 @@ def render(table: ComparisonTable, fmt: str, title: str | None = None) -> str:
     if fmt not in renderers:
         raise UserInputError(f"unknown table format '{fmt}': choose one of {', '.join(FORMATS)}")
     return renderers[fmt](table)
+
+
+def render_marked(shown: pd.DataFrame, marked: pd.DataFrame, fmt: str, title: str, caption: str) -> str:
+    """A table of strings (its index: the row labels, one column per level) with some cells marked
+    bold, as text in one of FORMATS except csv: the conventions of the comparison table (bold and *,
+    LaTeX escaping and booktabs, the same HTML style, the caption under it)."""
+    labels = list(shown.index.names) if shown.index.names[0] is not None else [""]
+    if fmt == "markdown":
+        bold = shown.mask(marked, "**" + shown + "**")
+        return bold.reset_index().to_markdown(index=False, disable_numparse=True) + f"\n\n- {caption}\n"
+    if fmt == "latex":
+        text = shown.map(latex_escape)
+        escape = lambda key: tuple(map(latex_escape, key)) if isinstance(key, tuple) else latex_escape(key)  # noqa: E731
+        text.index = text.index.map(escape)
+        text.columns = text.columns.map(latex_escape)
+        styler = text.style.apply(lambda _: best_css(marked).set_axis(text.index).set_axis(text.columns, axis=1), axis=None)
+        return styler.to_latex(hrules=True, convert_css=True, column_format="l" * len(labels) + "r" * text.shape[1],
+                               caption=latex_escape(f"{title}. {caption}"), position_float="centering")  # fmt: skip
+    if fmt == "html":
+        return html_styler(shown, marked, [caption]).to_html()
+    if fmt != "rich":
+        raise ValueError(f"unknown table format '{fmt}'")
+    output = rich.table.Table(title=title, caption=caption, caption_justify="left")
+    for label in labels:
+        output.add_column(label, no_wrap=True)
+    for column in shown.columns:
+        output.add_column(column, justify="right", no_wrap=True)
+    for (key, row), (_, marks) in zip(shown.iterrows(), marked.iterrows(), strict=True):
+        cells = [rich.text.Text(f"{cell}*", style="bold") if mark else rich.text.Text(cell) for cell, mark in zip(row, marks)]
+        keys = key if isinstance(key, tuple) else (key,)
+        output.add_row(*(rich.text.Text(str(part)) for part in keys), *cells)  # Text: "[reference]" is not markup
+    buffer = io.StringIO()
+    console = rich.console.Console(file=buffer, width=10_000)
+    natural = rich.measure.Measurement.get(console, console.options, output).maximum
+    rich.console.Console(file=buffer, width=natural).print(output)
+    return buffer.getvalue()
+
+
+def write_formats(out_dir: Path, stem: str, render: Callable[[str], str]) -> list[Path]:
+    """`render(fmt)` for every format, written under `out_dir/tables` as `<stem>.<extension>`."""
+    table_dir = out_dir / "tables"
+    table_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, file_name in FILE_NAMES.items():
+        path = table_dir / file_name.replace("comparison", stem)
+        path.write_text(render(fmt))
+        written.append(path)
+    return written

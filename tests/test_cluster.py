@@ -89,7 +89,17 @@ class TwoNodes:
         ray_cli("stop", "--force")
 
 
-class MlflowServer:
+class ServerProcess:
+    """A server started in its own session, stopped with everything it started."""
+
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+class MlflowServer(ServerProcess):
     """`mlflow server` on loopback with a SQLite backend and served artifacts; or, given `auth`
     (username, password), docker/mlflow-entrypoint.sh: the compose file's server with basic auth."""
 
@@ -122,10 +132,6 @@ class MlflowServer:
             assert self.process.poll() is None and time.monotonic() < deadline, (folder / "mlflow-server.txt").read_text()
             time.sleep(1)
 
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=60)
-
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
@@ -134,7 +140,7 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-class ObjectStore:
+class ObjectStore(ServerProcess):
     """An S3 endpoint on loopback (moto's server) with one bucket, `results`; `env` points boto3 and
     pyarrow (so Ray Tune, on every node) at it, as AWS_ENDPOINT_URL points them at MinIO in compose."""
 
@@ -167,10 +173,6 @@ class ObjectStore:
     def keys(self, prefix: str) -> list[str]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.BUCKET, Prefix=prefix)
         return [entry["Key"].removeprefix(prefix) for page in pages for entry in page.get("Contents", [])]
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
