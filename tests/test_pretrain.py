@@ -132,3 +132,25 @@ def test_resolve_pretrained_maps_only_the_reserved_value(tmp_path, monkeypatch):
     backbone = BackboneConfig(model="RN-tiny", pretrained="synthetic", image_size=128, synthetic_negation_rate=0.05)
     resolved = pretrain.resolve_pretrained(backbone, tmp_path)
     assert resolved == str(tmp_path / "x.pt") and calls == [("RN-tiny", 128, tmp_path, 0.05)]
+
+
+def test_a_trial_on_synthetic_weights_reports_its_checkpoint_and_recipe(checkpoint, tmp_path, monkeypatch):
+    """What MLflow gets as `resolved.backbone.synthetic_*`: the file the trial loaded and what trained it."""
+    from trainables.config import TrialConfig
+    from trainables.train import run_epochs
+
+    monkeypatch.setattr(pretrain, "synthetic_clip_checkpoint", lambda *args, **kwargs: checkpoint)
+    config = TrialConfig(
+        setup="baseline",
+        dataset=DatasetConfig(name="shapes", kind="synthetic", synthetic_num_train=16, synthetic_num_test=8),
+        backbone={**TINY, "pretrained": "synthetic"},
+        training={"epochs": 1, "batch_size": 8, "warmup_epochs": 0},
+        label_ratio=0.5, seed=1, cache_dir=tmp_path / "cache", data_dir=tmp_path / "data", device="cpu",
+    )  # fmt: skip
+    (metrics, _), *_ = run_epochs(config)
+    resolved = metrics["resolved"]
+    assert resolved["backbone.synthetic_checkpoint"] == checkpoint.name
+    sidecar = json.loads(checkpoint.with_suffix(".json").read_text())
+    recipe = resolved["backbone.synthetic_recipe"]
+    assert recipe == {key: value for key, value in sidecar.items() if key not in ("losses", "train_seconds")}
+    assert (recipe["steps"], recipe["batch_size"], recipe["model"]) == (RECIPE["steps"], RECIPE["batch_size"], "RN-tiny")

@@ -96,6 +96,13 @@ def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
     )
 
 
+def recipe_of(checkpoint: Path) -> dict:
+    """The recipe a `synthetic_clip_checkpoint` was trained with, from its sidecar (without the
+    per-step losses and the training time, which are its outcome)."""
+    sidecar = json.loads(Path(checkpoint).with_suffix(".json").read_text())
+    return {key: value for key, value in sidecar.items() if key not in ("losses", "train_seconds")}
+
+
 def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> clip_lib.FrozenCLIP:
     """The frozen backbone a trial config names, with `synthetic` weights trained first if needed."""
     pretrained = resolve_pretrained(backbone, data_dir)

@@ -25,7 +25,7 @@ from trainables.errors import UserInputError
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss, descend
 from trainables.metrics import map_summary
-from trainables.pretrain import SYNTHETIC_WEIGHTS, load_backbone, resolve_pretrained
+from trainables.pretrain import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
 
 
 def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float:
@@ -66,8 +66,10 @@ class _Trial:
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
         self.resolved = {"training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu}
         """What `auto` settings became on this device and these weights: logged with the trial's run."""
-        if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe
-            self.resolved["backbone.synthetic_checkpoint"] = Path(resolve_pretrained(config.backbone, config.data_dir)).name
+        if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe, and the recipe
+            checkpoint = Path(resolve_pretrained(config.backbone, config.data_dir))
+            self.resolved["backbone.synthetic_checkpoint"] = checkpoint.name
+            self.resolved["backbone.synthetic_recipe"] = recipe_of(checkpoint)
 
         data.check(config.dataset, config.data_dir)
         train_ds = data.build_dataset(config.dataset, "train", config.data_dir)
