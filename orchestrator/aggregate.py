@@ -167,8 +167,9 @@ def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict 
         "search={kind: grid}",
         "scheduler={kind: none}",
     ]
-    if isinstance(((spec_raw or {}).get("backbone") or {}).get("synthetic_negation_rate"), list):  # one point of the axis
-        overrides.append(f"backbone.synthetic_negation_rate={best['params.backbone.synthetic_negation_rate']}")
+    for axis in ("synthetic_negation_rate", "synthetic_seed"):  # one point of a backbone axis
+        if isinstance(((spec_raw or {}).get("backbone") or {}).get(axis), list):
+            overrides.append(f"backbone.{axis}={best[f'params.backbone.{axis}']}")
     datasets = (spec_raw or {}).get("datasets") or []
     chosen = [dataset for dataset in datasets if isinstance(dataset, dict) and dataset.get("name") == best["dataset"]]
     if len(datasets) > 1 and chosen:

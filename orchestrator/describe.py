@@ -88,8 +88,9 @@ def describe(loaded: LoadedSpec) -> str:
         ]
     mlr = []
     if mlr_cells:
-        rates = spec.backbone.negation_rates
-        backbones = f"{len(rates)} backbones (negation rates {', '.join(f'{r:g}' for r in rates)}) x " if len(rates) > 1 else ""
+        axes = {"negation rates": spec.backbone.negation_rates, "pre-training seeds": spec.backbone.pretraining_seeds}
+        varying = [f"{name} {', '.join(f'{v:g}' for v in values)}" for name, values in axes.items() if len(values) > 1]
+        backbones = f"{len(spec.backbone.configs())} backbones ({'; '.join(varying)}) x " if varying else ""
         mlr = [
             f"Cells: {len(mlr_cells)} = {len(spec.datasets)} datasets x {backbones}{len(spec.mlr_setups)} setups x "
             f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",

@@ -18,6 +18,7 @@ from trainables.config import BackboneConfig, DatasetConfig, TrialConfig
 from trainables.ood.config import IDDatasetConfig
 
 from orchestrator.ood_spec import UNTUNED, variant_config
+from orchestrator.schema import synthetic_variant
 from orchestrator.spec import ExperimentSpec, without_paths
 
 MACHINE_FIELDS = ("cache_dir", "data_dir", "device")
@@ -32,16 +33,16 @@ class Cell:
     label_ratio: float
     seed: int
     backbone: BackboneConfig
-    """The spec's backbone, at this cell's point of its negation-rate axis."""
+    """The spec's backbone, at this cell's point of its synthetic axes (negation rate, pre-training seed)."""
     family: str = "mlr"
     """The task family (`trainables.tasks.FAMILIES`) that runs the cell's trials."""
 
     @property
     def key(self) -> str:
         """`dual_coop-coco-r0.3-s1`: the readable name of the cell, unique within a spec; a synthetic
-        backbone pre-trained with negated captions adds its rate (`-neg0.05`)."""
-        rate = self.backbone.synthetic_negation_rate
-        return f"{self.setup}-{self.dataset.name}{f'-neg{rate:g}' if rate else ''}-r{self.label_ratio:g}-s{self.seed}"
+        backbone off the plain recipe adds its negation rate and pre-training seed (`-neg0.05-p1`)."""
+        variant = synthetic_variant(self.backbone.synthetic_negation_rate, self.backbone.synthetic_seed)
+        return f"{self.setup}-{self.dataset.name}{variant}-r{self.label_ratio:g}-s{self.seed}"
 
 
 @dataclass(frozen=True)

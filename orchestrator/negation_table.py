@@ -7,8 +7,11 @@ DualCoOp - PositiveCoOp mAP against the negation rate, per label ratio and over 
 the mean over seeds of the paired difference, its 95% interval and the paired t-test
 (`orchestrator.paired`); beside them the backbone's section 5.2 cosines (`trainables.negation`).
 
-A cell's value is its best trial, as in the comparison table. "All" averages a seed's differences
-over the label ratios first, so the seed stays the unit of the test (n = seeds).
+A cell's value is its best trial, as in the comparison table. The unit of the test is the seed, or,
+when a rate has checkpoints of several pre-training seeds (`backbone.synthetic_seed: [0, 1, 2]`),
+the checkpoint: a unit's differences are averaged over the rest (training seeds; for "All", the
+label ratios too) first, so that n = checkpoints and the test asks whether an effect holds across
+pre-training draws, not just across trainings on one checkpoint.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from orchestrator.paired import PairedDifference, paired_difference
 from orchestrator.schema import ABSENCE_METRICS
 
 RATE_PARAM = "params.backbone.synthetic_negation_rate"
+SEED_PARAM = "params.backbone.synthetic_seed"
+"""Absent from runs made before pre-training seeds were an axis: seed 0."""
 COMPARISONS = (("negative_coop", "positive_coop"), ("dual_coop", "positive_coop"))
 """(a, b): the rows report a - b, both setups on the same backbone, ratio and seed."""
 ALL = "All"
@@ -32,8 +37,9 @@ SIGNIFICANCE = 0.05
 COSINE_LABELS = {"absence_cosine.not_a_photo": "cos(not a photo)", "absence_cosine.photo_without": "cos(photo without)"}
 FILE_STEM = "negation"
 CAPTION = (
-    "mAP difference in points: mean over seeds [95% interval], p of the paired t-test across seeds;"
-    f" All: each seed's differences averaged over the label ratios first; bold (*): p < {SIGNIFICANCE:g}."
+    "mAP difference in points: mean over units [95% interval], p of the paired t-test across units, a unit being"
+    " a seed, or a checkpoint where a rate has several (n: units); All: each unit's differences averaged over the"
+    f" label ratios first; bold (*): p < {SIGNIFICANCE:g}."
     " cos: the backbone's section 5.2 cosine between 'a photo of a X' and its negation, mean over classes."
 )
 
@@ -55,20 +61,24 @@ def comparisons(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
     """One row per (dataset, negation rate, comparison, label ratio or `All`): the paired difference
     (`mean`, `low`, `high`, `t`, `p_value`, `n`) and the backbone's cosines (`ABSENCE_METRICS`)."""
     cells = tables.best_per_cell(trials, metric)
-    cells = cells.assign(negation_rate=cells[RATE_PARAM].astype(float))
+    seeds = cells[SEED_PARAM] if SEED_PARAM in cells else pd.Series(None, index=cells.index)
+    cells = cells.assign(negation_rate=cells[RATE_PARAM].astype(float), pretraining_seed=seeds.fillna(0).astype(int))
     rows = []
     for (dataset, rate), block in cells.groupby(["dataset", "negation_rate"]):
-        by_cell = block.pivot_table(index=["label_ratio", "seed"], columns="setup", values=metric)
-        cosines = {name: block[name].mean() for name in ABSENCE_METRICS}
+        by_cell = block.pivot_table(index=["pretraining_seed", "label_ratio", "seed"], columns="setup", values=metric)
+        unit = "pretraining_seed" if block["pretraining_seed"].nunique() > 1 else "seed"
+        # The section 5.2 cosines: a property of each checkpoint, averaged over the rate's checkpoints.
+        cosines = {name: block.groupby("pretraining_seed")[name].first().mean() for name in ABSENCE_METRICS}
         for a, b in COMPARISONS:
             if a not in by_cell or b not in by_cell:
                 continue
             pairs = by_cell[[a, b]].dropna()
-            per_ratio = [*pairs.groupby(level="label_ratio"), (ALL, pairs.groupby(level="seed").mean())]
+            per_ratio = [(ratio, group.groupby(level=unit).mean()) for ratio, group in pairs.groupby(level="label_ratio")]
+            per_ratio.append((ALL, pairs.groupby(level=unit).mean()))
             for ratio, paired in per_ratio:
                 result = paired_difference(paired[a].to_numpy(), paired[b].to_numpy())
-                rows.append({"dataset": dataset, "negation_rate": rate, "a": a, "b": b, "label_ratio": ratio,
-                             **_fields(result), **cosines})  # fmt: skip
+                rows.append({"dataset": dataset, "negation_rate": rate, "checkpoints": block["pretraining_seed"].nunique(),
+                             "a": a, "b": b, "label_ratio": ratio, **_fields(result), **cosines})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -91,15 +101,17 @@ def display(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(strings: a row per dataset, rate and comparison, a column per ratio, All and the cosines;
     the cells whose paired test is significant)."""
     ratios = sorted(r for r in rows["label_ratio"].unique() if r != ALL)
-    columns = [*(tables.ratio_label(r) for r in ratios), ALL, *COSINE_LABELS.values()]
+    tested = [*(tables.ratio_label(r) for r in ratios), ALL]
+    columns = [*tested, "n", *COSINE_LABELS.values()]
     shown, marked, index = [], [], []
     for (dataset, rate, a, b), group in rows.groupby(["dataset", "negation_rate", "a", "b"], sort=False):
         by_ratio = {tables.ratio_label(r) if r != ALL else ALL: row for r, row in zip(group["label_ratio"], group.to_dict("records"))}
         first = group.iloc[0]
-        shown.append([*(_cell(pd.Series(by_ratio[c])) if c in by_ratio else tables.MISSING for c in columns[: len(ratios) + 1]),
+        units = f"{by_ratio[ALL]['n']} {'checkpoints' if first['checkpoints'] > 1 else 'seeds'}" if ALL in by_ratio else tables.MISSING
+        shown.append([*(_cell(pd.Series(by_ratio[c])) if c in by_ratio else tables.MISSING for c in tested), units,
                       *(f"{first[name]:.3f}" for name in COSINE_LABELS)])  # fmt: skip
-        marked.append([bool(c in by_ratio and by_ratio[c]["p_value"] < SIGNIFICANCE) for c in columns[: len(ratios) + 1]]
-                      + [False] * len(COSINE_LABELS))  # fmt: skip
+        marked.append([bool(c in by_ratio and by_ratio[c]["p_value"] < SIGNIFICANCE) for c in tested]
+                      + [False] * (1 + len(COSINE_LABELS)))  # fmt: skip
         index.append((dataset, f"{rate:g}", comparison_label(a, b)))
     names = pd.MultiIndex.from_tuples(index, names=["Dataset", "Negation rate", "Comparison"])
     return pd.DataFrame(shown, index=names, columns=columns), pd.DataFrame(marked, index=names, columns=columns)

@@ -24,7 +24,15 @@ from trainables.errors import UserInputError
 from trainables import features
 
 from orchestrator import cluster, grid, results_store, tracking
-from orchestrator.schema import CELL_KEY_TAG, CELL_ROLE, LAUNCH_ROLE, SPEC_HASH_TAG, TRIAL_ROLE, role_filter
+from orchestrator.schema import (
+    CELL_KEY_TAG,
+    CELL_ROLE,
+    LAUNCH_ROLE,
+    SPEC_HASH_TAG,
+    TRIAL_ROLE,
+    role_filter,
+    synthetic_variant,
+)
 from orchestrator.spec import ExperimentSpec, LoadedSpec, spec_hash
 from orchestrator.trial_errors import HideUserErrorTracebacks, user_error_cause
 
@@ -271,12 +279,8 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 def fill_feature_cache(spec: ExperimentSpec) -> None:
     """Encode everything the trials read (and pre-train a `synthetic` backbone) before any trial starts."""
     for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs()):
-        rate = backbone.synthetic_negation_rate
-        print(
-            f"Feature cache for dataset '{dataset.name}' ({backbone.model}{f', negation rate {rate:g}' if rate else ''}, "
-            f"{spec.features.mode}):",
-            flush=True,
-        )
+        variant = synthetic_variant(backbone.synthetic_negation_rate, backbone.synthetic_seed)
+        print(f"Feature cache for dataset '{dataset.name}' ({backbone.model}{variant}, {spec.features.mode}):", flush=True)
         summary = features.fill(
             dataset, backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
             batch_size=spec.training.eval_batch_size, num_workers=spec.training.num_workers,

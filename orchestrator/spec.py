@@ -9,6 +9,7 @@ working directory, so everything a run writes lands under it unless the spec say
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import typing
@@ -138,17 +139,20 @@ LearningRate = Annotated[
 
 
 NegationRate = Annotated[float, Field(ge=0.0, le=1.0)]
+PretrainingSeed = Annotated[int, Field(ge=0)]
 
 
 class BackboneSpec(BackboneConfig):
-    """`BackboneConfig`, where `synthetic_negation_rate` may also be a list: a grid axis of
-    synthetic backbones, one pre-trained checkpoint per rate (the negation testbed)."""
+    """`BackboneConfig`, where `synthetic_negation_rate` and `synthetic_seed` may also be lists:
+    grid axes of synthetic backbones, one pre-trained checkpoint per (rate, seed) (the negation
+    testbed; several pre-training seeds separate the rate's effect from one checkpoint's draw)."""
 
     synthetic_negation_rate: NegationRate | Annotated[list[NegationRate], Field(min_length=1)] = 0.0
+    synthetic_seed: PretrainingSeed | Annotated[list[PretrainingSeed], Field(min_length=1)] = 0
 
-    @field_validator("synthetic_negation_rate")
+    @field_validator("synthetic_negation_rate", "synthetic_seed")
     @classmethod
-    def _distinct_rates(cls, value: float | list[float]) -> float | list[float]:
+    def _distinct(cls, value: float | list) -> float | list:
         return _unique(value) if isinstance(value, list) else value
 
     @property
@@ -156,10 +160,18 @@ class BackboneSpec(BackboneConfig):
         rate = self.synthetic_negation_rate
         return list(rate) if isinstance(rate, list) else [rate]
 
+    @property
+    def pretraining_seeds(self) -> list[int]:
+        seed = self.synthetic_seed
+        return list(seed) if isinstance(seed, list) else [seed]
+
     def configs(self) -> list[BackboneConfig]:
-        """One `BackboneConfig` per negation rate, in the spec's order."""
-        fields = self.model_dump(exclude={"synthetic_negation_rate"})
-        return [BackboneConfig(**fields, synthetic_negation_rate=rate) for rate in self.negation_rates]
+        """One `BackboneConfig` per (negation rate, pre-training seed), rates outermost."""
+        fields = self.model_dump(exclude={"synthetic_negation_rate", "synthetic_seed"})
+        return [
+            BackboneConfig(**fields, synthetic_negation_rate=rate, synthetic_seed=seed)
+            for rate, seed in itertools.product(self.negation_rates, self.pretraining_seeds)
+        ]
 
 
 class TrainingSpec(TrainingConfig):
@@ -628,11 +640,12 @@ def _backbone_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         check_model(spec.backbone.model, spec.backbone.image_size)
     except UserInputError as error:
         problems.append(("backbone", str(error)))
-    rates = spec.backbone.negation_rates
-    if spec.backbone.pretrained != SYNTHETIC_WEIGHTS and rates != [0.0]:
-        problems.append(("backbone.synthetic_negation_rate", f"only `pretrained: {SYNTHETIC_WEIGHTS}` weights are pre-trained here, at a chosen rate"))
-    if spec.runs_ood and len(rates) > 1:
-        problems.append(("backbone.synthetic_negation_rate", f"a list of rates is an axis of the MLR setups; run '{LAPT_SETUP}' in a spec of its own"))
+    synthetic = {"synthetic_negation_rate": spec.backbone.negation_rates, "synthetic_seed": spec.backbone.pretraining_seeds}
+    for field, values in synthetic.items():
+        if spec.backbone.pretrained != SYNTHETIC_WEIGHTS and values != [0]:
+            problems.append((f"backbone.{field}", f"only `pretrained: {SYNTHETIC_WEIGHTS}` weights are pre-trained here"))
+        if spec.runs_ood and len(values) > 1:
+            problems.append((f"backbone.{field}", f"a list is an axis of the MLR setups; run '{LAPT_SETUP}' in a spec of its own"))
     return problems
 
 

@@ -57,6 +57,7 @@ from orchestrator.schema import (
     TRIAL_KEY_TAG,
     TRIAL_ROLE,
     experiment_tags,
+    synthetic_variant,
 )
 from orchestrator.trial_errors import error_path, error_summary, traceback_text
 
@@ -117,15 +118,14 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
 
 def backbone_tag(config: TrialConfig | OODTrialConfig) -> str:
     """`RN101/openai@448`: model, weights (`random` without, a checkpoint by file name; synthetic
-    ones pre-trained with negated captions with their rate, `synthetic-neg0.05`), input size."""
+    ones off the plain recipe with their negation rate and pre-training seed, `synthetic-neg0.05-p1`),
+    input size."""
     weights = config.backbone.pretrained
     if weights is None:
         weights = "random"
     elif Path(weights).suffix:
         weights = Path(weights).name
-    rate = config.backbone.synthetic_negation_rate
-    if rate:
-        weights = f"{weights}-neg{rate:g}"
+    weights += synthetic_variant(config.backbone.synthetic_negation_rate, config.backbone.synthetic_seed)
     return f"{config.backbone.model}/{weights}@{config.backbone.image_size}"
 
 

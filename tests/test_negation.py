@@ -112,6 +112,19 @@ def test_a_list_of_negation_rates_is_an_axis_of_backbones(make_spec):
     assert tags == {"RN-tiny/synthetic@64", "RN-tiny/synthetic-neg0.05@64"}
 
 
+def test_pretraining_seeds_are_an_axis_too(make_spec):
+    spec = make_spec(backbone={**SYNTHETIC, "synthetic_negation_rate": [0.0, 0.05], "synthetic_seed": [0, 1]})
+    cells = grid.cells(spec)
+    assert len(cells) == 4 * 2 * 2  # (rate, pre-training seed) x setups x ratios
+    keys = {cell.key for cell in cells if cell.setup == "baseline" and cell.label_ratio == 0.1}
+    assert keys == {"baseline-shapes-r0.1-s1", "baseline-shapes-p1-r0.1-s1", "baseline-shapes-neg0.05-r0.1-s1",
+                    "baseline-shapes-neg0.05-p1-r0.1-s1"}  # fmt: skip
+    backbones = {(c.backbone.synthetic_negation_rate, c.backbone.synthetic_seed) for c in cells}
+    assert backbones == {(0.0, 0), (0.0, 1), (0.05, 0), (0.05, 1)}
+    config = TrialConfig.model_validate(grid.Plan.of(spec).fixed_trials["baseline-shapes-neg0.05-p1-r0.1-s1"][0].trial_config)
+    assert tracking.backbone_tag(config) == "RN-tiny/synthetic-neg0.05-p1@64"
+
+
 def test_a_single_rate_keeps_the_cell_keys_and_hash_of_a_spec_without_one(make_spec):
     plain = make_spec(backbone=SYNTHETIC)
     listed = make_spec(backbone={**SYNTHETIC, "synthetic_negation_rate": 0.0})
@@ -123,6 +136,7 @@ def test_a_single_rate_keeps_the_cell_keys_and_hash_of_a_spec_without_one(make_s
     ("backbone", "setups", "message"),
     [
         ({"model": "RN-tiny", "image_size": 64, "synthetic_negation_rate": 0.05}, None, "only `pretrained: synthetic` weights"),
+        ({"model": "RN-tiny", "image_size": 64, "synthetic_seed": [0, 1]}, None, "only `pretrained: synthetic` weights"),
         ({**SYNTHETIC, "synthetic_negation_rate": [0.0, 0.0]}, None, "duplicate values"),
         ({**SYNTHETIC, "synthetic_negation_rate": [0.0, 1.5]}, None, "less than or equal to 1"),
         ({**SYNTHETIC, "synthetic_negation_rate": [0.0, 0.05]}, ["baseline", "lapt"], "run 'lapt' in a spec of its own"),
@@ -132,7 +146,8 @@ def test_negation_rate_mistakes_are_named(write_spec, minimal_spec, backbone, se
     changes = {"backbone": backbone, **({"setups": setups} if setups else {})}
     with pytest.raises(SpecError) as error:
         load_spec(write_spec(minimal_spec(**changes)), check_data=False)
-    assert "backbone.synthetic_negation_rate" in str(error.value) and message in str(error.value)
+    field = "synthetic_seed" if "synthetic_seed" in backbone else "synthetic_negation_rate"
+    assert f"backbone.{field}" in str(error.value) and message in str(error.value)
 
 
 # -- the testbed's table and plot --------------------------------------------------------------------
@@ -210,3 +225,38 @@ def test_table_command_adds_the_testbed_table_and_plot(testbed_store, tmp_path, 
     assert {"plots/negation_vs_rate.png", "plots/negation_vs_rate.svg"} <= written
     long = pd.read_csv(out / "tables/negation.csv")
     assert len(long) == len(RATES) * len(negation_table.COMPARISONS) * (len(RATIOS) + 1)
+
+
+CHECKPOINTS = (0, 1, 2)
+
+
+def checkpoint_map(setup: str, rate: float, pretraining_seed: int, ratio: float, seed: int) -> float:
+    """Each checkpoint moves the setups differently; training seeds add a little noise."""
+    return map_of(setup, rate, ratio, seed) + {"negative_coop": 2.5, "dual_coop": -1.1}.get(setup, 0.0) * pretraining_seed ** 1.5
+
+
+def test_with_several_checkpoints_per_rate_the_checkpoint_is_the_unit(tmp_path, log_trial):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("checkpoints", artifact_location=(tmp_path / "artifacts").as_uri())
+    for rate, checkpoint, setup, ratio, seed in itertools.product(RATES, CHECKPOINTS, ("positive_coop", "negative_coop"), RATIOS, (1, 2)):
+        backbone = f"RN-tiny/synthetic{f'-neg{rate:g}' if rate else ''}{f'-p{checkpoint}' if checkpoint else ''}@128"
+        log_trial(client, experiment, setup, ("shapes", backbone), ratio, seed, checkpoint_map(setup, rate, checkpoint, ratio, seed),
+                  params={"backbone.synthetic_negation_rate": str(rate), "backbone.synthetic_seed": str(checkpoint)},
+                  metrics={"absence_cosine.not_a_photo": COSINE[rate] - 0.01 * checkpoint, "absence_cosine.photo_without": 0.9})  # fmt: skip
+    rows = negation_table.comparisons(tables.read_trials(client, experiment)).set_index(["negation_rate", "label_ratio"])
+    for rate, ratio in itertools.product(RATES, [*RATIOS, "All"]):
+        ratios = RATIOS if ratio == "All" else (ratio,)
+        # Per checkpoint, the difference averaged over its training seeds (and ratios): n = checkpoints.
+        def per_checkpoint(setup):
+            return np.array([np.mean([checkpoint_map(setup, rate, c, r, s) for r in ratios for s in (1, 2)]) for c in CHECKPOINTS])
+
+        reference = stats.ttest_rel(per_checkpoint("negative_coop"), per_checkpoint("positive_coop"))
+        row = rows.loc[(rate, ratio)]
+        assert (row["n"], row["checkpoints"]) == (len(CHECKPOINTS), len(CHECKPOINTS))
+        assert row["t"] == pytest.approx(reference.statistic) and row["p_value"] == pytest.approx(reference.pvalue)
+        assert row["absence_cosine.not_a_photo"] == pytest.approx(COSINE[rate] - 0.01)  # the mean over the checkpoints
+    shown, _ = negation_table.display(negation_table.comparisons(tables.read_trials(client, experiment)))
+    assert set(shown["n"]) == {"3 checkpoints"}
+

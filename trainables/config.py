@@ -29,6 +29,9 @@ class BackboneConfig(Strict):
     synthetic_negation_rate: float = Field(0.0, ge=0.0, le=1.0)
     """`pretrained: synthetic` only: the fraction of pre-training captions that also name an absent
     class ("a circle and a star, no ring"); the negation testbed's variable."""
+    synthetic_seed: int = Field(0, ge=0)
+    """`pretrained: synthetic` only: the pre-training's seed (its image pool, batch order and
+    captions): another draw of the same recipe."""
     quick_gelu: Literal["auto"] | bool = "auto"
     """The transformers' activation: QuickGELU (True), GELU (False), or `auto`: what the weights
     were trained with where that is knowable (`trainables.clip.resolve_quick_gelu`). Every

@@ -91,7 +91,8 @@ def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
         return backbone.pretrained
     return str(
         synthetic_clip_checkpoint(
-            backbone.model, backbone.image_size, data_dir, negation_rate=backbone.synthetic_negation_rate, progress=True
+            backbone.model, backbone.image_size, data_dir, seed=backbone.synthetic_seed,
+            negation_rate=backbone.synthetic_negation_rate, progress=True,
         )
     )
 
