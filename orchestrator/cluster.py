@@ -71,7 +71,7 @@ def check_shared_storage(results: str) -> None:
             with node_fs.open_input_stream(name) as stream:
                 stream.read()
         except OSError as error:
-            return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return results_store.first_line(error)
         return None
 
     try:

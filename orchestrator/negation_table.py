@@ -16,6 +16,7 @@ pre-training draws, not just across trainings on one checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from orchestrator import plots, tables
-from orchestrator.paired import PairedDifference, paired_difference
+from orchestrator.paired import paired_difference
 from orchestrator.schema import ABSENCE_METRICS
 
 RATE_PARAM = "params.backbone.synthetic_negation_rate"
@@ -66,7 +67,8 @@ def comparisons(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
     rows = []
     for (dataset, rate), block in cells.groupby(["dataset", "negation_rate"]):
         by_cell = block.pivot_table(index=["pretraining_seed", "label_ratio", "seed"], columns="setup", values=metric)
-        unit = "pretraining_seed" if block["pretraining_seed"].nunique() > 1 else "seed"
+        checkpoints = block["pretraining_seed"].nunique()
+        unit = "pretraining_seed" if checkpoints > 1 else "seed"
         # The section 5.2 cosines: a property of each checkpoint, averaged over the rate's checkpoints.
         cosines = {name: block.groupby("pretraining_seed")[name].first().mean() for name in ABSENCE_METRICS}
         for a, b in COMPARISONS:
@@ -77,13 +79,9 @@ def comparisons(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
             per_ratio.append((ALL, pairs.groupby(level=unit).mean()))
             for ratio, paired in per_ratio:
                 result = paired_difference(paired[a].to_numpy(), paired[b].to_numpy())
-                rows.append({"dataset": dataset, "negation_rate": rate, "checkpoints": block["pretraining_seed"].nunique(),
-                             "a": a, "b": b, "label_ratio": ratio, **_fields(result), **cosines})  # fmt: skip
+                rows.append({"dataset": dataset, "negation_rate": rate, "checkpoints": checkpoints,
+                             "a": a, "b": b, "label_ratio": ratio, **dataclasses.asdict(result), **cosines})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def _fields(result: PairedDifference) -> dict:
-    return {"mean": result.mean, "low": result.low, "high": result.high, "t": result.t, "p_value": result.p_value, "n": result.n}
 
 
 def comparison_label(a: str, b: str) -> str:

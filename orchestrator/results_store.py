@@ -18,14 +18,19 @@ METADATA_FILE = "orchestrator.json"
 """Beside Tune's files: the spec hash and the tracking URI the results were logged with."""
 
 
+def first_line(error: OSError) -> str:
+    """What a store's error says, in one line (pyarrow's S3 errors run over several)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @contextmanager
 def reaching(location: str) -> Iterator[None]:
     """Turn the store's errors (no such bucket, refused credentials, no endpoint) into one line."""
     try:
         yield
     except OSError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"cannot use storage {location}: {reason}") from None
+        raise UserInputError(f"cannot use storage {location}: {first_line(error)}") from None
 
 
 def open_location(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -48,10 +53,16 @@ def read_metadata(location: str) -> dict:
     """The metadata `write_metadata` left, or {} where there is none."""
     fs, path = open_location(location)
     with reaching(location):
-        if fs.get_file_info(f"{path}/{METADATA_FILE}").type != pyarrow.fs.FileType.File:
-            return {}
-        with fs.open_input_stream(f"{path}/{METADATA_FILE}") as stream:
-            return json.loads(stream.read())
+        text = read_text(fs, f"{path}/{METADATA_FILE}")
+    return json.loads(text) if text is not None else {}
+
+
+def read_text(fs: pyarrow.fs.FileSystem, path: str) -> str | None:
+    """The contents of the file at `path` in `fs`, or None where there is no file."""
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode()
 
 
 def write_metadata(location: str, metadata: dict) -> None:

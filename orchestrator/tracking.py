@@ -524,9 +524,10 @@ class MlflowCallback(Callback):
 
 def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str, state_dir: Path, results: str) -> int:
     """Log what MLflow missed while its server was down (listed in `state_dir`), from Ray's results
-    (`results`: a folder or a URI); return how many trials were delivered. Every listed trial's run is rebuilt to what Ray holds (epochs it already
-    has are not logged again); a finished or failed trial's run is closed, an unfinished one stays
-    RUNNING for Tune to continue. Needs Ray initialised (Tune reads its experiment state)."""
+    (`results`: a folder or a URI); return how many trials were delivered. Every listed trial's run
+    is rebuilt to what Ray holds (epochs it already has are not logged again); a finished or failed
+    trial's run is closed, an unfinished one stays RUNNING for Tune to continue. Needs Ray
+    initialised (Tune reads its experiment state)."""
     from ray.tune import ExperimentAnalysis
 
     from orchestrator import results_store
@@ -543,7 +544,7 @@ def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str,
         if trial.trial_id not in listed:
             continue
         replay.on_trial_start(0, [], trial)
-        for line in _result_lines(fs, f"{trial.path}/result.json"):
+        for line in (results_store.read_text(fs, f"{trial.path}/result.json") or "").splitlines():  # none before a first report
             replay.on_trial_result(0, [], trial, json.loads(line))
         if trial.status == "TERMINATED":
             replay.on_trial_complete(0, [], trial)
@@ -552,13 +553,3 @@ def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str,
         delivered += 1
     undelivered.clear()
     return delivered
-
-
-def _result_lines(fs, path: str) -> list[str]:
-    """The lines of a trial's `result.json` (none before its first report)."""
-    import pyarrow.fs
-
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return []
-    with fs.open_input_stream(path) as stream:
-        return stream.read().decode().splitlines()
