@@ -71,8 +71,9 @@ class OODSpec(Strict):
 
 
 def variant_config(
-    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir
-) -> OODTrialConfig:
+    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir,
+    gpu_share: float = 1.0,
+) -> OODTrialConfig:  # fmt: skip
     """The trial config of one variant's cell."""
     overrides = VARIANTS[variant]
     mixing = ood.mixing.model_copy(update=overrides.get("mixing", {}))
@@ -90,4 +91,5 @@ def variant_config(
         seed=seed,
         cache_dir=cache_dir,
         data_dir=data_dir,
+        gpu_share=gpu_share,
     )

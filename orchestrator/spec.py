@@ -258,6 +258,11 @@ class Resources(Strict):
             raise ValueError("above 1, gpus_per_trial must be a whole number")
         return value
 
+    @property
+    def gpu_share(self) -> float:
+        """The fraction of one GPU a trial holds (1 with a GPU or more, or none)."""
+        return self.gpus_per_trial if 0 < self.gpus_per_trial < 1 else 1.0
+
 
 # -- the spec --------------------------------------------------------------------------------------
 
@@ -466,11 +471,15 @@ def spec_hash(spec: ExperimentSpec) -> str:
 PATH_FIELDS = frozenset({"root", "train_manifest", "test_manifest", "classnames_file", "wordnet_dir", "word_list"})
 """Where data lives: the same data may live elsewhere on another machine, so hashes and keys leave these out."""
 
+EXECUTION_FIELDS = frozenset({"cuda_graph", "device_memory", "gpu_share"})
+"""How a trial uses its device, not what it computes: hashes and keys leave these out too, so
+that tuning them neither reruns a finished trial nor changes the keys of runs made before them."""
+
 
 def without_paths(value: Any) -> Any:
-    """`value` (JSON-able) with every `PATH_FIELDS` key dropped, at any depth."""
+    """`value` (JSON-able) with every `PATH_FIELDS` and `EXECUTION_FIELDS` key dropped, at any depth."""
     if isinstance(value, dict):
-        return {k: without_paths(v) for k, v in value.items() if k not in PATH_FIELDS}
+        return {k: without_paths(v) for k, v in value.items() if k not in PATH_FIELDS | EXECUTION_FIELDS}
     if isinstance(value, list):
         return [without_paths(v) for v in value]
     return value

@@ -51,7 +51,7 @@ def test_diverging_trials_fail_with_their_reason_and_the_others_finish(tmp_path)
         assert failed.data.tags[ERROR_TAG].startswith("FloatingPointError: training loss is ")
         assert " at epoch 2, step " in failed.data.tags[ERROR_TAG]
         traceback = Path(client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
-        assert 'trainables/losses.py", line' in traceback and "FloatingPointError" in traceback
+        assert 'trainables/step.py", line' in traceback and "FloatingPointError" in traceback
         assert "\x1b[" not in traceback  # Ray's terminal colours are gone
         assert finished.info.status == "FINISHED" and "best_mAP" in finished.data.metrics
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import inspect
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from trainables.config import LossConfig
+from trainables.data import MultiLabelDataset
 from trainables.errors import UserInputError
 from trainables.losses import AsymmetricLoss
 
@@ -242,11 +245,17 @@ def test_bad_settings_are_user_errors(bad):
         AsymmetricLoss(**bad)
 
 
-def test_mismatched_shapes_and_bad_targets_are_rejected():
+def test_mismatched_shapes_are_rejected():
     loss = AsymmetricLoss()
     with pytest.raises(ValueError, match="shape"):
         loss(torch.zeros(2, 3, 2), torch.zeros(2, 4))
     with pytest.raises(ValueError, match="shape"):
         loss(torch.zeros(2, 3, 3), torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="targets"):
-        loss(torch.zeros(2, 3, 2), torch.full((2, 3), 2))
+
+
+def test_bad_label_values_are_refused_once_when_a_split_is_loaded():
+    """The loss does not check target values (that would wait for the device every step): a dataset
+    whose labels hold anything but 1, 0 and -1 is a one-line error naming it, when it is built."""
+    labels = np.array([[1, 0], [2, -1]], dtype=np.int8)
+    with pytest.raises(UserInputError, match=r"dataset 'odd' \(train\): labels must be 1 \(present\), 0 \(absent\) or -1 \(unknown\), found \[2\]"):
+        MultiLabelDataset("odd", "manifest", "train", ["a", "b"], ["x", "y"], [Path("x"), Path("y")], labels)

@@ -15,7 +15,7 @@ from trainables.errors import UserInputError
 from trainables.ood import collect, lapt
 from trainables.ood.config import IDDatasetConfig, OODSetConfig, OODTrialConfig
 from trainables.ood.data import id_dataset, ood_set
-from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, soft_cross_entropy
+from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, soft_cross_entropy
 from trainables.ood.negatives import Words
 from trainables.ood.train import run_ood_epochs, training_negatives
 
@@ -45,7 +45,8 @@ def test_cross_distribution_mix_pairs_across_the_distributions_and_mixes_targets
     num_id, num_labels, lam, beta = 2, 5, 0.7, 0.5
     features = F.normalize(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
     labels = torch.tensor([0, 1, 3, 4])  # two ID samples, two negative-label samples
-    mixed, targets = cross_distribution_mix(features, labels, num_id, num_labels, lam, beta, torch.Generator().manual_seed(1))
+    partners = draw_partners(labels, num_id, torch.Generator().manual_seed(1))
+    mixed, targets = cross_distribution_mix(features, labels, partners, num_id, num_labels, lam, beta)
     shift = min(beta * lam, 1.0)
     for row in range(4):
         # Each mixed feature is lam * f_i + (1 - lam) * f_j for some j of the other distribution.
@@ -59,7 +60,7 @@ def test_cross_distribution_mix_pairs_across_the_distributions_and_mixes_targets
         expected[labels[partner]] += (1 - shift) * (1 - lam)
         torch.testing.assert_close(targets[row], expected)
         assert targets[row].sum().item() == pytest.approx(1.0)
-    assert cross_distribution_mix(features[:2], labels[:2], num_id, num_labels, lam, beta, torch.Generator()) is None
+    assert draw_partners(labels[:2], num_id, torch.Generator()) is None  # no negative-label sample to pair with
 
 
 # -- the collector ---------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_an_id_manifest_needs_one_label_per_image(tmp_path):
 # -- the loop --------------------------------------------------------------------------------------
 
 
-def _trial(tmp_path: Path, variant: str, **overrides) -> OODTrialConfig:
+def _trial(tmp_path: Path, variant: str, device: str = "cpu", **overrides) -> OODTrialConfig:
     words = tmp_path / "words.txt"
     words.write_text("\n".join(["kite", "river", "violin", "cloud", "anchor", "tulip", "adj:pale", "adj:loud"]) + "\n")
     return OODTrialConfig(
@@ -175,7 +176,7 @@ def _trial(tmp_path: Path, variant: str, **overrides) -> OODTrialConfig:
         collector={"kind": "id_train", "per_label": 2, "pool": {"name": "pool", "kind": "synthetic",
                    "synthetic_classes": [0, 1, 2, 3, 4, 5], "synthetic_count": 12, "synthetic_image_size": 64}},
         training={"epochs": 2, "batch_size": 8},
-        cache_dir=tmp_path / "cache", data_dir=tmp_path / "data", device="cpu", **overrides,
+        cache_dir=tmp_path / "cache", data_dir=tmp_path / "data", device=device, **overrides,
     )  # fmt: skip
 
 

@@ -318,6 +318,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """`cuda:0 (NVIDIA H200)` or `cpu`: what a trial ran on, for its run."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def supported_models() -> list[str]:
     """open_clip model names with a ModifiedResNet or standard ViT image tower and the built-in text tower."""
     return [name for name in open_clip.list_models() if _unsupported_reason(open_clip.get_model_config(name)) is None]

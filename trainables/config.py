@@ -71,6 +71,11 @@ class FeatureConfig(Strict):
     """`online`: encode every step (full augmentation); `cached`: encode each image once, no
     augmentation; `cached_views`: `views` augmented views per image, cycled over epochs."""
     views: int = Field(1, ge=1)
+    device_memory: float | None = Field(None, ge=0.0)
+    """GiB of cached features a trial may keep on its device (uploaded once, batches gathered
+    there); a split that does not fit is streamed from the cache through pinned memory. None: 80%
+    of the GPU memory free at the trial's start and left to its share of the GPU
+    (`resources.gpus_per_trial`), or a quarter of the available host memory on a CPU."""
 
     @model_validator(mode="after")
     def _views_only_for_cached_views(self) -> "FeatureConfig":
@@ -102,6 +107,9 @@ class TrainingConfig(Strict):
     """`bf16`: autocast the text encoder and aggregation; `auto`: bf16 where the device computes it
     natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32 (`trainables.precision`)."""
     num_workers: int = Field(0, ge=0)
+    cuda_graph: Literal["auto"] | bool = "auto"
+    """Run each training step as one CUDA graph (`trainables.step`): `auto` on CUDA devices, off
+    elsewhere; `true` on a device without CUDA fails the trial."""
 
 
 class LossConfig(Strict):
@@ -135,3 +143,6 @@ class TrialConfig(Strict):
     data_dir: Path
     """Where generated datasets (kind `synthetic`) are written on first use."""
     device: str = "auto"
+    gpu_share: float = Field(1.0, gt=0.0, le=1.0)
+    """The fraction of its GPU the trial holds (`resources.gpus_per_trial` below 1), for the
+    default budget of resident features."""

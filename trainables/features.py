@@ -8,9 +8,13 @@ one memory-mapped fp16 array instead of running the encoder again:
     <cache_dir>/features/<key>.json   the key's inputs, the shape, the skipped (unreadable) images
     <cache_dir>/features/<key>.lock   held while one process encodes; the others wait, then read
 
-A writer fills `<key>.npy.tmp-<pid>` and renames it into place last (after the sidecar), so a
-killed writer leaves only a temporary file, which no reader opens and the next writer deletes.
-Readers need no lock: a rename is atomic, so they see either no file or a complete one.
+Images are encoded a shard at a time (`SHARD_IMAGES`), each shard stored under its own lock as
+`<key>.shards/<i>.npy` with its sidecar, so that a fill interrupted midway resumes with the shards
+it stored and several processes (the GPUs of a cluster, `orchestrator.fill`) encode one entry's
+shards in parallel. Once every shard is stored, they are joined, under the key's lock, into
+`<key>.npy.tmp-<pid>`, which is renamed into place last (after the sidecar). A killed writer leaves
+only temporary files, which no reader opens and the next writer deletes. Readers need no lock: a
+rename is atomic, so they see either no file or a complete one.
 
 Views: `"test"` is the resize-only transform (the test split, and the train split in `cached`
 mode); `("train", v)` is augmented view v, where view v of image i is seeded by
@@ -22,7 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -42,6 +50,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 """Bump when the stored layout or the meaning of a key changes."""
+
+SHARD_IMAGES = 2048
+"""Images per shard: encoded and stored one shard at a time (by a trial, the driver or the cluster's
+GPUs in parallel), so an interrupted fill resumes with the shards it stored."""
 
 View = Literal["test"] | tuple[Literal["train"], int]
 Encoding = Literal["dense", "global"]
@@ -159,6 +171,115 @@ class FeatureCache:
             )
         return stored
 
+    # -- writing: shards, then the entry ------------------------------------------------------------
+
+    def shards(self, num_images: int) -> list[range]:
+        """The rows of each shard: the unit of encoding, of a fill's parallel work and of its resumption."""
+        return [range(start, min(start + SHARD_IMAGES, num_images)) for start in range(0, num_images, SHARD_IMAGES)]
+
+    def missing_shards(self, key: str, num_images: int) -> list[int]:
+        """The shards of `key` that no process has stored yet (none once the entry itself is stored)."""
+        if self._read(key, num_images) is not None:
+            return []
+        return [i for i, rows in enumerate(self.shards(num_images)) if self._read_shard(key, i, rows) is None]
+
+    def _shard_paths(self, key: str, index: int) -> tuple[Path, Path, Path]:
+        folder = self.directory / f"{key}.shards"
+        return folder / f"{index:05d}.npy", folder / f"{index:05d}.json", folder / f"{index:05d}.lock"
+
+    def _read_shard(self, key: str, index: int, rows: range) -> tuple[np.ndarray, list[dict]] | None:
+        """A stored shard (its features and skipped images), or None when it is missing or cannot be trusted."""
+        array_path, sidecar_path, _ = self._shard_paths(key, index)
+        try:
+            sidecar = json.loads(sidecar_path.read_text())
+            features = np.load(array_path, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            return None
+        if sidecar.get("rows") != [rows.start, rows.stop] or features.dtype != np.float16 or features.shape[0] != len(rows):
+            return None
+        return features, sidecar["skipped"]
+
+    def encode_shard(
+        self,
+        clip: clip_lib.FrozenCLIP,
+        dataset: data.MultiLabelDataset,
+        view: View,
+        index: int,
+        *,
+        encoding: Encoding = "dense",
+        batch_size: int = 32,
+        device: torch.device | str | None = None,
+        num_workers: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> bool:
+        """Encode shard `index` of (clip, dataset, view) and store it, under its own lock; False when
+        another process stored it first. `on_batch(images)` is called as batches are encoded.
+
+        Shards are written like entries: into a temporary file named by host and process, renamed
+        into place after their sidecar, so a killed writer leaves nothing that is read."""
+        key = self.key(clip, dataset, view, encoding)
+        rows = self.shards(len(dataset))[index]
+        array_path, sidecar_path, lock_path = self._shard_paths(key, index)
+        array_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_path)):
+            if self._read_shard(key, index, rows) is not None:
+                return False
+            suffix = f".tmp-{socket.gethostname()}-{os.getpid()}"
+            temporary_array = array_path.with_name(array_path.name + suffix)
+            skipped = self._encode(clip, dataset, view, encoding, rows, temporary_array, batch_size, device, num_workers, on_batch)
+            temporary_sidecar = sidecar_path.with_name(sidecar_path.name + suffix)
+            temporary_sidecar.write_text(json.dumps({"rows": [rows.start, rows.stop], "skipped": skipped}) + "\n")
+            os.replace(temporary_sidecar, sidecar_path)
+            os.replace(temporary_array, array_path)
+        return True
+
+    def assemble(
+        self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
+    ) -> DenseFeatures:
+        """Join the stored shards into the entry under the key's lock (nothing to do if another process
+        did) and remove them; every shard must be stored."""
+        key = self.key(clip, dataset, view, encoding)
+        array_path, sidecar_path, lock_path = self._paths(key)
+        with FileLock(str(lock_path)):
+            stored = self._read(key, len(dataset))
+            if stored is not None:
+                return stored
+            # Holding the lock, no other writer of the entry is active: anything left is from a killed one.
+            for leftover in [array_path, *self.directory.glob(f"{key}.*.tmp-*")]:
+                leftover.unlink(missing_ok=True)
+            shards = [self._read_shard(key, i, rows) for i, rows in enumerate(self.shards(len(dataset)))]
+            missing = [i for i, shard in enumerate(shards) if shard is None]
+            if missing:
+                raise RuntimeError(f"cannot assemble {array_path}: shards {missing} are not stored")
+            temporary_array = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
+            shape = (len(dataset), *shards[0][0].shape[1:])
+            joined = np.lib.format.open_memmap(temporary_array, mode="w+", dtype=np.float16, shape=shape)
+            for rows, (features, _) in zip(self.shards(len(dataset)), shards):
+                joined[rows.start : rows.stop] = features
+            joined.flush()
+            del joined
+            with open(temporary_array, "rb+") as handle:
+                os.fsync(handle.fileno())
+            skipped = [entry for _, shard_skipped in shards for entry in shard_skipped]
+            sidecar = {
+                "key": key, "shape": list(shape), "dtype": "float16",
+                "inputs": self.key_inputs(clip, dataset, view, encoding), "skipped": skipped,
+            }  # fmt: skip
+            temporary_sidecar = sidecar_path.with_name(f"{sidecar_path.name}.tmp-{os.getpid()}")
+            temporary_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
+            os.replace(temporary_sidecar, sidecar_path)
+            os.replace(temporary_array, array_path)  # the commit: readers trust the array once it exists
+            shutil.rmtree(self._shard_paths(key, 0)[0].parent, ignore_errors=True)
+        if skipped:
+            log.warning(
+                "dataset '%s' %s: skipped %d unreadable image(s), listed in %s",
+                dataset.name, dataset.split, len(skipped), sidecar_path,
+            )  # fmt: skip
+        stored = self._read(key, len(dataset))
+        if stored is None:
+            raise RuntimeError(f"features just written to {array_path} cannot be read back")
+        return stored
+
     def _write(
         self,
         clip: clip_lib.FrozenCLIP,
@@ -171,9 +292,10 @@ class FeatureCache:
         num_workers: int,
         progress: bool,
     ) -> DenseFeatures:
-        """Encode and store the features under the key's lock, unless another process just did."""
+        """Encode the shards no process has stored, then the entry, under the key's lock: one process
+        encodes an entry at a time, the others wait and read it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        array_path, sidecar_path, lock_path = self._paths(key)
+        array_path, _, lock_path = self._paths(key)
         lock = FileLock(str(lock_path))
         try:
             lock.acquire(timeout=0)
@@ -181,38 +303,18 @@ class FeatureCache:
             log.info("waiting for another process to encode %s (%s/%s)", array_path, dataset.name, dataset.split)
             lock.acquire()
         try:
-            stored = self._read(key, len(dataset))  # another process may have written it while we waited
-            if stored is not None:
-                return stored
-            # Holding the lock, no other writer is active: anything left is from a killed writer.
-            for leftover in [array_path, *self.directory.glob(f"{key}.*.tmp-*")]:
-                leftover.unlink(missing_ok=True)
-            temporary_array = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
-            shape, skipped = self._encode(
-                clip, dataset, view, encoding, temporary_array, batch_size, device, num_workers, progress
-            )
-            sidecar = {
-                "key": key,
-                "shape": list(shape),
-                "dtype": "float16",
-                "inputs": self.key_inputs(clip, dataset, view, encoding),
-                "skipped": skipped,
-            }
-            temporary_sidecar = sidecar_path.with_name(f"{sidecar_path.name}.tmp-{os.getpid()}")
-            temporary_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
-            os.replace(temporary_sidecar, sidecar_path)
-            os.replace(temporary_array, array_path)  # the commit: readers trust the array once it exists
+            missing = self.missing_shards(key, len(dataset))
+            label = "test transform" if view == "test" else f"train view {view[1]}"
+            total = sum(len(self.shards(len(dataset))[i]) for i in missing)
+            with tqdm(total=total, unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=None if progress else True) as bar:  # None: off when not a terminal
+                for index in missing:
+                    self.encode_shard(
+                        clip, dataset, view, index, encoding=encoding, batch_size=batch_size, device=device,
+                        num_workers=num_workers, on_batch=bar.update,
+                    )  # fmt: skip
         finally:
             lock.release()
-        if skipped:
-            log.warning(
-                "dataset '%s' %s: skipped %d unreadable image(s), listed in %s",
-                dataset.name, dataset.split, len(skipped), sidecar_path,
-            )  # fmt: skip
-        stored = self._read(key, len(dataset))
-        if stored is None:
-            raise RuntimeError(f"features just written to {array_path} cannot be read back")
-        return stored
+        return self.assemble(clip, dataset, view, encoding)
 
     def _encode(
         self,
@@ -220,39 +322,38 @@ class FeatureCache:
         dataset: data.MultiLabelDataset,
         view: View,
         encoding: Encoding,
+        rows: range,
         path: Path,
         batch_size: int,
         device: torch.device | str | None,
         num_workers: int,
-        progress: bool,
-    ) -> tuple[tuple[int, ...], list[dict]]:
-        """Encode every image into a new .npy file at `path`, synced to disk; (shape, skipped images)."""
+        on_batch: Callable[[int], None] | None,
+    ) -> list[dict]:
+        """Encode the images at `rows` into a new .npy file at `path`, synced to disk; the skipped images."""
         transform, view_index = _view_transform(view, clip.image_size)
         images = data.ImageTensors(dataset, transform, clip.image_size, view_index, self.augmentation_seed)
-        loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
+        subset = torch.utils.data.Subset(images, list(rows))
+        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
         device = torch.device(device) if device is not None else next(clip.parameters()).device
         features = None
         skipped = []
-        label = "test transform" if view_index is None else f"train view {view_index}"
-        with tqdm(total=len(dataset), unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=None if progress else True) as bar:  # None: off when not a terminal
-            for batch, indices, valid in loader:
-                with torch.no_grad():
-                    pixels = batch.to(device)
-                    encoded = clip.encode_dense(pixels) if encoding == "dense" else clip.encode_image(pixels).unsqueeze(1)
-                    encoded = encoded.to(torch.float16).cpu().numpy()
-                encoded[~valid.numpy()] = 0
-                if features is None:  # (L, d) are known once the first batch is encoded
-                    shape = (len(dataset), *encoded.shape[1:])
-                    features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
-                features[indices.numpy()] = encoded
-                skipped += [{"index": i, "path": str(dataset.image_paths[i])} for i in indices[~valid].tolist()]
-                bar.update(len(indices))
+        for batch, indices, valid in data.batches_of(loader):
+            with torch.no_grad():
+                pixels = batch.to(device)
+                encoded = clip.encode_dense(pixels) if encoding == "dense" else clip.encode_image(pixels).unsqueeze(1)
+                encoded = encoded.to(torch.float16).cpu().numpy()
+            encoded[~valid.numpy()] = 0
+            if features is None:  # (L, d) are known once the first batch is encoded
+                features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(rows), *encoded.shape[1:]))
+            features[indices.numpy() - rows.start] = encoded
+            skipped += [{"index": i, "path": str(dataset.image_paths[i])} for i in indices[~valid].tolist()]
+            if on_batch is not None:
+                on_batch(len(indices))
         features.flush()
-        shape = features.shape
         del features
         with open(path, "rb+") as handle:
             os.fsync(handle.fileno())
-        return shape, skipped
+        return skipped
 
 
 def train_views(features: FeatureConfig) -> list[View]:
@@ -268,6 +369,37 @@ def _activation(clip: clip_lib.FrozenCLIP) -> str:
     return f"{'QuickGELU' if clip.quick_gelu else 'GELU'} ({clip.quick_gelu_reason})"
 
 
+def fill_views(features: FeatureConfig) -> list[tuple[data.Split, View]]:
+    """(split, view) of every entry a trial reads: the train split's views, then the test split."""
+    return [("train", view) for view in train_views(features)] + [("test", "test")]
+
+
+def default_workers() -> int:
+    """Image-decoding workers of a fill: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def encoding_rate(
+    clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, *, batch_size: int, num_workers: int,
+    device: torch.device, batches: int = 3,
+) -> float:  # fmt: skip
+    """Images per second of encoding `dataset` at `view`, measured on a few batches (after a first
+    one that warms up the loader and the kernels); nothing is stored."""
+    transform, view_index = _view_transform(view, clip.image_size)
+    images = data.ImageTensors(dataset, transform, clip.image_size, view_index)
+    batch_size = max(1, min(batch_size, len(dataset) // (batches + 1)))  # a small set still gives a few batches
+    subset = torch.utils.data.Subset(images, range(min(len(dataset), (batches + 1) * batch_size)))
+    started, encoded = None, 0
+    for batch, _, _ in data.batches_of(torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)):
+        with torch.no_grad():
+            clip.encode_dense(batch.to(device))
+        if started is None:
+            started = time.perf_counter()
+        else:
+            encoded += len(batch)
+    return encoded / (time.perf_counter() - started) if encoded else math.nan
+
+
 def fill(
     dataset_config: DatasetConfig,
     backbone: BackboneConfig,
@@ -277,25 +409,51 @@ def fill(
     data_dir: Path,
     device: str = "auto",
     batch_size: int = 100,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
+    report: Callable[[str], None] | None = None,
 ) -> dict:
-    """Encode everything a trial on `dataset_config` reads (its train views and the test split) ahead of a run.
+    """Encode everything a trial on `dataset_config` reads (its train views and the test split) ahead
+    of a run, in this process, with `num_workers` image-decoding workers (default: every CPU it may
+    use). On a CPU, `report` is first told how long that will take, measured on a few batches.
 
     The features depend on (dataset, backbone, feature mode) only, so one call covers every setup,
     label ratio, seed and loss setting on that dataset. Returns counts for a report.
     """
     device = clip_lib.resolve_device(device)
+    workers = default_workers() if num_workers is None else num_workers
     clip = load_backbone(backbone, data_dir, device)
     data.check(dataset_config, data_dir)
     cache = FeatureCache(cache_dir)
-    jobs = [(data.build_dataset(dataset_config, "train", data_dir), view) for view in train_views(features)]
-    jobs.append((data.build_dataset(dataset_config, "test", data_dir), "test"))
+    jobs = [(data.build_dataset(dataset_config, split, data_dir), view) for split, view in fill_views(features)]
     summary = {"encoded": 0, "reused": 0, "skipped_images": 0, "activation": _activation(clip)}
+    missing = {}
+    for dataset, view in jobs:
+        key = cache.key(clip, dataset, view)
+        shards = cache.shards(len(dataset))
+        missing[key] = sum(len(shards[i]) for i in cache.missing_shards(key, len(dataset)))
+    if report is not None and device.type == "cpu" and sum(missing.values()):
+        dataset, view = next((d, v) for d, v in jobs if missing[cache.key(clip, d, v)])
+        rate = encoding_rate(clip, dataset, view, batch_size=batch_size, num_workers=workers, device=device)
+        report(
+            f"Encoding {sum(missing.values()):,} images on this machine's CPU ({workers} loader workers): about "
+            f"{format_duration(sum(missing.values()) / rate)} at {rate:.1f} images/s, measured on a few batches"
+        )
     for dataset, view in jobs:
         summary["reused" if cache.contains(clip, dataset, view) else "encoded"] += 1
         stored = cache.dense_features(
-            clip, dataset, view, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress
+            clip, dataset, view, batch_size=batch_size, device=device, num_workers=workers, progress=progress
         )
         summary["skipped_images"] += int((~stored.valid).sum())
     return summary
+
+
+def format_duration(seconds: float) -> str:
+    """`3 h 12 min`, `4 min 10 s`, `12 s`."""
+    if not math.isfinite(seconds):
+        return "an unknown time"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"

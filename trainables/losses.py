@@ -79,15 +79,17 @@ class AsymmetricLoss(nn.Module):
         return cls(**config.model_dump(exclude={"weight"}))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The scalar loss of `logits` [..., 2] against `targets` [...] in {1, 0, -1}."""
+        """The scalar loss of `logits` [..., 2] against `targets` [...] in {1, 0, -1}.
+
+        The values of the targets are not checked here, which would wait for the device on every
+        step: datasets check their labels once, when a split is loaded (`MultiLabelDataset`), and
+        any other value counts as unknown."""
         if logits.shape[-1] != 2 or logits.shape[:-1] != targets.shape:
             raise ValueError(
                 f"expected logits [..., 2] and targets [...] of the same leading shape, "
                 f"got {tuple(logits.shape)} and {tuple(targets.shape)}"
             )
         positive, negative = targets == 1, targets == 0
-        if not bool((positive | negative | (targets == -1)).all()):
-            raise ValueError("targets must be 1 (positive), 0 (negative) or -1 (unknown)")
 
         if self.activation == "sigmoid":
             # softmax(x, 0) = (sigmoid(x), sigmoid(-x)): the sigmoid ASL is the 2-way case with a zero absence logit.
@@ -128,16 +130,3 @@ def _power(base: torch.Tensor, exponent: float) -> torch.Tensor:
     at_zero = base <= 0
     safe_base = torch.where(at_zero, torch.ones_like(base), base)
     return torch.where(at_zero, 0.0**exponent, safe_base.pow(exponent))
-
-
-def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, epoch: int, step: int) -> float:
-    """One optimiser step on `loss`; its value. A non-finite loss stops the trial at once, saying
-    where (epoch and step, 0-based here): a NaN would only poison every later epoch."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"training loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: the learning rate or loss settings diverge"
-        )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()

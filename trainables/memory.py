@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -19,6 +18,7 @@ from torch.utils._pytree import tree_leaves
 
 from trainables.clip import FrozenCLIP
 from trainables.losses import AsymmetricLoss
+from trainables.precision import autocast
 from trainables.setups.base import MLRSetup
 
 
@@ -63,10 +63,6 @@ class TensorMemory(TorchDispatchMode):
         return out
 
 
-def _autocast(chosen_precision: str, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if chosen_precision == "bf16" else nullcontext()
-
-
 def peak_bytes(resident: Iterable[torch.Tensor], steps: Callable[[], None], device: torch.device) -> int:
     """Peak bytes while `steps()` runs, counting the `resident` tensors (weights, data) from the start."""
     with TensorMemory(device.type) as memory:
@@ -92,14 +88,14 @@ def mlr_trial_bytes(setup: MLRSetup, clip: FrozenCLIP, batch_size: int, eval_bat
 
     def steps() -> None:
         for _ in range(2):
-            with _autocast(chosen_precision, device):
+            with autocast(chosen_precision, device):
                 logits = setup(torch.zeros(batch_size, length, dim, device=device))
             loss = loss_fn(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             del logits, loss
-        with torch.no_grad(), _autocast(chosen_precision, device):
+        with torch.no_grad(), autocast(chosen_precision, device):
             class_embeddings = setup.class_embeddings()
             setup.logits_from_features(torch.zeros(eval_batch_size, length, dim, device=device), class_embeddings)
 

@@ -24,31 +24,34 @@ def average_precision_per_class(scores: ArrayLike, targets: ArrayLike) -> np.nda
     precision(t), where a threshold admits every entry scoring at least t: equal scores are one
     step, as sklearn's `average_precision_score`. Equivalently, the mean over positives of the
     precision at the end of their tie group.
+
+    Computed with torch on the device the scores are on (a trial's GPU ranks its test split there).
     """
     scores, targets = _checked(scores, targets)
-    order = np.argsort(-scores, axis=0, kind="stable")
-    sorted_scores = np.take_along_axis(scores, order, axis=0)
-    sorted_targets = np.take_along_axis(targets, order, axis=0)
+    order = torch.argsort(-scores, dim=0, stable=True)
+    sorted_scores = scores.gather(0, order)
+    sorted_targets = targets.gather(0, order)
     is_positive = sorted_targets == 1
 
-    true_positives = np.cumsum(is_positive, axis=0)
-    known = np.cumsum(sorted_targets != -1, axis=0)
+    true_positives = is_positive.cumsum(dim=0)
+    known = (sorted_targets != -1).cumsum(dim=0)
 
     # Index of the last row of each row's tie group: the next group end at or below it.
     n = scores.shape[0]
-    group_end = np.ones_like(sorted_scores, dtype=bool)
+    group_end = torch.ones_like(sorted_scores, dtype=torch.bool)
     group_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
-    end_index = np.where(group_end, np.arange(n)[:, None], n)
-    end_of_group = np.minimum.accumulate(end_index[::-1], axis=0)[::-1]
+    rows = torch.arange(n, device=scores.device)[:, None]
+    end_index = torch.where(group_end, rows, n)
+    end_of_group = end_index.flip(0).cummin(dim=0).values.flip(0)
 
-    tp_at_end = np.take_along_axis(true_positives, end_of_group, axis=0)
-    known_at_end = np.take_along_axis(known, end_of_group, axis=0)
+    tp_at_end = true_positives.gather(0, end_of_group)
+    known_at_end = known.gather(0, end_of_group)
     # A positive row is known, so known_at_end >= 1 wherever the precision is used.
-    precision = np.divide(tp_at_end, known_at_end, out=np.zeros(tp_at_end.shape), where=is_positive)
+    precision = torch.where(is_positive, tp_at_end.double() / known_at_end.clamp(min=1).double(), 0.0)
 
-    positives = is_positive.sum(axis=0)
-    summed = precision.sum(axis=0)
-    return np.divide(summed, positives, out=np.full(summed.shape, np.nan), where=positives > 0)
+    positives = is_positive.sum(dim=0)
+    average = torch.where(positives > 0, precision.sum(dim=0) / positives.clamp(min=1), torch.nan)
+    return average.cpu().numpy()
 
 
 def map_summary(scores: ArrayLike, targets: ArrayLike) -> dict:
@@ -74,7 +77,7 @@ def overall_and_per_class_f1(scores: ArrayLike, targets: ArrayLike, threshold: f
     the multi-label literature; `CF1_mean` is the mean of the per-class F1 instead, which is what
     DualCoOp's `validate` prints as F_C. Unknown (-1) entries are not counted.
     """
-    scores, targets = _checked(scores, targets)
+    scores, targets = (value.cpu().numpy() for value in _checked(scores, targets))
     predicted = scores > threshold
     known = targets != -1
     positive = targets == 1
@@ -106,25 +109,18 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else 0.0
 
 
-def _checked(scores: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Scores as float64 and targets as int8 numpy arrays [N, K], validated."""
-    scores = _as_numpy(scores).astype(np.float64, copy=False)
-    targets = _as_numpy(targets)
-    if scores.ndim != 2 or scores.shape != targets.shape:
+def _checked(scores: ArrayLike, targets: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores as float64 and targets as int8 tensors [N, K] on the scores' device, validated."""
+    scores = torch.as_tensor(scores).detach()
+    targets = torch.as_tensor(targets).to(scores.device)
+    scores = scores.to(torch.float64)  # every float32 and bfloat16 value exactly, so ties are kept
+    if scores.dim() != 2 or scores.shape != targets.shape:
         raise ValueError(
-            f"expected scores and targets of the same shape [N, K], got {scores.shape} and {targets.shape}"
+            f"expected scores and targets of the same shape [N, K], got {tuple(scores.shape)} and {tuple(targets.shape)}"
         )
-    if not np.isin(targets, (1, 0, -1)).all():
+    if not torch.isin(targets, torch.tensor([1, 0, -1], device=targets.device)).all():
         raise ValueError("targets must be 1 (positive), 0 (negative) or -1 (unknown)")
-    nan_count = int(np.isnan(scores).sum())
+    nan_count = int(torch.isnan(scores).sum())
     if nan_count:
         raise ValueError(f"{nan_count} scores are NaN (a diverged model?); they cannot be ranked")
-    return scores, targets.astype(np.int8, copy=False)
-
-
-def _as_numpy(values: ArrayLike) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu()
-        # NumPy has no bfloat16; float32 holds every bfloat16 value exactly, so ties are kept.
-        return (values.float() if values.dtype == torch.bfloat16 else values).numpy()
-    return np.asarray(values)
+    return scores, targets.to(torch.int8)

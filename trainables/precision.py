@@ -9,6 +9,7 @@ AVX512-BF16 or AMX tiles, and fp32 everywhere else.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
@@ -43,3 +44,14 @@ def resolve(requested: Precision, device: torch.device) -> tuple[Literal["fp32",
     if requested == "bf16" and not native:
         log.warning("precision bf16 on %s is slow here: %s", device, reason)
     return requested, f"precision {requested} on {device}, as the spec says"
+
+
+def autocast(chosen: Literal["fp32", "bf16"], device: torch.device) -> AbstractContextManager:
+    """The region where a setup computes in the chosen precision: bf16 autocast, or nothing for fp32.
+
+    The cast cache is off: a CUDA graph cannot capture its lookups (`trainables.step`), and a
+    training step uses each frozen weight once, so the cache would save nothing there.
+    """
+    if chosen == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return nullcontext()

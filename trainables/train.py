@@ -4,6 +4,10 @@
 every epoch, the epoch's metrics and a resumable state. Starting it again from a yielded state
 continues with the next epoch exactly as if it had never stopped: the shuffling of each epoch is
 seeded by (seed, epoch), and the learning rate is a function of the epoch alone.
+
+On a GPU the loop keeps the device busy: cached features stay on it when they fit
+(`trainables.loader`), a step never waits for the device and is one CUDA graph
+(`trainables.step`), and the test split is scored and ranked there, read back once per epoch.
 """
 
 from __future__ import annotations
@@ -11,21 +15,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainables import clip as clip_lib
-from trainables import data, negation, precision, setups
+from trainables import data, loader, negation, precision, setups
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.errors import UserInputError
-from trainables.features import FeatureCache
-from trainables.losses import AsymmetricLoss, descend
+from trainables.features import FeatureCache, train_views
+from trainables.losses import AsymmetricLoss
 from trainables.metrics import map_summary
+from trainables.precision import autocast
 from trainables.pretrain import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
+from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 
 def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float:
@@ -42,29 +46,19 @@ def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - training.warmup_epochs) / training.epochs))
 
 
-@dataclass
-class _Split:
-    """One split's dataset and the targets the loop uses (partial labels for training)."""
-
-    dataset: data.MultiLabelDataset
-    targets: torch.Tensor  # [N, K] int8 in {1, 0, -1}
-
-
-def _autocast(chosen_precision: str, device: torch.device):
-    if chosen_precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-class _Trial:
-    """Everything one trial builds once: backbone, data, features, setup, optimiser, loss."""
+class MLRTrial:
+    """Everything one trial builds once: backbone, data, features, setup, optimiser, loss, step."""
 
     def __init__(self, config: TrialConfig):
         self.config = config
         self.device = clip_lib.resolve_device(config.device)
         self.precision, _ = precision.resolve(config.training.precision, self.device)
+        graphed = use_cuda_graph(config.training.cuda_graph, self.device)
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
-        self.resolved = {"training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu}
+        self.resolved = {
+            "training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu,
+            "training.cuda_graph": graphed, "device": clip_lib.device_name(self.device),
+        }  # fmt: skip
         """What `auto` settings became on this device and these weights: logged with the trial's run."""
         if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe, and the recipe
             checkpoint = Path(resolve_pretrained(config.backbone, config.data_dir))
@@ -72,25 +66,34 @@ class _Trial:
             self.resolved["backbone.synthetic_recipe"] = recipe_of(checkpoint)
 
         data.check(config.dataset, config.data_dir)
-        train_ds = data.build_dataset(config.dataset, "train", config.data_dir)
-        test_ds = data.build_dataset(config.dataset, "test", config.data_dir)
+        self.train_set = data.build_dataset(config.dataset, "train", config.data_dir)
+        test_set = data.build_dataset(config.dataset, "test", config.data_dir)
         # Can this backbone's text encoder tell "no X" from "X"? (PositiveCoOp section 5.2)
         self.absence_cosines = {
-            f"absence_cosine.{key}": value for key, value in negation.absence_cosines(self.clip, train_ds.classnames).items()
+            f"absence_cosine.{key}": value for key, value in negation.absence_cosines(self.clip, self.train_set.classnames).items()
         }
-        partial = data.dataset_partial_labels(train_ds, config.label_ratio, config.seed)
-        self.kept_fraction = data.kept_fraction(partial, train_ds.labels)
-        self.train = _Split(train_ds, torch.from_numpy(partial))
-        self.test = _Split(test_ds, torch.from_numpy(test_ds.labels))
+        partial = data.dataset_partial_labels(self.train_set, config.label_ratio, config.seed)
+        self.kept_fraction = data.kept_fraction(partial, self.train_set.labels)
+        self.train_targets = torch.from_numpy(partial).to(self.device)
 
-        self.cache = FeatureCache(config.cache_dir)
         # The test split is always evaluated at the test transform, a pure function of the image:
-        # encode it once for every trial and epoch, whatever the training feature mode.
-        self.test_features, test_valid = self.cache.dense_features(self.clip, test_ds, "test", device=self.device)
-        self.test_rows = np.flatnonzero(test_valid)
+        # encode it once for every trial and epoch, whatever the training feature mode. What is read
+        # most goes on the device first: the test split (every epoch), then the train views.
+        cache = FeatureCache(config.cache_dir)
+        stored = [cache.dense_features(self.clip, test_set, "test", device=self.device)]
+        views = train_views(config.features)
+        stored += [cache.dense_features(self.clip, self.train_set, view, device=self.device) for view in views]
+        budget = loader.memory_budget(self.device, config.features.device_memory, config.gpu_share)
+        placed = loader.place([s.features for s in stored], self.device, budget)
+        self.test_features, self.test_rows = placed[0], np.flatnonzero(stored[0].valid)
+        self.test_targets = torch.from_numpy(test_set.labels[self.test_rows]).to(self.device)
+        self.train_features = [(rows, np.flatnonzero(s.valid)) for rows, s in zip(placed[1:], stored[1:])]
+        self.resolved["features.resident"] = ",".join(
+            name for name, rows in zip(["test", *(f"train{i}" for i in range(len(views)))], placed) if rows.resident
+        ) or "none"
 
         torch.manual_seed(config.seed)  # the setup's initialisation depends on the seed alone
-        self.setup = setups.build(config.setup, train_ds.classnames, self.clip, **config.setup_options).to(self.device)
+        self.setup = setups.build(config.setup, self.train_set.classnames, self.clip, **config.setup_options).to(self.device)
         self.trainable_params = setups.count_trainable(self.setup)
         groups = self.setup.parameter_groups()
         missing = sorted(set(groups) - set(config.training.lr))
@@ -106,69 +109,61 @@ class _Trial:
             weight_decay=opt.weight_decay,
             nesterov=opt.nesterov,
         )
-        self.loss = AsymmetricLoss.from_config(config.loss)  # its `weight` is applied in train_epoch
+        self.loss = AsymmetricLoss.from_config(config.loss)
+        self.step = TrainingStep(self.loss_of, self.optimizer, self.device, graphed)
 
     # -- features ---------------------------------------------------------------------------
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (dense features [B,L,d] float32, targets [B,K]) for one epoch, shuffled by (seed, epoch)."""
         cfg = self.config
-        dataset, size = self.train.dataset, cfg.training.batch_size
+        dataset, size = self.train_set, cfg.training.batch_size
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         if cfg.features.mode == "online":
             images = data.ImageTensors(dataset, data.train_transform(cfg.backbone.image_size), cfg.backbone.image_size)
             order = torch.randperm(len(dataset), generator=generator).tolist()
-            loader = torch.utils.data.DataLoader(images, batch_size=size, sampler=order, num_workers=cfg.training.num_workers)
-            for batch, idx, valid in loader:
+            image_batches = torch.utils.data.DataLoader(images, batch_size=size, sampler=order, num_workers=cfg.training.num_workers)
+            for batch, idx, valid in data.batches_of(image_batches):
                 with torch.no_grad():
                     feats = self.clip.encode_dense(batch[valid].to(self.device)).float()
-                yield feats, self.train.targets[idx[valid]].to(self.device)
+                yield feats, self.train_targets[idx[valid].to(self.device)]
             return
-
-        view = "test" if cfg.features.mode == "cached" else ("train", epoch % cfg.features.views)
-        features, valid = self.cache.dense_features(self.clip, dataset, view, device=self.device)
-        rows = np.flatnonzero(valid)
-        order = rows[torch.randperm(len(rows), generator=generator).numpy()]
-        for start in range(0, len(order), size):
-            # Sorted indices read the memory map sequentially; the batch is a set, so order within it is free.
-            idx = np.sort(order[start : start + size])
-            feats = torch.from_numpy(np.asarray(features[idx], dtype=np.float32)).to(self.device)
-            yield feats, self.train.targets[idx].to(self.device)
+        features, rows = self.train_features[epoch % len(self.train_features)]  # `cached`: one view
+        for index, feats in features.batches(loader.batch_rows(rows, size, generator)):
+            yield feats, self.train_targets.index_select(0, index)
 
     # -- one epoch --------------------------------------------------------------------------
 
     def set_learning_rates(self, epoch: int) -> dict[str, float]:
-        lrs = {}
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config.training.lr[group["name"]], epoch, self.config.training)
-            lrs[f"lr_{group['name']}"] = group["lr"]
-        return lrs
+        training = self.config.training
+        rates = {g["name"]: learning_rate(training.lr[g["name"]], epoch, training) for g in self.optimizer.param_groups}
+        self.step.set_learning_rates(list(rates.values()))
+        return {f"lr_{name}": rate for name, rate in rates.items()}
+
+    def loss_of(self, feats: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch (`loss.weight` applied); what `TrainingStep` runs and captures."""
+        with autocast(self.precision, self.device):
+            logits = self.setup(feats)
+        return self.loss(logits.float(), targets) * self.config.loss.weight
 
     def train_epoch(self, epoch: int) -> float:
         self.setup.train()
-        total, batches = 0.0, 0
         for feats, targets in self.train_batches(epoch):
-            with _autocast(self.precision, self.device):
-                logits = self.setup(feats)
-            loss = self.loss(logits.float(), targets) * self.config.loss.weight
-            total += descend(self.optimizer, loss, epoch, batches)
-            batches += 1
-        return total / max(batches, 1)
+            self.step(feats, targets)
+        return self.step.end_epoch(epoch)
 
     @torch.no_grad()
     def evaluate(self) -> dict:
+        """mAP of the test split, scored on the device in `eval_batch_size` batches and ranked there."""
         self.setup.eval()
-        with _autocast(self.precision, self.device):
+        with autocast(self.precision, self.device):
             class_embeddings = self.setup.class_embeddings()
         scores = []
-        size = self.config.training.eval_batch_size
-        for start in range(0, len(self.test_rows), size):
-            idx = self.test_rows[start : start + size]
-            feats = torch.from_numpy(np.asarray(self.test_features[idx], dtype=np.float32)).to(self.device)
-            with _autocast(self.precision, self.device):
+        for _, feats in self.test_features.batches(loader.batch_rows(self.test_rows, self.config.training.eval_batch_size)):
+            with autocast(self.precision, self.device):
                 logits = self.setup.logits_from_features(feats, class_embeddings).float()
-            scores.append(self.presence_score(logits).cpu())
-        return map_summary(torch.cat(scores).numpy(), self.test.targets[self.test_rows].numpy())
+            scores.append(self.presence_score(logits))
+        return map_summary(torch.cat(scores), self.test_targets)
 
     def presence_score(self, logits: torch.Tensor) -> torch.Tensor:
         """The probability of presence, as the loss sees it: the 2-way softmax or the sigmoid ASL."""
@@ -179,7 +174,7 @@ class _Trial:
 
 def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
     """Train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
-    trial = _Trial(config)
+    trial = MLRTrial(config)
     state = state or {"epoch": 0, "best_mAP": -math.inf, "best_epoch": 0, "best_per_class_ap": None, "train_seconds": 0.0}
     if state.get("setup") is not None:
         trial.setup.load_state_dict(state["setup"])
@@ -200,8 +195,8 @@ def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple
             "best_epoch": epoch + 1 if improved else state["best_epoch"],
             "best_per_class_ap": summary["per_class_ap"].tolist() if improved else state["best_per_class_ap"],
             "train_seconds": seconds,
-            "setup": {k: v.detach().cpu().clone() for k, v in trial.setup.state_dict().items()},
-            "optimizer": trial.optimizer.state_dict(),
+            "setup": snapshot(trial.setup.state_dict()),
+            "optimizer": snapshot(trial.optimizer.state_dict()),
         }
         metrics = {
             "epoch": epoch + 1,
@@ -211,7 +206,7 @@ def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple
             "best_epoch": state["best_epoch"],
             "best_per_class_ap": state["best_per_class_ap"],
             "classes_without_positives": summary["classes_without_positives"],
-            "classnames": trial.train.dataset.classnames,
+            "classnames": trial.train_set.classnames,
             "trainable_params": trial.trainable_params,
             "train_seconds": seconds,
             "gpu_seconds": seconds if on_gpu else 0.0,

@@ -12,7 +12,7 @@ from typing import Literal
 
 from trainables.config import DatasetConfig
 from trainables.data import coco, manifest, synthetic, voc
-from trainables.data.base import ImageTensors, MultiLabelDataset, view_seed
+from trainables.data.base import ImageTensors, MultiLabelDataset, batches_of, view_seed
 from trainables.data.partial import (
     dataset_key,
     dataset_partial_labels,
@@ -59,6 +59,7 @@ __all__ = [
     "ImageTensors",
     "MultiLabelDataset",
     "Split",
+    "batches_of",
     "build_dataset",
     "check",
     "dataset_key",

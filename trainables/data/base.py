@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -53,6 +53,13 @@ class MultiLabelDataset:
             raise ValueError(f"labels must be int8 [{n}, {k}], got {self.labels.dtype} {self.labels.shape}")
         if len(self.image_paths) != n:
             raise ValueError(f"{len(self.image_paths)} image paths for {n} image ids")
+        # Checked once here, so that no training step has to (a check there waits for the device).
+        invalid = ~np.isin(self.labels, (1, 0, -1))
+        if invalid.any():
+            found = sorted(set(self.labels[invalid].tolist()))
+            raise UserInputError(
+                f"dataset '{self.name}' ({self.split}): labels must be 1 (present), 0 (absent) or -1 (unknown), found {found}"
+            )
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -127,6 +134,19 @@ class ImageTensors(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(view_seed(self.augmentation_seed, self.view, index))
             return self.transform(image), index, True
+
+
+def batches_of(loader: torch.utils.data.DataLoader) -> Iterator:
+    """The batches of `loader`. A UserInputError raised in one of its worker processes (an unreadable
+    image) is raised here as itself, in one line: torch re-raises it with the worker's traceback
+    folded into the message."""
+    try:
+        yield from loader
+    except UserInputError as error:
+        text = str(error).strip()
+        if "Original Traceback" not in text:
+            raise
+        raise UserInputError(text.splitlines()[-1].split(f"{UserInputError.__name__}: ", 1)[-1]) from None
 
 
 def check_layout(name: str, root: Path, entries: list[str], expected: str) -> None:

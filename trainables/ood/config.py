@@ -142,6 +142,9 @@ class OODTrainingConfig(Strict):
     lr: float = Field(0.01, gt=0.0)
     optimizer: OptimizerConfig = OptimizerConfig(momentum=0.9, weight_decay=1e-5, nesterov=True)
     """LAPT: SGD with Nesterov momentum 0.9, weight decay 1e-5, lr 0.01, a per-step cosine to lr * 1e-8."""
+    cuda_graph: Literal["auto"] | bool = "auto"
+    """Run each training step as one CUDA graph (`trainables.step`): `auto` on CUDA devices, off
+    elsewhere; `true` on a device without CUDA fails the trial."""
 
 
 class OODTrialConfig(Strict):
@@ -160,3 +163,5 @@ class OODTrialConfig(Strict):
     cache_dir: Path
     data_dir: Path
     device: str = "auto"
+    gpu_share: float = Field(1.0, gt=0.0, le=1.0)
+    """The fraction of its GPU the trial holds (`resources.gpus_per_trial` below 1)."""

@@ -2,13 +2,15 @@
 
 `run_ood_epochs(config, state)` yields, after every epoch, the epoch's metrics and a resumable
 state, as `trainables.train.run_epochs` does for multi-label recognition. Image features are
-CLIP's global embeddings, encoded once into the shared feature cache; the text side is all that
-trains. The untuned variants (`neglabel`, `zero_shot`) evaluate once, as epoch 1.
+CLIP's global embeddings, encoded once into the shared feature cache and kept on the device; the
+text side is all that trains. The untuned variants (`neglabel`, `zero_shot`) evaluate once, as
+epoch 1. An epoch's random draws (order, mixing weights, templates, partners) are made on the host
+before it starts and uploaded once, so that a step (`trainables.step`) never waits for the device
+and can be one CUDA graph.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterator
@@ -18,15 +20,16 @@ import torch
 import torch.nn.functional as F
 
 from trainables import clip as clip_lib
+from trainables import loader
 from trainables.features import FeatureCache
-from trainables.losses import descend
 from trainables.ood import collect, lapt, negatives
 from trainables.ood.config import NegativesConfig, OODTrialConfig
 from trainables.ood.data import id_dataset, ood_set
-from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, soft_cross_entropy
+from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, one_hot, soft_cross_entropy
 from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
 from trainables.ood.score import grouped_score
 from trainables.pretrain import load_backbone
+from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 PRIMARY_METRIC = "auroc"
 """The metric a LAPT trial is ranked by: the mean AUROC over its OOD sets, in percent."""
@@ -51,30 +54,36 @@ def training_negatives(mined: negatives.Words, train_count: int | None) -> torch
     return torch.cat([torch.arange(nouns), len(mined.nouns) + torch.arange(adjectives)])
 
 
-class _OODTrial:
+class OODTrial:
     """Everything one trial builds once: backbone, features, negative labels, examples, prompts."""
 
     def __init__(self, config: OODTrialConfig):
         self.config = config
         self.device = clip_lib.resolve_device(config.device)
+        graphed = use_cuda_graph(config.training.cuda_graph, self.device)
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
+        self.resolved = {"training.cuda_graph": graphed, "device": clip_lib.device_name(self.device)}
+        """What `auto` settings became on this device: logged with the trial's run."""
         self.scale = self.clip.logit_scale
         cache = FeatureCache(config.cache_dir)
+        budget = loader.memory_budget(self.device, None, config.gpu_share)
 
-        def features(dataset) -> torch.Tensor:
+        def features(dataset) -> tuple[torch.Tensor, np.ndarray]:
+            """The unit image embeddings of `dataset` on the device [N, d], and which rows are real images."""
             stored = cache.dense_features(self.clip, dataset, "test", device=self.device, encoding="global")
-            return F.normalize(torch.from_numpy(np.asarray(stored.features[:, 0], dtype=np.float32)), dim=-1), stored.valid
+            (rows,) = loader.place([stored.features], self.device, budget)
+            return F.normalize(rows.all(np.arange(len(dataset)))[:, 0], dim=-1), stored.valid
 
         train, test = id_dataset(config.id_dataset, "train", config.data_dir), id_dataset(config.id_dataset, "test", config.data_dir)
         self.id_names = train.classnames
         self.num_id = len(self.id_names)
         test_features, test_valid = features(test)
-        self.id_test = test_features[test_valid].to(self.device)
+        self.id_test = test_features[test_valid]
         self.id_test_labels = test.labels[test_valid].argmax(axis=1)
         self.ood_tests = {}
         for ood in config.ood_sets:
             ood_features, ood_valid = features(ood_set(ood, config.data_dir))
-            self.ood_tests[ood.name] = (ood.group, ood_features[ood_valid].to(self.device))
+            self.ood_tests[ood.name] = (ood.group, ood_features[ood_valid])
 
         self.negative_labels = lapt.mine_negative_labels(
             self.clip, self.id_names, corpus(config.negatives), config.negatives.count, config.negatives.percentile, config.cache_dir
@@ -90,24 +99,26 @@ class _OODTrial:
                 self.prompts.parameters(), lr=config.training.lr, momentum=opt.momentum,
                 weight_decay=opt.weight_decay, nesterov=opt.nesterov,
             )  # fmt: skip
+            self.step = TrainingStep(self.loss_of, self.optimizer, self.device, graphed)
 
     # -- training examples ------------------------------------------------------------------
 
     def _collect(self, features, train) -> None:
         """Training features and labels: ID labels first (0..K-1), then the negative labels that train."""
         cfg = self.config
-        self.train_negatives = training_negatives(self.negative_labels, cfg.negatives.train_count)
+        self.train_negatives = training_negatives(self.negative_labels, cfg.negatives.train_count).to(self.device)
         train_negatives = len(self.train_negatives)
+        self.num_labels = self.num_id + train_negatives
         label_features = torch.cat([self.handcrafted[: self.num_id], self.handcrafted[self.num_id + self.train_negatives]])
         parts = []
         pool = None
         if cfg.collector.pool is not None:
             pool_features, pool_valid = features(ood_set(cfg.collector.pool, cfg.data_dir))
-            pool = pool_features[pool_valid]
+            pool = pool_features[pool_valid].cpu()
         if cfg.collector.kind == "id_train":
             train_features, train_valid = features(train)
             rows, labels = collect.id_examples(train.labels[train_valid])
-            parts.append((train_features[train_valid][rows], torch.from_numpy(labels)))
+            parts.append((train_features[train_valid][rows].cpu(), torch.from_numpy(labels)))
             retrieved_labels = torch.arange(self.num_id, self.num_id + train_negatives) if pool is not None else None
         else:
             retrieved_labels = torch.arange(self.num_id + train_negatives)
@@ -116,7 +127,8 @@ class _OODTrial:
             parts.append((pool[chosen.flatten()], retrieved_labels.repeat_interleave(cfg.collector.per_label)))
         examples, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         kept = collect.keep_fraction(labels.numpy(), cfg.label_ratio, cfg.seed)
-        self.examples, self.labels = examples[kept].to(self.device), labels[kept].to(self.device)
+        self.labels = labels[kept]  # on the host too: the partners of cross-distribution mixing are drawn there
+        self.examples, self.device_labels = examples[kept].to(self.device), self.labels.to(self.device)
         # Frozen hand-crafted features of each training label under the TIP templates.
         names = self.id_names + [self.negative_labels.all[i] for i in self.train_negatives.tolist()]
         self.label_templates = lapt.template_features(self.clip, names).to(self.device) if cfg.mixing.cross_modal else None
@@ -124,47 +136,82 @@ class _OODTrial:
     # -- one epoch --------------------------------------------------------------------------
 
     def train_epoch(self, epoch: int) -> float:
-        cfg = self.config
-        # Every draw of an epoch (order, mixing weights, partners, templates) is seeded by (seed, epoch),
-        # so a resumed trial continues exactly.
+        batch_size = self.config.training.batch_size
+        steps_per_epoch = math.ceil(len(self.labels) / batch_size)
+        total_steps = self.config.training.epochs * steps_per_epoch
+        draws = self._draws(epoch)
+        for step, (start, rows) in enumerate(zip(range(0, len(self.labels), batch_size), draws["rows"])):
+            self._set_learning_rate(epoch * steps_per_epoch + step, total_steps)
+            end = start + len(rows)
+            self.step(
+                self.examples.index_select(0, draws["order"][start:end]),
+                self.device_labels.index_select(0, draws["order"][start:end]),
+                draws["templates"][start:end], draws["partners"][start:end],
+                draws["cross_modal_lam"][step], draws["cross_distribution_lam"][step], draws["paired"][step],
+            )  # fmt: skip
+        return self.step.end_epoch(epoch)
+
+    def _draws(self, epoch: int) -> dict:
+        """Every random draw of an epoch, made on the host in the order the steps use them and
+        uploaded once: the batches' rows (`order`), and per step the mixing weights, the TIP
+        template of each sample, each sample's partner row within its batch and whether the batch
+        has pairs. Seeded by (seed, epoch), so a resumed trial continues exactly."""
+        cfg, mixing = self.config, self.config.mixing
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         mixing_weights = np.random.default_rng([cfg.seed, epoch])
         order = torch.randperm(len(self.labels), generator=generator)
-        steps_per_epoch = math.ceil(len(order) / cfg.training.batch_size)
-        num_labels = self.num_id + len(self.train_negatives)
-        total, batches = 0.0, 0
-        for step, start in enumerate(range(0, len(order), cfg.training.batch_size)):
-            self._set_learning_rate(epoch * steps_per_epoch + step, cfg.training.epochs * steps_per_epoch)
-            idx = order[start : start + cfg.training.batch_size]
-            feats, labels = self.examples[idx], self.labels[idx]
-            text = self.prompts.text_features(self.train_negatives)
-            loss = self._loss(feats, labels, text, num_labels, generator, mixing_weights)
-            total += descend(self.optimizer, loss, epoch, step)
-            batches += 1
-        return total / max(batches, 1)
+        rows = list(order.split(cfg.training.batch_size))
+        templates, partners, cross_modal_lams, cross_distribution_lams, paired = [], [], [], [], []
+        for batch in rows:
+            if mixing.cross_modal:
+                cross_modal_lams.append(float(mixing_weights.beta(*mixing.cross_modal_beta)))
+                templates.append(torch.randint(len(lapt.TIP_TEMPLATES), (len(batch),), generator=generator))
+            else:
+                cross_modal_lams.append(0.0)
+                templates.append(torch.zeros(len(batch), dtype=torch.int64))
+            pairs = None
+            if mixing.cross_distribution:
+                cross_distribution_lams.append(float(mixing_weights.beta(*mixing.cross_distribution_beta)))
+                pairs = draw_partners(self.labels[batch], self.num_id, generator)
+            else:
+                cross_distribution_lams.append(0.0)
+            partners.append(pairs if pairs is not None else torch.arange(len(batch)))  # unpaired: weighted 0
+            paired.append(float(pairs is not None))
 
-    def _loss(self, feats, labels, text, num_labels, generator, mixing_weights: np.random.Generator) -> torch.Tensor:
+        def upload(values, dtype: torch.dtype | None = None) -> torch.Tensor:
+            return torch.as_tensor(values, dtype=dtype).to(self.device)
+
+        return {
+            "rows": rows,
+            "order": upload(order),
+            "templates": upload(torch.cat(templates)),
+            "partners": upload(torch.cat(partners)),
+            # float64, as the Python numbers they were: each operation rounds them as it did those.
+            "cross_modal_lam": upload(cross_modal_lams, torch.float64),
+            "cross_distribution_lam": upload(cross_distribution_lams, torch.float64),
+            "paired": upload(paired, torch.float32),
+        }
+
+    def loss_of(self, feats, labels, templates, partners, cross_modal_lam, cross_distribution_lam, paired) -> torch.Tensor:
+        """LAPT's loss of one batch, given its draws (`_draws`); what `TrainingStep` runs and captures."""
         mixing = self.config.mixing
-        if mixing.cross_modal:
-            lam = float(mixing_weights.beta(*mixing.cross_modal_beta))
-            template = torch.randint(len(lapt.TIP_TEMPLATES), (len(labels),), generator=generator).to(labels.device)
-            inputs = cross_modal_mix(feats, self.label_templates[labels, template], lam)
-        else:
-            inputs = feats
-        loss = soft_cross_entropy(self.scale * inputs @ text.T, F.one_hot(labels, num_labels).float())
+        text = self.prompts.text_features(self.train_negatives)
+        inputs = cross_modal_mix(feats, self.label_templates[labels, templates], cross_modal_lam) if mixing.cross_modal else feats
+        loss = soft_cross_entropy(self.scale * inputs @ text.T, one_hot(labels, self.num_labels))
         if mixing.cross_distribution:
-            lam = float(mixing_weights.beta(*mixing.cross_distribution_beta))
-            mixed = cross_distribution_mix(feats, labels, self.num_id, num_labels, lam, mixing.beta, generator)
-            if mixed is not None:
-                loss = loss + soft_cross_entropy(self.scale * mixed[0] @ text.T, mixed[1])
+            mixed = cross_distribution_mix(
+                feats, labels, partners, self.num_id, self.num_labels, cross_distribution_lam, mixing.beta
+            )
+            # A batch without pairs adds nothing (multiplying by 0 keeps the graph's shape fixed).
+            loss = loss + paired * soft_cross_entropy(self.scale * mixed[0] @ text.T, mixed[1])
         return loss
 
     def _set_learning_rate(self, step: int, total_steps: int) -> None:
         """LAPT's per-iteration cosine from lr down to lr * 1e-8."""
         base = self.config.training.lr
         floor = base * 1e-8
-        for group in self.optimizer.param_groups:
-            group["lr"] = floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * step / max(total_steps, 1)))
+        rate = floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * step / max(total_steps, 1)))
+        self.step.set_learning_rates([rate] * len(self.optimizer.param_groups))
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -202,7 +249,7 @@ class _OODTrial:
 
 def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
     """Train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
-    trial = _OODTrial(config)
+    trial = OODTrial(config)
     state = state or {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
     if trial.prompts is not None and state.get("prompts") is not None:
         trial.prompts.load_state_dict(state["prompts"])
@@ -223,8 +270,8 @@ def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterato
         }
         if trial.prompts is not None:
             state |= {
-                "prompts": {k: v.detach().cpu().clone() for k, v in trial.prompts.state_dict().items()},
-                "optimizer": copy.deepcopy(trial.optimizer.state_dict()),  # a snapshot, not the live buffers
+                "prompts": snapshot(trial.prompts.state_dict()),
+                "optimizer": snapshot(trial.optimizer.state_dict()),
             }
         yield {
             "epoch": epoch + 1,
@@ -236,4 +283,5 @@ def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterato
             "train_seconds": seconds,
             "num_negative_labels": len(trial.negative_labels.all),
             "negative_labels": trial.negative_labels.all,
+            "resolved": trial.resolved,
         }, state

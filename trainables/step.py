@@ -1,0 +1,176 @@
+"""A trial's optimiser steps, without a host synchronisation, eager or replayed from a CUDA graph.
+
+A family's loop hands `TrainingStep` a loss function of tensors (a batch's features, its targets,
+the step's random draws) and its SGD optimiser. Each call runs forward, backward and the update
+and never waits for the device: the learning rates are device tensors (changed with `fill_`, no
+recapture), and the sum of the losses and the first non-finite step are kept on the device and
+read once per epoch by `end_epoch`, which raises `FloatingPointError` naming the first bad step.
+
+On CUDA with `graphed=True` the whole step is one CUDA graph: the first `WARMUP_STEPS` calls run
+eagerly on a side stream (real training steps: they also create the optimiser's momentum buffers,
+which the captured update then changes in place), the next call is captured with static input
+buffers and replayed, and every later call with inputs of the captured shapes copies them into
+those buffers and replays. A call of other shapes (an epoch's last, shorter batch) runs eagerly,
+so no batch is dropped. The capture wraps the step, not a setup: any loss function of tensors is
+captured, so every setup and family gets it without code of its own. The loss function must not
+synchronise (no `.item()`, no data-dependent Python branches) and should autocast with
+`cache_enabled=False` (`trainables.precision.autocast`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+
+from trainables.errors import UserInputError
+
+WARMUP_STEPS = 3
+"""Eager steps on a side stream before the capture (PyTorch's recipe for whole-network capture)."""
+
+LossFunction = Callable[..., torch.Tensor]
+
+
+def use_cuda_graph(requested: Literal["auto"] | bool, device: torch.device) -> bool:
+    """`training.cuda_graph` on this trial's device: `auto` is on for CUDA, off elsewhere; `true` on a
+    device without CUDA is a one-line error of this trial (the driver, maybe without a GPU, cannot judge it)."""
+    if requested == "auto":
+        return device.type == "cuda"
+    if requested and device.type != "cuda":
+        raise UserInputError(f"training.cuda_graph is true, but this trial runs on {device}: CUDA graphs need a CUDA device")
+    return bool(requested)
+
+
+@torch.no_grad()
+def sgd_update(optimizer: torch.optim.SGD, learning_rates: Sequence[torch.Tensor]) -> None:
+    """`torch.optim.SGD`'s update (weight decay, momentum with dampening, Nesterov, maximize), with
+    each parameter group's learning rate read from a 0-dim device tensor: SGD itself turns a tensor
+    learning rate into a Python number (a host sync, which a CUDA graph cannot capture).
+
+    The momentum buffers live in `optimizer.state` as SGD keeps them, so `state_dict()` and
+    `load_state_dict()` are SGD's own and checkpoints are interchangeable with `optimizer.step()`'s.
+    """
+    for group, lr in zip(optimizer.param_groups, learning_rates, strict=True):
+        weight_decay, momentum = group["weight_decay"], group["momentum"]
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            grad = -param.grad if group["maximize"] else param.grad
+            if weight_decay != 0:
+                grad = grad.add(param, alpha=weight_decay)
+            if momentum != 0:
+                state = optimizer.state[param]
+                buffer = state.get("momentum_buffer")
+                if buffer is None:
+                    buffer = state["momentum_buffer"] = grad.detach().clone()
+                else:
+                    buffer.mul_(momentum).add_(grad, alpha=1 - group["dampening"])
+                grad = grad.add(buffer, alpha=momentum) if group["nesterov"] else buffer
+            # p - lr * g, bit for bit SGD's p.add_(g, alpha=-lr): (-1 * g) * lr == -(lr * g) exactly.
+            param.addcmul_(grad, lr, value=-1)
+
+
+def snapshot(state: dict) -> dict:
+    """A copy of a state dict (nested dicts and lists of tensors) on the CPU, for a checkpoint:
+    detached from the live tensors that later steps change in place, and loadable on any node."""
+    if isinstance(state, dict):
+        return {key: snapshot(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [snapshot(value) for value in state]
+    return state.detach().cpu().clone() if isinstance(state, torch.Tensor) else state
+
+
+class TrainingStep:
+    """One optimiser step per call, on `loss_of(*inputs)`; see the module docstring."""
+
+    def __init__(self, loss_of: LossFunction, optimizer: torch.optim.SGD, device: torch.device, graphed: bool = False):
+        if graphed and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+        self.loss_of = loss_of
+        self.optimizer = optimizer
+        self.device = device
+        self.graphed = graphed
+        self.learning_rates = [torch.tensor(float(g["lr"]), device=device) for g in optimizer.param_groups]
+        # Read by `end_epoch` only: the steps of this epoch, their loss sum, the first non-finite one.
+        self._steps = torch.zeros((), dtype=torch.int64, device=device)
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self._first_bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+        self._warmup_left = WARMUP_STEPS
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._static_inputs: list[torch.Tensor] = []
+
+    def set_learning_rates(self, values: Sequence[float]) -> None:
+        """Each group's learning rate from now on; written to the device without waiting for it."""
+        for group, tensor, value in zip(self.optimizer.param_groups, self.learning_rates, values, strict=True):
+            group["lr"] = value  # what the optimiser's state_dict reports
+            tensor.fill_(value)
+
+    def __call__(self, *inputs: torch.Tensor) -> None:
+        if not self.graphed:
+            self._step(inputs)
+        elif self._graph is not None and self._fits(inputs):
+            for static, value in zip(self._static_inputs, inputs):
+                static.copy_(value, non_blocking=True)
+            self._graph.replay()
+        elif self._graph is not None:
+            self._step(inputs)  # other shapes than the captured ones: eager, after the graph's steps
+        elif self._warmup_left > 0:
+            self._warmup_left -= 1
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._step(inputs)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        else:
+            self._capture(inputs)
+
+    def end_epoch(self, epoch: int) -> float:
+        """The mean loss of this epoch's steps (the one host sync of an epoch); raises FloatingPointError
+        if a loss was not finite, naming the epoch (0-based here) and its first such step."""
+        steps, first_bad, total, bad_loss = torch.stack(
+            [self._steps.double(), self._first_bad_step.double(), self._loss_sum, self._first_bad_loss.double()]
+        ).tolist()
+        self._steps.zero_()
+        self._loss_sum.zero_()
+        self._first_bad_step.fill_(-1)
+        if first_bad >= 0:
+            raise FloatingPointError(
+                f"training loss is {bad_loss} at epoch {epoch + 1}, step {int(first_bad) + 1}: "
+                "the learning rate or loss settings diverge"
+            )
+        return total / max(steps, 1)
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def _step(self, inputs: Sequence[torch.Tensor], zero_grad: bool = True) -> None:
+        if zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_of(*inputs)
+        loss.backward()
+        sgd_update(self.optimizer, self.learning_rates)
+        with torch.no_grad():
+            loss = loss.detach()
+            first_bad = torch.logical_and(~torch.isfinite(loss), self._first_bad_step < 0)
+            self._first_bad_step.copy_(torch.where(first_bad, self._steps, self._first_bad_step))
+            self._first_bad_loss.copy_(torch.where(first_bad, loss.float(), self._first_bad_loss))
+            self._loss_sum.add_(loss.double())
+            self._steps.add_(1)
+
+    def _fits(self, inputs: Sequence[torch.Tensor]) -> bool:
+        return len(inputs) == len(self._static_inputs) and all(
+            s.shape == x.shape and s.dtype == x.dtype for s, x in zip(self._static_inputs, inputs)
+        )
+
+    def _capture(self, inputs: Sequence[torch.Tensor]) -> None:
+        """Capture one step on static copies of `inputs`, then replay it (capturing runs nothing)."""
+        self._static_inputs = [x.clone() for x in inputs]
+        # Gradients allocated inside the capture belong to the graph's memory pool; every replay
+        # writes them afresh, as backward does into a None gradient.
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(self._static_inputs, zero_grad=False)
+        self._graph = graph
+        graph.replay()
