@@ -9,6 +9,7 @@ MLflow UI.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import tempfile
@@ -21,7 +22,8 @@ import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator.schema import LAUNCH_ROLE, RANKING_METRICS, ROLE_TAG, SPEC_PATH_TAG, role_filter
+from orchestrator.grid import Membership
+from orchestrator.schema import LAUNCH_ROLE, LAUNCHED_AT_TAG, PLAN_ARTIFACT, RANKING_METRICS, ROLE_TAG, SPEC_PATH_TAG, role_filter
 from orchestrator.spec import read_yaml, require_existing_store, resolve_spec_path, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -109,6 +111,8 @@ def open_store(tracking_uri: str) -> MlflowClient:
         check_reachable(tracking_uri)
     from mlflow.tracking import MlflowClient
 
+    # The readers download small files (spec.yaml, plan.json): no progress bar over the report.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -120,14 +124,30 @@ def experiment_id(client: MlflowClient, target: Target) -> str:
 
 
 def launch_run(client: MlflowClient, experiment: str) -> Run | None:
-    """The experiment's parent run (`orchestrator.role=launch`), the most recent if there are several."""
-    runs = client.search_runs(
-        [experiment],
-        filter_string=role_filter(LAUNCH_ROLE),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    """The launch run (`orchestrator.role=launch`) of the spec the experiment now stands at: the one
+    launched last (a spec launched again, reverted to, say, is the current one again)."""
+    runs = client.search_runs([experiment], filter_string=role_filter(LAUNCH_ROLE), max_results=1000)
+    return max(runs, key=lambda run: (float(run.data.tags.get(LAUNCHED_AT_TAG, 0)), run.info.start_time), default=None)
+
+
+def current_membership(client: MlflowClient, launch: Run | None) -> Membership | None:
+    """Which trials the current spec has (its launch run's `plan.json`); None for a launch made
+    before launches recorded it, whose spec has every trial of the experiment."""
+    if launch is None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(launch.info.run_id, PLAN_ARTIFACT, folder)
+        except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
+            return None
+        return Membership.from_json(Path(path).read_text())
+
+
+def in_current_spec(trials: pd.DataFrame, membership: Membership | None) -> pd.Series:
+    """Which rows of `tables.read_trials` are trials of the current spec."""
+    if membership is None:
+        return trials["run_id"].notna()
+    return trials.apply(lambda row: membership.contains(row["cell_key"], row["config_hash"], row["trial_key"], row["study"]), axis=1).astype(bool)
 
 
 # ---------------------------------------------------------------- rerunning the best configurations
@@ -264,12 +284,19 @@ def run(args: argparse.Namespace) -> int:
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
     experiment = experiment_id(client, target)
-    all_trials = trials = tables.read_trials(client, experiment)
-    if trials.empty:
+    all_trials = tables.read_trials(client, experiment)
+    if all_trials.empty:
         raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
-    ood_trials = ood_table.read_ood_trials(client, experiment)
-    trials = trials[trials["family"] != "ood"]
     launch = launch_run(client, experiment)
+    current = in_current_spec(all_trials, current_membership(client, launch))
+    if not current.all():
+        print(f"{(~current).sum()} trial run(s) of earlier versions of the spec, not in its grid now, are left out "
+              "(they stay in MLflow)", file=sys.stderr)  # fmt: skip
+    all_trials = trials = all_trials[current]
+    ood_trials = ood_table.read_ood_trials(client, experiment)
+    if not ood_trials.empty:
+        ood_trials = ood_trials[ood_trials["run_id"].isin(all_trials["run_id"])]
+    trials = trials[trials["family"] != "ood"]
     table = configs = ood = negation = None
     if not trials.empty:
         reference = tables.load_reference() if args.reference == "paper" else None

@@ -1,4 +1,4 @@
-"""`python -m orchestrator {run,validate,describe,cache,table,ui}`: the command line.
+"""`python -m orchestrator {run,validate,describe,cache,tune-packing,table,status,ui}`: the command line.
 
 Bad input (a spec value, a dataset path, an unreachable tracking server) is printed as one line
 per problem with exit code 2 and no traceback; anything else is a bug and keeps its traceback.
@@ -58,11 +58,30 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from orchestrator.scheduling import fill_feature_cache
+    from orchestrator import fill
 
     spec = _load(args).spec
-    fill_feature_cache(spec)
+    if args.address is None:
+        fill.fill_locally(spec)
+    else:
+        from orchestrator.scheduling import joined_ray
+
+        with joined_ray(args.address):
+            fill.fill_on_cluster(spec)
     print(f"Feature cache: {spec.cache_dir}")
+    return 0
+
+
+def _tune_packing(args: argparse.Namespace) -> int:
+    from orchestrator import packing
+
+    try:
+        processes = sorted({int(k) for k in args.processes.split(",")})
+    except ValueError:
+        raise UserInputError(f"--processes: {args.processes!r} is not a list of counts like 1,2,4,8") from None
+    if not processes or processes[0] < 1:
+        raise UserInputError(f"--processes: counts must be at least 1, got {args.processes!r}")
+    print(packing.run(_load(args), processes, args.seconds))
     return 0
 
 
@@ -189,14 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="How many cells and trials a spec has, the trainable parameters of each setup on "
         "its backbone, and where results, MLflow runs and cached features go. Runs nothing.",
     )
-    _add_spec_command(
+    cache = _add_spec_command(
         commands,
         "cache",
         _cache,
         help="fill the frozen-feature cache ahead of a run",
         description="Encode every image a spec's trials will read with the frozen backbone, once per "
-        "(dataset, backbone, feature mode), with a progress bar.",
+        "(dataset, backbone, feature mode), with a progress bar: here, or on a Ray cluster's GPUs (--address).",
     )
+    cache.add_argument("--address", help="encode on the GPU nodes of this Ray cluster (e.g. auto or 10.0.0.1:6379)")
+    packing = _add_spec_command(
+        commands,
+        "tune-packing",
+        _tune_packing,
+        help="measure how many trials should share one GPU",
+        description="Run 1, 2, 4 and 8 trial processes of the spec's heaviest setup on this machine's GPU at once, "
+        "each keeping the features its share of the GPU allows, and print the total images/s, the peak memory "
+        "and the resources.gpus_per_trial to use. Fills the feature cache first if needed.",
+    )
+    packing.add_argument("--processes", default="1,2,4,8", help="trial processes sharing the device (default: 1,2,4,8)")
+    packing.add_argument("--seconds", type=float, default=30.0, help="seconds of training each packing is measured over")
 
     table = commands.add_parser(
         "table",

@@ -55,6 +55,12 @@ class Trial:
     setup: str
     """The cell's setup (an MLR setup or a LAPT variant): the `setup` tag of its runs."""
     family: str = "mlr"
+    study: str | None = None
+    """The Optuna study that sampled it (a searched cell's trial)."""
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(self.trial_config)
 
     def as_config(self) -> dict:
         """The Ray Tune config of this trial, as `trainables.trainable.run_trial` receives it."""
@@ -63,8 +69,10 @@ class Trial:
             "setup": self.setup,
             "trial_config": self.trial_config,
             "trial_key": self.trial_key,
+            "config_hash": self.config_hash,
             "cell_key": self.cell_key,
             "trial_name": self.trial_name,
+            **({"study": self.study} if self.study is not None else {}),
         }
 
 
@@ -121,30 +129,53 @@ def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled: dict[str, flo
         seed=cell.seed,
         cache_dir=spec.cache_dir,
         data_dir=spec.data_dir,
+        gpu_share=spec.resources.gpu_share,
     )
 
 
-def trial_key(trial_name: str, trial_config: dict) -> str:
-    """The trial name plus a short hash of what it computes (machine-specific paths left out)."""
+def config_hash(trial_config: dict) -> str:
+    """sha256 of what a trial computes: its resolved config without machine-specific paths and
+    settings. A trial is this: two launches with a trial of the same hash run it once."""
     what = without_paths({k: v for k, v in trial_config.items() if k not in MACHINE_FIELDS})
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return f"{trial_name}-{digest[:8]}"
+    return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def make_trial(spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sampled: dict[str, float] | None = None) -> Trial:
-    """Trial `number` (1-based) of `cell` (arguments as `resolve`'s); the name gets `-t<number>`
-    when the cell has several trials."""
+def trial_key(trial_name: str, trial_config: dict) -> str:
+    """The trial name plus a short hash of what it computes."""
+    return f"{trial_name}-{config_hash(trial_config)[:8]}"
+
+
+def make_trial(
+    spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sampled: dict[str, float] | None = None, study: str | None = None
+) -> Trial:
+    """Trial `number` (1-based) of `cell` (arguments as `resolve`'s; `study`: the Optuna study that
+    sampled it); the name gets `-t<number>` when the cell has several trials."""
     config = resolve(spec, cell, loss, sampled).model_dump(mode="json")
     name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
-    return Trial(cell_key=cell.key, trial_name=name, trial_key=trial_key(name, config), trial_config=config, setup=cell.setup)
+    return Trial(cell.key, name, trial_key(name, config), config, cell.setup, study=study)
+
+
+def search_key(spec: ExperimentSpec, cell: Cell) -> str:
+    """What an Optuna study of `cell` samples over and for: its search space, the metric and
+    direction, and the trial config its samples complete (each range at its lower end). A launch
+    with the same key continues the cell's study; another key starts a new one."""
+    space = spec.search_space(cell.setup)
+    template = resolve(spec, cell, spec.loss.fixed(), {name: interval.low for name, interval in space.items()})
+    what = {
+        "space": {name: interval.model_dump() for name, interval in sorted(space.items())},
+        "metric": [spec.search.metric, spec.search.mode],
+        "trial": config_hash(template.model_dump(mode="json")),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
     """Every trial of `cell` in a grid search, in loss-grid order; an OOD cell's one trial."""
     if cell.family == "ood":
         config = variant_config(
-            spec.ood, cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
-        ).model_dump(mode="json")
+            spec.ood, cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir,
+            spec.resources.gpu_share,
+        ).model_dump(mode="json")  # fmt: skip
         return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family="ood")]
     return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]
 
@@ -170,3 +201,54 @@ class Plan:
     @property
     def total_trials(self) -> int:
         return sum(self.trials_per_cell.values())
+
+    def finished(self, runs: list[tuple[str | None, str | None, str | None]]) -> frozenset[str]:
+        """The config hashes of the fixed trials that finished runs (cell key, config hash, trial key)
+        already hold; a run made before the hash was a tag is matched by its trial key within its cell."""
+        hashes = {digest for _, digest, _ in runs if digest}
+        legacy = {(cell, key.rsplit("-", 1)[-1]) for cell, digest, key in runs if not digest and key}
+        return frozenset(
+            trial.config_hash
+            for trials in self.fixed_trials.values()
+            for trial in trials
+            if trial.config_hash in hashes or (trial.cell_key, trial.config_hash[:8]) in legacy
+        )
+
+
+@dataclass(frozen=True)
+class Membership:
+    """Which trials a launched spec has, recorded with its launch run (`plan.json`), so that `table`,
+    `status` and the closing of runs see the spec as it now stands, not every trial the experiment
+    ever ran: a fixed cell's trials by config hash, a searched cell's by the Optuna study sampling it.
+
+    Runs made before trials carried their config hash are matched by the hash's first 8 digits in
+    their trial key, within their cell; their study, before studies were keyed, was the cell's key.
+    """
+
+    fixed: dict[str, list[str]]
+    """Cell key -> the config hashes of its trials."""
+    searched: dict[str, str]
+    """Cell key -> the name of its Optuna study."""
+
+    @classmethod
+    def of(cls, plan: Plan, studies: dict[str, str]) -> "Membership":
+        fixed = {key: [t.config_hash for t in trials] for key, trials in plan.fixed_trials.items()}
+        return cls(fixed, {c.key: studies[c.key] for c in plan.cells if c.key not in plan.fixed_trials})
+
+    def contains(self, cell_key: str | None, config_hash: str | None, trial_key: str | None, study: str | None) -> bool:
+        if cell_key in self.fixed:
+            hashes = self.fixed[cell_key]
+            if config_hash:
+                return config_hash in hashes
+            return bool(trial_key) and any(trial_key.endswith(f"-{h[:8]}") for h in hashes)
+        if cell_key in self.searched:
+            return (study or cell_key) == self.searched[cell_key]
+        return False
+
+    def to_json(self) -> str:
+        return json.dumps({"fixed": self.fixed, "searched": self.searched}, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Membership":
+        loaded = json.loads(text)
+        return cls(loaded["fixed"], loaded["searched"])

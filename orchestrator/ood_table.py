@@ -42,7 +42,7 @@ def read_ood_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     for run in runs:
         # The trial's config param `ood_sets`: its list of sets as JSON (`tracking.flatten`).
         sets = [(entry["name"], entry["group"]) for entry in json.loads(run.data.params["ood_sets"])]
-        rows.append({"variant": run.data.tags["setup"], "label_ratio": float(run.data.tags["label_ratio"]),
+        rows.append({"run_id": run.info.run_id, "variant": run.data.tags["setup"], "label_ratio": float(run.data.tags["label_ratio"]),
                      "seed": int(run.data.tags["seed"]), "sets": tuple(sets), **run.data.metrics})  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -43,13 +43,15 @@ def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, s
     return rows
 
 
-def render(trials: list, statuses: dict[str, str]) -> Table:
-    """The table of `trials`, with their `statuses` by trial id."""
+def render(trials: list, statuses: dict[str, str], reused: int = 0) -> Table:
+    """The table of `trials`, with their `statuses` by trial id; `reused`: the spec's trials that
+    earlier launches finished, which this one does not run."""
     counts = {}
     for trial in trials:
         counts[statuses[trial.trial_id]] = counts.get(statuses[trial.trial_id], 0) + 1
     summary = ", ".join(f"{n} {status.lower()}" for status, n in sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 9)))
-    table = Table(title=f"{len(trials)} trials: {summary}", title_justify="left", box=None, pad_edge=False)
+    title = f"{reused} reused, {len(trials)} to run: {summary}" if reused else f"{len(trials)} trials: {summary}"
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     for column, justify in (("trial", "left"), ("status", "left"), ("epoch", "right"), ("best", "right")):
         table.add_column(column, justify=justify)
     for row in trial_rows(trials, statuses):
@@ -60,8 +62,9 @@ def render(trials: list, statuses: dict[str, str]) -> Table:
 class ProgressTable(Callback):
     """Shows trials as a table refreshed at most every `interval_s` seconds."""
 
-    def __init__(self, interval_s: float = 5.0):
+    def __init__(self, interval_s: float = 5.0, reused: int = 0):
         self.interval_s = interval_s
+        self.reused = reused
         self._reset()
 
     def _reset(self) -> None:
@@ -72,9 +75,10 @@ class ProgressTable(Callback):
         self._statuses: dict[str, str] = {}  # as of the last step: stopping marks every trial TERMINATED
 
     def __getstate__(self) -> dict:
-        return {"interval_s": self.interval_s}
+        return {"interval_s": self.interval_s, "reused": self.reused}
 
     def __setstate__(self, state: dict) -> None:
+        self.reused = 0  # in states pickled before launches reused trials
         self.__dict__.update(state)
         self._reset()
 
@@ -91,7 +95,7 @@ class ProgressTable(Callback):
             return
         self._last_shown = now
         if self._live is not None:
-            self._live.update(render(trials, self._statuses), refresh=True)
+            self._live.update(render(trials, self._statuses, self.reused), refresh=True)
             return
         for trial in trials:
             state = (trial.status, (trial.last_result or {}).get("epoch", 0))
@@ -110,8 +114,8 @@ class ProgressTable(Callback):
         # Trials that ended after the last step (or were stopped by Ctrl-C) keep their last status.
         statuses = {trial.trial_id: self._statuses.get(trial.trial_id, trial.status) for trial in trials}
         if self._live is not None:
-            self._live.update(render(trials, statuses), refresh=True)
+            self._live.update(render(trials, statuses, self.reused), refresh=True)
             self._live.stop()
             self._live = None
         else:
-            self._console.print(render(trials, statuses))
+            self._console.print(render(trials, statuses, self.reused))

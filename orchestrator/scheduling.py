@@ -2,36 +2,42 @@
 
 Running the same command again resumes: finished trials are kept, unfinished (and failed) ones
 continue from their last checkpoint, the Optuna studies continue, and MLflow runs are found by key.
+Running an edited spec under the same name grows the experiment: only the trials no finished run
+holds are run (`Pending`). One driver runs an experiment at a time (`orchestrator.lease`).
 `fresh=True` deletes the results folder, the Optuna database and the experiment's MLflow runs.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import yaml
 
 from trainables import precision
 from trainables.clip import resolve_device
 from trainables.errors import UserInputError
-from trainables import features
 
-from orchestrator import cluster, grid, results_store, tracking
+from orchestrator import cluster, fill, grid, results_store, tracking
+from orchestrator.lease import Lease
 from orchestrator.schema import (
     CELL_KEY_TAG,
     CELL_ROLE,
+    CONFIG_HASH_TAG,
     LAUNCH_ROLE,
     SPEC_HASH_TAG,
+    STUDY_TAG,
+    TRIAL_KEY_TAG,
     TRIAL_ROLE,
     role_filter,
-    synthetic_variant,
 )
 from orchestrator.spec import ExperimentSpec, LoadedSpec, spec_hash
 from orchestrator.trial_errors import HideUserErrorTracebacks, user_error_cause
@@ -92,40 +98,67 @@ def _prepare_environment() -> None:
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
 
 
-def prepare_results_folder(spec: ExperimentSpec, digest: str, store: tracking.TrackingStore, fresh: bool) -> bool:
-    """Decide between resuming and starting over; return True to resume. Refuse a changed spec."""
+def prepare_results(spec: ExperimentSpec, digest: str, store: tracking.TrackingStore, fresh: bool) -> tuple[str, bool]:
+    """Where this spec's Tune experiment keeps its results, and whether to resume it there.
+
+    Every spec an experiment is launched with (edited, its grid grown) has a Tune experiment of its
+    own, `<storage>/<name>/<spec hash>`, resumed by the next launch of that spec; the trials other
+    launches finished are not run again (`Pending`). An experiment begun before that kept Tune's
+    state in `<storage>/<name>` itself, where a launch of its spec resumes it. `--fresh` deletes
+    the experiment's results, driver state and MLflow runs first.
+    """
     if fresh:
         _start_over(spec)
         store.delete_all()
-        return False
-    others = [r for r in store.runs(role_filter(LAUNCH_ROLE)) if r.data.tags.get(SPEC_HASH_TAG) != digest]
-    if others:
-        raise UserInputError(
-            f"MLflow experiment '{spec.name}' at {spec.tracking_uri} holds runs of a different spec "
-            f"(hash {others[0].data.tags.get(SPEC_HASH_TAG)}, this one {digest}); pass --fresh to replace them "
-            "or give the spec another name (--set name=...)"
-        )
-    if not results_store.has_tune_state(spec.results):
-        # A first launch, or one killed before Tune's first save: start over.
-        _start_over(spec)
-        return False
     metadata = results_store.read_metadata(spec.results)
-    if metadata.get("spec_hash") != digest:
-        raise UserInputError(
-            f"{spec.results} holds results of a different spec (hash {metadata.get('spec_hash')}, this one {digest}); "
-            "pass --fresh to start over or give the spec another name (--set name=...)"
-        )
-    if metadata.get("tracking_uri") != spec.tracking_uri:
+    if metadata.get("tracking_uri", spec.tracking_uri) != spec.tracking_uri:
         raise UserInputError(
             f"{spec.results} was logged to MLflow at {metadata.get('tracking_uri')}; resume with "
             f"--tracking-uri {metadata.get('tracking_uri')} or pass --fresh"
         )
-    return True
+    if metadata.get("spec_hash") == digest and results_store.has_tune_state(spec.results):
+        return spec.results, True
+    location = f"{spec.results}/{digest}"
+    if results_store.has_tune_state(location):
+        return location, True
+    results_store.delete(location)  # a launch killed before Tune's first save leaves nothing to resume
+    return location, False
 
 
 def _start_over(spec: ExperimentSpec) -> None:
     results_store.delete(spec.results)
     shutil.rmtree(spec.state_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a launch runs of its plan: the fixed trials no finished run holds, and the samples each
+    searched cell's study still lacks; the rest other launches finished (`reused`)."""
+
+    finished: frozenset[str]
+    """Config hashes of the fixed trials that finished runs hold."""
+    studies: dict[str, str]
+    """The study of each searched cell (`search.study_names`)."""
+    budgets: dict[str, int]
+    """Samples each searched cell still needs."""
+    reused: int
+    changed_spaces: list[str]
+    """Searched cells whose space changed since their study began: they start a new study."""
+
+    @classmethod
+    def of(cls, plan: grid.Plan, store: tracking.TrackingStore) -> "Pending":
+        from orchestrator import search
+
+        spec = plan.spec
+        studies = search.study_names(plan, optuna_storage(spec)) if len(plan.fixed_trials) < len(plan.cells) else {}
+        finished = plan.finished(store.finished_trials())
+        budgets = {
+            cell: max(plan.trials_per_cell[cell] - search.completed(optuna_storage(spec), study), 0) for cell, study in studies.items()
+        }
+        reused = len(finished) + sum(plan.trials_per_cell[cell] - budget for cell, budget in budgets.items())
+        existing = set(optuna.get_all_study_names(optuna_storage(spec))) if studies else set()
+        changed = [cell for cell, study in studies.items() if study != cell and study not in existing]
+        return cls(finished, studies, budgets, reused, changed)
 
 
 def _start_ray(address: str | None) -> bool:
@@ -152,6 +185,20 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
+@contextmanager
+def joined_ray(address: str) -> Iterator[None]:
+    """Ray joined at `address` for the block (a cluster's `cache` fill), left afterwards."""
+    _prepare_environment()
+    started = _start_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def _deliver(spec: ExperimentSpec, digest: str) -> None:
     delivered = tracking.deliver_undelivered(spec.tracking_uri, spec.name, digest, spec.state_dir, spec.results)
     if delivered:
@@ -174,8 +221,8 @@ def _keep_resources_busy(spec: ExperimentSpec) -> None:
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(fits)
 
 
-def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
-    """A new Tuner, or the one in the results folder (`resume`), whose callbacks were pickled with it."""
+def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pending: Pending):
+    """A new Tuner at `location`, or the one saved there (`resume`), whose callbacks were pickled with it."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -189,9 +236,7 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
         run_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     )
     if resume:
-        return tune.Tuner.restore(
-            spec.results, trainable, resume_unfinished=True, resume_errored=True, param_space={}
-        )
+        return tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True, param_space={})
     scheduler = None
     if spec.scheduler.kind == "asha":
         scheduler = CellASHA(
@@ -199,7 +244,10 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
             grace_period=spec.scheduler.grace_period,
             reduction_factor=spec.scheduler.reduction_factor,
         )
-    searcher = CellSearcher(plan, optuna_storage(spec) if spec.search.kind == "optuna" else None)
+    searcher = CellSearcher(
+        plan, optuna_storage(spec) if spec.search.kind == "optuna" else None, pending.finished, pending.studies, pending.budgets
+    )
+    storage_path, name = location.rsplit("/", 1)
     return tune.Tuner(
         trainable,
         param_space={},
@@ -213,11 +261,11 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
             trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=spec.storage,
+            name=name,
+            storage_path=storage_path,
             callbacks=[
-                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest, spec.state_dir),
-                ProgressTable(),
+                tracking.MlflowCallback(spec.tracking_uri, spec.name, digest, spec.state_dir, location),
+                ProgressTable(reused=pending.reused),
                 JsonLoggerCallback(),
                 CSVLoggerCallback(),
             ],
@@ -229,18 +277,27 @@ def _build_tuner(plan: grid.Plan, digest: str, resume: bool):
     )
 
 
-def finalize(store: tracking.TrackingStore, plan: grid.Plan, stopped: bool) -> Outcome:
+def finalize(
+    store: tracking.TrackingStore, plan: grid.Plan, stopped: bool, membership: grid.Membership | None = None,
+    digest: str | None = None,
+) -> Outcome:  # fmt: skip
     """Close the runs of this launch once Tune has returned (`stopped`: by a KeyboardInterrupt).
 
     The MLflow runs say what happened: Tune returns normally after Ctrl-C, with the trials it
     stopped still RUNNING here (only Tune's own completion marks a run FINISHED, its error FAILED)
     and the trials it never started missing. Those make the launch interrupted: RUNNING trials
     become KILLED (FAILED if nothing interrupted the launch). A cell is FINISHED once all its
-    trials are, the launch run once every cell is. Every cell run is looked at, not only RUNNING
-    ones: a cell whose trials all finished before a crash was marked FAILED by the next launch,
-    and no trial start revives it.
+    trials are (those other launches finished count), the launch run once every cell is. Only the
+    trials of this spec count (`membership`; None: every trial run), and only the cell and launch
+    runs of its hash (`digest`; None: all) are closed. Every
+    cell run is looked at, not only RUNNING ones: a cell whose trials all finished before a crash
+    was marked FAILED by the next launch, and no trial start revives it.
     """
-    trials = store.runs(role_filter(TRIAL_ROLE))
+    trials = [
+        run for run in store.runs(role_filter(TRIAL_ROLE))
+        if membership is None
+        or membership.contains(*(run.data.tags.get(tag) for tag in (CELL_KEY_TAG, CONFIG_HASH_TAG, TRIAL_KEY_TAG, STUDY_TAG)))
+    ]  # fmt: skip
     interrupted = stopped or len(trials) < plan.total_trials or any(r.info.status == "RUNNING" for r in trials)
     unfinished = "KILLED" if interrupted else "FAILED"
     finished_per_cell: dict[str, int] = {}
@@ -257,9 +314,10 @@ def finalize(store: tracking.TrackingStore, plan: grid.Plan, stopped: bool) -> O
             failed += 1
     per_cell = plan.trials_per_cell
     complete = {key for key, n in finished_per_cell.items() if n >= per_cell.get(key, 1)}
-    for run in store.runs(role_filter(CELL_ROLE)):
+    this_spec = f" and tags.`{SPEC_HASH_TAG}` = '{digest}'" if digest is not None else ""
+    for run in store.runs(role_filter(CELL_ROLE) + this_spec):
         _close(store, run, done=run.data.tags[CELL_KEY_TAG] in complete, unfinished=unfinished)
-    for run in store.runs(role_filter(LAUNCH_ROLE)):
+    for run in store.runs(role_filter(LAUNCH_ROLE) + this_spec):
         _close(store, run, done=len(complete) == len(per_cell), unfinished=unfinished)
     finished = sum(min(n, per_cell.get(key, 1)) for key, n in finished_per_cell.items())
     return Outcome(expected=plan.total_trials, finished=finished, failed=failed, interrupted=interrupted)
@@ -276,49 +334,46 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def fill_feature_cache(spec: ExperimentSpec) -> None:
-    """Encode everything the trials read (and pre-train a `synthetic` backbone) before any trial starts."""
-    for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs()):
-        variant = synthetic_variant(backbone.synthetic_negation_rate, backbone.synthetic_seed)
-        print(f"Feature cache for dataset '{dataset.name}' ({backbone.model}{variant}, {spec.features.mode}):", flush=True)
-        summary = features.fill(
-            dataset, backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
-            batch_size=spec.training.eval_batch_size, num_workers=spec.training.num_workers,
-        )  # fmt: skip
-        print(
-            f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
-            f"{summary['skipped_images']} unreadable images skipped; backbone activation {summary['activation']}",
-            flush=True,
-        )
-
-
 def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool = False) -> int:
     """Run (or resume) every trial of the spec; return the exit code (0 done, 1 failed trials, 130 interrupted)."""
     spec = loaded.spec
     plan = grid.Plan.of(spec)
     tracking.check_reachable(spec.tracking_uri)
     _prepare_environment()
+    # One driver per experiment: a second launch is refused here, having written nothing.
+    with Lease(spec.storage, spec.name, spec.name):
+        return _run(loaded, plan, address, fresh)
+
+
+def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) -> int:
+    spec = loaded.spec
     digest = spec_hash(spec)
     store = tracking.TrackingStore(spec.tracking_uri, spec.name)
-    resume = prepare_results_folder(spec, digest, store, fresh)
+    location, resume = prepare_results(spec, digest, store, fresh)
     spec.state_dir.mkdir(parents=True, exist_ok=True)
     results_store.write_metadata(
         spec.results, {"spec_hash": digest, "tracking_uri": spec.tracking_uri, "spec_path": str(loaded.path)}
     )
-    leftovers = store.close_running("FAILED")  # runs a crashed driver left RUNNING
+    leftovers = store.close_running("FAILED")  # runs a crashed driver left RUNNING (no other driver runs)
+    pending = Pending.of(plan, store)
+    membership = grid.Membership.of(plan, pending.studies)
     spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    store.launch_run(digest, spec_yaml, loaded.path, tracking.git_commit())
+    store.launch_run(digest, spec_yaml, loaded.path, tracking.git_commit(), membership)
 
+    reused = f" ({pending.reused} reused, {plan.total_trials - pending.reused} to run)" if pending.reused and not resume else ""
     print(
         f"{'Resuming' if resume else 'Starting'} '{spec.name}': {plan.total_trials} trials in "
-        f"{len(plan.cells)} cells; results in {spec.results}; MLflow at {spec.tracking_uri}"
+        f"{len(plan.cells)} cells{reused}; results in {location}; MLflow at {spec.tracking_uri}"
         + (f" ({leftovers} runs a crash left RUNNING marked FAILED until resumed)" if leftovers else ""),
         flush=True,
     )
+    for cell in pending.changed_spaces:
+        print(f"Cell {cell} searches another space than its Optuna study did: a new study, "
+              f"{pending.studies[cell]} (the earlier one stays in {optuna_storage(spec)})", flush=True)  # fmt: skip
     if address is None:
         # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
-        # nothing else runs; on a cluster the trials fill the shared cache on their GPU nodes.
-        fill_feature_cache(spec)
+        # nothing else runs; on a cluster the GPU nodes do (below).
+        fill.fill_locally(spec)
         print(precision.resolve(spec.training.precision, resolve_device("auto"))[1].capitalize(), flush=True)
     started_ray = _start_ray(address)
     results, stopped = None, False
@@ -328,8 +383,9 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
         _keep_resources_busy(spec)
         if address is not None:
             cluster.check_shared_storage(spec.results)
+            fill.fill_on_cluster(spec)
         _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
-        results = _build_tuner(plan, digest, resume).fit()
+        results = _build_tuner(plan, digest, location, resume, pending).fit()
         if tracking.Undelivered(spec.state_dir).trials():
             tracking.check_reachable(spec.tracking_uri)  # still down: the results wait (below)
             _deliver(spec, digest)
@@ -342,7 +398,7 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
             raise
         # Tune has finished; only MLflow is missing results. Nothing is lost: Ray's results hold them.
         print(
-            f"{error}\nThe results of {len(waiting)} trial(s) wait in {spec.results}; run the same command "
+            f"{error}\nThe results of {len(waiting)} trial(s) wait in {location}; run the same command "
             "again once the server answers to deliver them (finished trials are not rerun).",
             file=sys.stderr,
         )
@@ -355,7 +411,7 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
             import ray
 
             ray.shutdown()
-    outcome = finalize(store, plan, stopped)
+    outcome = finalize(store, plan, stopped, membership, digest)
     user_errors = sorted({str(cause) for cause in map(user_error_cause, results.errors if results else []) if cause})
     if user_errors:
         raise UserInputError("\n".join(user_errors))  # the runs are closed; fix the input and rerun

@@ -3,7 +3,10 @@
 Ray's OptunaSearch refuses grid axes and serves one study, so the grid is expanded here: the
 searcher hands out trials round-robin across cells (so every cell runs at once and no cell waits
 for another), either each cell's fixed trials (grid) or samples of that cell's own Optuna study.
-The studies live in an SQLite database beside Ray's results, so a resumed driver continues them.
+The studies live in an SQLite database in the driver's state folder, so a resumed driver continues
+them, and so does a launch of an edited spec whose cell searches the same space (`study_names`):
+only the samples its study still lacks are drawn, and the fixed trials that already finished are
+not handed out again.
 """
 
 from __future__ import annotations
@@ -18,12 +21,42 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.grid import Cell, Plan, make_trial
+from orchestrator.grid import Cell, Plan, make_trial, search_key
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial as RayTrial
 
 _SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+"""The study's trials a cell's `num_samples` counts: those that finished (a failed one is sampled again)."""
+
+
+def study_names(plan: Plan, optuna_storage: str) -> dict[str, str]:
+    """The study of each searched cell: named by the cell for the first search space it had (a
+    study made before spaces were recorded is adopted as that one), `<cell key>~<search key>` for
+    any other, so that a changed space starts a new study and an unchanged one continues."""
+    existing = set(optuna.get_all_study_names(optuna_storage))
+    names = {}
+    for cell in plan.cells:
+        if cell.key in plan.fixed_trials:
+            continue
+        key = search_key(plan.spec, cell)
+        first = cell.key in existing and optuna.load_study(study_name=cell.key, storage=optuna_storage).user_attrs.get(SEARCH_KEY_ATTR)
+        names[cell.key] = cell.key if first in (False, None, key) else f"{cell.key}~{key}"
+    return names
+
+
+def completed(optuna_storage: str, study: str) -> int:
+    """How many of a study's trials count towards its cell's `num_samples` (0 for a new study)."""
+    if study not in optuna.get_all_study_names(optuna_storage):
+        return 0
+    return len(optuna.load_study(study_name=study, storage=optuna_storage).get_trials(deepcopy=False, states=COUNTED))
+
+
+SEARCH_KEY_ATTR = "orchestrator.search_key"
+"""A study's user attribute: the `grid.search_key` of the space it samples."""
 
 
 def _cell_seed(seed: int, cell: Cell) -> int:
@@ -40,7 +73,13 @@ class CellSearcher(Searcher):
     `search.metric`; the Ray trial id is stored in the Optuna trial's user attributes.
     """
 
-    def __init__(self, plan: Plan, optuna_storage: str | None = None):
+    def __init__(
+        self, plan: Plan, optuna_storage: str | None = None, finished: frozenset[str] = frozenset(),
+        studies: dict[str, str] | None = None, budgets: dict[str, int] | None = None,
+    ):  # fmt: skip
+        """`finished`: config hashes of fixed trials an earlier launch finished (not handed out);
+        `studies`: the study of each searched cell (`study_names`); `budgets`: the trials each
+        searched cell still needs (default: `num_samples`)."""
         spec = plan.spec
         optuna_search = spec.search.kind == "optuna"
         super().__init__(
@@ -54,9 +93,17 @@ class CellSearcher(Searcher):
         self._cells = plan.cells
         self._optuna_storage = optuna_storage
         self._handed_out = {cell.key: 0 for cell in self._cells}
+        self._fixed = {key: [t for t in trials if t.config_hash not in finished] for key, trials in plan.fixed_trials.items()}
+        self._study_names = dict(studies or {})
+        self._budgets = {
+            cell.key: len(self._fixed[cell.key]) if cell.key in self._fixed else (budgets or {}).get(cell.key, plan.trials_per_cell[cell.key])
+            for cell in self._cells
+        }
         self._cursor = 0
         self._optuna_trials: dict[str, tuple[str, int]] = {}  # Ray trial id -> (cell key, Optuna number)
-        self._reconcile = False  # after a restore: fail Optuna trials that Ray no longer knows
+        # Fail Optuna trials that no live Ray trial will finish: a crashed driver's, before a restore
+        # or a launch of an edited spec (one driver runs an experiment, so they are all orphans).
+        self._reconcile = True
         self._studies: dict[str, optuna.Study] = {}
 
     # -- Searcher API ------------------------------------------------------------------------
@@ -68,12 +115,12 @@ class CellSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         for offset in range(len(self._cells)):
             cell = self._cells[(self._cursor + offset) % len(self._cells)]
-            if self._handed_out[cell.key] < self._plan.trials_per_cell[cell.key]:
+            if self._handed_out[cell.key] < self._budgets[cell.key]:
                 self._cursor = (self._cursor + offset + 1) % len(self._cells)
                 self._handed_out[cell.key] += 1
-                if cell.key not in self._plan.fixed_trials:
+                if cell.key not in self._fixed:
                     return self._sample(cell, trial_id)
-                return self._plan.fixed_trials[cell.key][self._handed_out[cell.key] - 1].as_config()
+                return self._fixed[cell.key][self._handed_out[cell.key] - 1].as_config()
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -102,6 +149,8 @@ class CellSearcher(Searcher):
         return {k: v for k, v in self.__dict__.items() if k != "_studies"}
 
     def __setstate__(self, state: dict) -> None:
+        plan = state["_plan"]  # a searcher saved before launches could reuse trials: every trial of the plan
+        self.__dict__.update({"_fixed": dict(plan.fixed_trials), "_budgets": dict(plan.trials_per_cell), "_study_names": {}})
         self.__dict__.update(state)
         self._studies = {}
 
@@ -114,7 +163,7 @@ class CellSearcher(Searcher):
             name: optuna_trial.suggest_float(name, interval.low, interval.high, log=interval.log)
             for name, interval in self._spec.search_space(cell.setup).items()
         }
-        trial = make_trial(self._spec, cell, self._spec.loss.fixed(), optuna_trial.number + 1, sampled)
+        trial = make_trial(self._spec, cell, self._spec.loss.fixed(), optuna_trial.number + 1, sampled, study.study_name)
         optuna_trial.set_user_attr("ray_trial_id", trial_id)
         optuna_trial.set_user_attr("trial_key", trial.trial_key)
         self._optuna_trials[trial_id] = (cell.key, optuna_trial.number)
@@ -123,31 +172,34 @@ class CellSearcher(Searcher):
     def _study(self, cell_key: str) -> optuna.Study:
         if cell_key not in self._studies:
             cell = next(c for c in self._cells if c.key == cell_key)
+            name = self._study_names.get(cell_key, cell_key)
             search = self._spec.search
             # A resumed search draws on from where it stopped: seeded as a fresh one, its sampler would
             # repeat the draws of the trials the study already has.
-            seed = (_cell_seed(search.seed, cell) + 1_000_003 * self._asked_before(cell_key)) % 2**32
+            seed = (_cell_seed(search.seed, cell) + 1_000_003 * self._asked_before(name)) % 2**32
             if search.sampler == "cmaes":
                 sampler = optuna.samplers.CmaEsSampler(seed=seed)
             else:
                 sampler = _SAMPLERS[search.sampler](seed=seed)
             study = optuna.create_study(
-                study_name=cell_key,
+                study_name=name,
                 storage=self._optuna_storage,
                 sampler=sampler,
                 direction="maximize" if search.mode == "max" else "minimize",
                 load_if_exists=True,
             )
+            if self._optuna_storage is not None and SEARCH_KEY_ATTR not in study.user_attrs:
+                study.set_user_attr(SEARCH_KEY_ATTR, search_key(self._spec, cell))
             if self._reconcile:
                 self._fail_orphans(study, cell_key)
             self._studies[cell_key] = study
         return self._studies[cell_key]
 
-    def _asked_before(self, cell_key: str) -> int:
-        """How many trials the cell's stored study holds (0 for a new or an in-memory one)."""
-        if self._optuna_storage is None or cell_key not in optuna.get_all_study_names(self._optuna_storage):
+    def _asked_before(self, study: str) -> int:
+        """How many trials the stored study holds (0 for a new or an in-memory one)."""
+        if self._optuna_storage is None or study not in optuna.get_all_study_names(self._optuna_storage):
             return 0
-        return len(optuna.load_study(study_name=cell_key, storage=self._optuna_storage).trials)
+        return len(optuna.load_study(study_name=study, storage=self._optuna_storage).trials)
 
     def _fail_orphans(self, study: optuna.Study, cell_key: str) -> None:
         """Fail trials asked before a crash whose Ray trial was never saved: nothing will finish them."""

@@ -1,7 +1,8 @@
 """`status EXPERIMENT`: finished, running, failed and pending trials at a glance, from MLflow.
 
-The expected number of trials comes from the spec the launch run logged (`spec.yaml`), so the
-command needs nothing but the tracking store: it works from any machine that reaches the server.
+The expected number of trials comes from the spec the experiment now stands at (its latest launch
+run's `spec.yaml`), and only that spec's trials are counted (`plan.json`), so the command needs
+nothing but the tracking store: it works from any machine that reaches the server.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def expected_trials(client, launch) -> int | None:
 
 def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> str:
     launch = aggregate.launch_run(client, experiment_id)
-    trials = tables.read_trials(client, experiment_id)
+    everything = tables.read_trials(client, experiment_id)
+    current = aggregate.in_current_spec(everything, aggregate.current_membership(client, launch)) if len(everything) else []
+    trials = everything[current] if len(everything) else everything
     counts = trials["status"].value_counts()
     running, failed = trials[trials["status"] == "RUNNING"], trials[trials["status"].isin(["FAILED", "KILLED"])]
     expected = expected_trials(client, launch)
@@ -42,6 +45,9 @@ def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> s
     parts = [f"{counts.get('FINISHED', 0)} finished", f"{len(running)} running", f"{len(failed)} failed"]
     parts.append(f"{pending} pending" if pending is not None else "pending unknown (the launch run has no spec.yaml)")
     lines = [f"Experiment '{name}' ({tracking_uri}): {total} trials: {', '.join(parts)}"]
+    if len(trials) < len(everything):
+        lines.append(f"  {len(everything) - len(trials)} trial run(s) of earlier versions of the spec are not in it now "
+                     "(kept in MLflow, left out of `table`)")  # fmt: skip
     if launch is not None and launch.info.status == "RUNNING" and len(running):
         lines.append("  (RUNNING as last logged: if the driver was killed, `run` the spec again to resume)")
     for row in trials.sort_values("run_name").itertuples():

@@ -31,11 +31,13 @@ from trainables.errors import UserInputError
 
 from orchestrator.schema import (
     CELL_KEY_TAG,
+    CONFIG_HASH_TAG,
     ERROR_TAG,
     FAMILY_TAG,
     FINAL_METRICS,
     KEY_TAGS,
     RANKING_METRICS,
+    STUDY_TAG,
     TRIAL_KEY_TAG,
     TRIAL_ROLE,
     role_filter,
@@ -124,6 +126,8 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
                     "cell_key": tags.get(CELL_KEY_TAG),
                     "family": tags.get(FAMILY_TAG, "mlr"),
                     "trial_key": tags.get(TRIAL_KEY_TAG),
+                    "config_hash": tags.get(CONFIG_HASH_TAG),
+                    "study": tags.get(STUDY_TAG),
                     **{metric: run.data.metrics.get(metric, math.nan) for metric in FINAL_METRICS},
                     **{f"params.{name}": value for name, value in run.data.params.items()},
                 }
@@ -131,7 +135,8 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
         page_token = page.token
         if not page_token:
             break
-    columns = ["run_id", "run_name", "status", "error", "start_time", *KEY_TAGS, "cell_key", "family", "trial_key", *FINAL_METRICS]
+    columns = ["run_id", "run_name", "status", "error", "start_time", *KEY_TAGS, "cell_key", "family", "trial_key",
+               "config_hash", "study", *FINAL_METRICS]  # fmt: skip
     return pd.DataFrame(rows, columns=None if rows else columns).astype({"label_ratio": float, "seed": int})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+from contextlib import nullcontext
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pandas as pd
+from filelock import FileLock
 from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -33,8 +35,13 @@ from trainables.ood.config import OODTrialConfig
 from trainables.tasks import family_of
 from trainables.errors import UserInputError
 
+from orchestrator.grid import Membership
 from orchestrator.schema import (
     CELL_KEY_TAG,
+    CONFIG_HASH_TAG,
+    LAUNCHED_AT_TAG,
+    PLAN_ARTIFACT,
+    STUDY_TAG,
     CELL_ROLE,
     EPOCH_METRICS,
     ERROR_FILE_TAG,
@@ -57,6 +64,7 @@ from orchestrator.schema import (
     TRIAL_KEY_TAG,
     TRIAL_ROLE,
     experiment_tags,
+    role_filter,
     synthetic_variant,
 )
 from orchestrator.trial_errors import error_path, error_summary, traceback_text
@@ -133,14 +141,27 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _creating(tracking_uri: str):
+    """Held while a SQLite store is opened (and made, on first use): MLflow creates its tables and
+    migrates them on open, which two processes doing at once break (alembic's "Online migration
+    expected to match one row"); the second waits, then finds the store made. A server is its own
+    single writer."""
+    if urlparse(tracking_uri).scheme != "sqlite":
+        return nullcontext()
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.lock")
+
+
 class TrackingStore:
     """The MLflow experiment of one spec, through `MlflowClient` with an explicit tracking URI."""
 
     def __init__(self, tracking_uri: str, experiment_name: str):
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._experiment()
+        with _creating(tracking_uri):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._experiment()
 
     def _experiment(self) -> str:
         """The experiment's id, created if missing, tagged as a training experiment with the saved
@@ -242,14 +263,28 @@ class TrackingStore:
 
     # -- the launch run ------------------------------------------------------------------------
 
-    def launch_run(self, spec_hash: str, spec_yaml: str, spec_path: Path, commit: str) -> str:
-        """The experiment's parent run for this spec hash, RUNNING, with the resolved spec attached."""
+    def launch_run(
+        self, spec_hash: str, spec_yaml: str, spec_path: Path, commit: str, membership: Membership | None = None
+    ) -> str:
+        """The experiment's parent run for this spec hash, RUNNING, with the resolved spec and which
+        trials it has (`plan.json`, when given) attached, marked as the spec the experiment now stands at."""
         tags = {
             ROLE_TAG: LAUNCH_ROLE, SPEC_HASH_TAG: spec_hash, SPEC_PATH_TAG: str(spec_path), GIT_COMMIT_TAG: commit,
         }  # fmt: skip
         run_id, _ = self.find_or_create(f"{self.experiment_name}-{spec_hash}", tags, (ROLE_TAG, SPEC_HASH_TAG))
         self.log_file(run_id, "spec.yaml", lambda path: path.write_text(spec_yaml))
+        if membership is not None:
+            self.log_file(run_id, PLAN_ARTIFACT, lambda path: path.write_text(membership.to_json()))
+        self.client.set_tag(run_id, LAUNCHED_AT_TAG, f"{time.time():.3f}")
         return run_id
+
+    def finished_trials(self) -> list[tuple[str | None, str | None, str | None]]:
+        """(cell key, config hash, trial key) of the experiment's FINISHED trial runs: what a launch
+        does not run again (`grid.Plan.finished`)."""
+        return [
+            (run.data.tags.get(CELL_KEY_TAG), run.data.tags.get(CONFIG_HASH_TAG), run.data.tags.get(TRIAL_KEY_TAG))
+            for run in self.runs(f"{role_filter(TRIAL_ROLE)} and attributes.status = 'FINISHED'")
+        ]
 
 
 PROBE_INTERVAL_S = 30.0
@@ -268,20 +303,30 @@ def is_unreachable(error: BaseException) -> bool:
 
 class Undelivered:
     """The trials whose MLflow logging an unreachable server interrupted, listed in the driver's
-    folder (`mlflow-undelivered.json` in `ExperimentSpec.state_dir`), so that a later launch
-    delivers them from Ray's results."""
+    folder (`mlflow-undelivered.json` in `ExperimentSpec.state_dir`) by the Tune experiment that
+    holds their results, so that a later launch delivers them from there."""
 
     FILE = "mlflow-undelivered.json"
 
-    def __init__(self, results_dir: Path):
-        self.path = results_dir / self.FILE
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / self.FILE
+
+    def by_location(self) -> dict[str | None, list[str]]:
+        """Ray trial ids by their Tune experiment's location (None: a list written before there
+        were several, whose trials are in the experiment's own folder)."""
+        if not self.path.is_file():
+            return {}
+        listed = json.loads(self.path.read_text())
+        return {None: listed} if isinstance(listed, list) else listed
 
     def trials(self) -> list[str]:
         """Ray trial ids, sorted."""
-        return json.loads(self.path.read_text()) if self.path.is_file() else []
+        return sorted(trial for trials in self.by_location().values() for trial in trials)
 
-    def add(self, trial_id: str) -> None:
-        self.path.write_text(json.dumps(sorted({*self.trials(), trial_id})))
+    def add(self, trial_id: str, location: str | None) -> None:
+        listed = self.by_location()
+        listed[location] = sorted({*listed.get(location, []), trial_id})
+        self.path.write_text(json.dumps(listed))
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -297,7 +342,7 @@ def _unless_unreachable(handler):
             return handler(self, iteration, trials, trial, *args, **info)
         undelivered = Undelivered(self.results_dir)
         if trial.trial_id in undelivered.trials() or not self._server_answers():
-            undelivered.add(trial.trial_id)
+            undelivered.add(trial.trial_id, self.tune_location)
             return None
         try:
             return handler(self, iteration, trials, trial, *args, **info)
@@ -305,7 +350,7 @@ def _unless_unreachable(handler):
             if not is_unreachable(error):
                 raise
             self._down_until = time.monotonic() + PROBE_INTERVAL_S
-            undelivered.add(trial.trial_id)
+            undelivered.add(trial.trial_id, self.tune_location)
             print(f"MLflow at {self.tracking_uri} does not answer; trial results are kept in {self.results_dir} "
                   "and delivered when it does", file=sys.stderr, flush=True)  # fmt: skip
             return None
@@ -321,12 +366,17 @@ class MlflowCallback(Callback):
     continues logging after the last epoch its run already has.
     """
 
-    def __init__(self, tracking_uri: str, experiment_name: str, spec_hash: str, results_dir: Path | None = None):
+    def __init__(
+        self, tracking_uri: str, experiment_name: str, spec_hash: str, results_dir: Path | None = None,
+        tune_location: str | None = None,
+    ):  # fmt: skip
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.spec_hash = spec_hash
         self.results_dir = results_dir
         """The driver's folder (`ExperimentSpec.state_dir`): where the trials that MLflow missed are listed (`Undelivered`)."""
+        self.tune_location = tune_location
+        """Where the Tune experiment of this launch keeps its trials' results (to deliver them from)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -344,10 +394,10 @@ class MlflowCallback(Callback):
     def __getstate__(self) -> dict:
         # Pickled into Tune's experiment state: configuration only, never a client or a dataset.
         return {"tracking_uri": self.tracking_uri, "experiment_name": self.experiment_name, "spec_hash": self.spec_hash,
-                "results_dir": self.results_dir}  # fmt: skip
+                "results_dir": self.results_dir, "tune_location": self.tune_location}  # fmt: skip
 
     def __setstate__(self, state: dict) -> None:
-        self.results_dir = None  # in states pickled before it existed
+        self.results_dir = self.tune_location = None  # in states pickled before they existed
         self.__dict__.update(state)
         self._reset()
 
@@ -439,6 +489,10 @@ class MlflowCallback(Callback):
         if existing is None:
             tags = {**self._tags(config, cell_key, setup), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
                     PARENT_RUN_TAG: self._cell_run(config, cell_key, setup)}  # fmt: skip
+            if "config_hash" in trial.config:  # configs made before trials carried it have none
+                tags[CONFIG_HASH_TAG] = trial.config["config_hash"]
+            if "study" in trial.config:
+                tags[STUDY_TAG] = trial.config["study"]
             run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=trial.config["trial_name"])
             run_id = run.info.run_id
             self.store.log(run_id, params=flatten(trial.config["trial_config"]))
@@ -524,7 +578,8 @@ class MlflowCallback(Callback):
 
 def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str, state_dir: Path, results: str) -> int:
     """Log what MLflow missed while its server was down (listed in `state_dir`), from Ray's results
-    (`results`: a folder or a URI); return how many trials were delivered. Every listed trial's run
+    (by the Tune experiment that holds them; a list written before there were several: `results`,
+    the experiment's folder or URI); return how many trials were delivered. Every listed trial's run
     is rebuilt to what Ray holds (epochs it already has are not logged again); a finished or failed
     trial's run is closed, an unfinished one stays RUNNING for Tune to continue. Needs Ray
     initialised (Tune reads its experiment state)."""
@@ -533,23 +588,25 @@ def deliver_undelivered(tracking_uri: str, experiment_name: str, spec_hash: str,
     from orchestrator import results_store
 
     undelivered = Undelivered(state_dir)
-    listed = set(undelivered.trials())
+    listed = undelivered.by_location()
     if not listed:
         return 0
     replay = MlflowCallback(tracking_uri, experiment_name, spec_hash)  # without results_dir: not guarded
     replay.setup()
     delivered = 0
-    fs, _ = results_store.open_location(results)
-    for trial in ExperimentAnalysis(results).trials:
-        if trial.trial_id not in listed:
-            continue
-        replay.on_trial_start(0, [], trial)
-        for line in (results_store.read_text(fs, f"{trial.path}/result.json") or "").splitlines():  # none before a first report
-            replay.on_trial_result(0, [], trial, json.loads(line))
-        if trial.status == "TERMINATED":
-            replay.on_trial_complete(0, [], trial)
-        elif trial.status == "ERROR":
-            replay.on_trial_error(0, [], trial)
-        delivered += 1
+    for location, trial_ids in listed.items():
+        location = location or results
+        fs, _ = results_store.open_location(location)
+        for trial in ExperimentAnalysis(location).trials:
+            if trial.trial_id not in trial_ids:
+                continue
+            replay.on_trial_start(0, [], trial)
+            for line in (results_store.read_text(fs, f"{trial.path}/result.json") or "").splitlines():  # none before a first report
+                replay.on_trial_result(0, [], trial, json.loads(line))
+            if trial.status == "TERMINATED":
+                replay.on_trial_complete(0, [], trial)
+            elif trial.status == "ERROR":
+                replay.on_trial_error(0, [], trial)
+            delivered += 1
     undelivered.clear()
     return delivered

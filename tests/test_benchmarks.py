@@ -12,7 +12,7 @@ from trainables import setups
 @pytest.mark.parametrize("requested", ["auto", "fp32"])
 @pytest.mark.parametrize("name", setups.names())
 def test_reference_and_project_paths_give_the_same_first_loss(name, requested):
-    rows = [trial_step.measure(name, path, "RN-tiny", 64, 4, 10, 1, requested) for path in trial_step.PATHS]
+    rows = [trial_step.measure(name, path, "RN-tiny", 64, 4, 10, 1, requested) for path in trial_step.paths(torch.device("cpu"))]
     (summary,) = trial_step.compare(rows)
     assert summary["loss_agrees"], summary
     assert rows[0]["precision"] == "fp32"
@@ -41,3 +41,19 @@ def test_grid_cost_counts_every_trial_step_and_the_cache_fill(make_spec):
     assert hours["reference"] == pytest.approx(2 * steps * (2.0 + 10.0) / 3600)
     fill = 5 * 2.0  # ceil(150 / 32) image-encoder passes at the reference Baseline's step
     assert hours["project"] == pytest.approx((2 * steps * (0.01 + 1.0) + fill) / 3600)
+
+
+def test_the_gpu_trial_benchmark_runs_small_on_a_cpu(tmp_path, capsys):
+    from benchmarks import gpu_trial
+
+    result = gpu_trial.main([
+        "--model", "RN-tiny", "--image-size", "64", "--train", "40", "--test", "16", "--batch", "8",
+        "--setups", "baseline,dual_coop", "--processes", "1,2", "--seconds", "2", "--workers", "0", "--workdir", str(tmp_path),
+    ])  # fmt: skip
+    assert [(row["setup"], row["cuda_graph"]) for row in result["trials"]] == [("baseline", False), ("dual_coop", False)]
+    for row in result["trials"]:
+        assert row["steps"] == 5 and row["step_ms"] > 0 and row["eval_s"] > 0 and row["coco_trial_min"] > 0
+        assert row["resident"] == "test,train0"
+    assert result["fill_images_per_s"] > 0 and set(result["packing"]) == {1, 2}
+    printed = capsys.readouterr().out
+    assert "feature fill:" in printed and "dual_coop trials sharing the device: 1:" in printed

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from orchestrator import cli, tracking
+from orchestrator import cli
 from orchestrator.spec import SEARCH_SPACES_DIR
 
 REPO = SEARCH_SPACES_DIR.parent
@@ -100,14 +100,6 @@ def test_run_refuses_an_unreachable_tracking_server_before_starting_ray(tiny_spe
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
     assert "\n" not in err
-
-
-def test_run_refuses_a_changed_spec_under_the_same_name(tiny_spec, capsys, tmp_path):
-    store = tracking.TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
-    store.launch_run("0123456789ab", "", tiny_spec, "c")
-    assert cli.main(["run", str(tiny_spec)]) == 2
-    err = capsys.readouterr().err
-    assert "holds runs of a different spec (hash 0123456789ab" in err and "--fresh" in err
 
 
 def test_run_refuses_a_missing_dataset_root(tiny_spec, capsys, tmp_path):

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -57,14 +58,16 @@ class TwoNodes:
     that goes away."""
 
     def __init__(self, worker_prefix: tuple[str, ...] = (), killable: bool = False, env: dict | None = None,
-                 worker_env: dict | None = None):  # fmt: skip
+                 worker_env: dict | None = None, worker_gpus: int = 0):  # fmt: skip
         self.address = f"127.0.0.1:{free_port()}"
         ray_cli("stop", "--force")
         ray_cli("start", "--head", f"--port={self.address.split(':')[1]}", "--num-cpus=1", "--include-dashboard=false",
                 "--disable-usage-stats", env=env)  # fmt: skip
         self.worker = None
         if not killable:
-            ray_cli("start", f"--address={self.address}", "--num-cpus=1", prefix=worker_prefix, env=worker_env or env)
+            # A declared GPU on this CPU machine: Ray schedules GPU work there; torch then finds no CUDA and uses the CPU.
+            ray_cli("start", f"--address={self.address}", "--num-cpus=1", f"--num-gpus={worker_gpus}", prefix=worker_prefix,
+                    env=worker_env or env)  # fmt: skip
             return
         self.worker = subprocess.Popen(
             ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", shutil.which("ray"), "start", f"--address={self.address}",
@@ -199,6 +202,10 @@ def test_grid_runs_on_both_nodes_and_every_run_reaches_the_server(tmp_path, mlfl
     assert done.returncode == 0, done.stdout + done.stderr
     assert "All 4 trials finished" in done.stdout
     assert "View run" not in done.stdout  # MLflow's per-run links over HTTP would drown the progress
+    # No GPU in this cluster: the driver encodes the cache, saying first how long that will take.
+    estimate = re.search(r"Encoding 24 images on this machine's CPU \(\d+ loader workers\): about .+ at [\d.]+ images/s", done.stdout)
+    assert "No GPU in the Ray cluster" in done.stdout and estimate, done.stdout
+    assert done.stdout.index("No GPU in the Ray cluster") < estimate.start() < done.stdout.index("2 encoded, 0 already cached")
 
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(SPEC["name"])
@@ -230,7 +237,7 @@ def test_results_folder_a_node_cannot_see_is_refused_before_any_trial(tmp_path, 
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"storage {storage} is not shared" in done.stderr
     assert "Traceback" not in done.stderr
-    assert not list((storage / SPEC["name"]).glob("*/result.json"))  # no trial ran
+    assert not list((storage / SPEC["name"]).rglob("result.json"))  # no trial ran
 
 
 def test_results_go_to_an_object_store_from_both_nodes_and_resume_from_there(tmp_path, mlflow_server, object_store):
@@ -246,7 +253,10 @@ def test_results_go_to_an_object_store_from_both_nodes_and_resume_from_there(tmp
     assert done.returncode == 0, done.stdout + done.stderr
     assert "results in s3://results/grids/in_s3" in done.stdout
     keys = object_store.keys("grids/in_s3/")
-    assert "orchestrator.json" in keys and "tuner.pkl" in keys and any(k.startswith("experiment_state-") for k in keys)
+    # The experiment's metadata, and the Tune experiment of its spec (`<name>/<spec hash>/`).
+    assert "orchestrator.json" in keys
+    tune_experiment = next(k.split("/")[0] + "/" for k in keys if k.endswith("/tuner.pkl"))
+    assert any(k.startswith(f"{tune_experiment}experiment_state-") for k in keys)
     trial_results = sorted(k for k in keys if k.endswith("/result.json"))
     assert len(trial_results) == 4
     assert sum("/checkpoint_" in k for k in keys) >= 4  # every trial's checkpoints, from whichever node ran it
@@ -365,7 +375,8 @@ def test_trials_of_a_lost_node_resume_elsewhere_from_their_checkpoint(tmp_path):
     # Each epoch logged once, none lost, and the restart began after the last checkpoint, not at 1.
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "mAP")]
     assert steps == list(range(1, 31))
-    results = [json.loads(line) for line in (tmp_path / "runs" / SPEC["name"] / lost_trial / "result.json").read_text().splitlines()]
+    (result_file,) = (tmp_path / "runs" / SPEC["name"]).glob(f"*/{lost_trial}/result.json")  # in the Tune experiment of the spec
+    results = [json.loads(line) for line in result_file.read_text().splitlines()]
     first_epochs = [r["epoch"] for r in results]
     assert first_epochs.count(1) == 1, first_epochs  # resumed from a checkpoint: epoch 1 never ran again
 
@@ -406,7 +417,8 @@ def test_results_wait_while_the_tracking_server_is_down_and_are_delivered_when_i
     output = (tmp_path / "output.txt").read_text()
     assert driver.returncode == 1, output
     assert f"MLflow at {server.uri} does not answer; trial results are kept in" in output
-    assert f"wait in {tmp_path / 'runs' / SPEC['name']}; run the same command again" in output
+    # In the Tune experiment of the spec, `runs/<name>/<spec hash>`.
+    assert re.search(rf"wait in {re.escape(str(tmp_path / 'runs' / SPEC['name']))}/[0-9a-f]{{12}}; run the same command again", output)
     assert "Traceback" not in output
 
     server = MlflowServer(server_dir, port=port)  # back, on the same store
@@ -424,3 +436,71 @@ def test_results_wait_while_the_tracking_server_is_down_and_are_delivered_when_i
             assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["per_class_ap.csv"]
     finally:
         server.stop()
+
+
+def _cache_cli(cwd: Path, spec: dict, *args: str) -> subprocess.CompletedProcess:
+    (cwd / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return subprocess.run([sys.executable, "-m", "orchestrator", "cache", "spec.yaml", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def _cache_entries(cache_dir: Path) -> dict[str, np.ndarray]:
+    return {path.name: np.load(path) for path in sorted((cache_dir / "features").glob("*.npy"))}
+
+
+def test_the_gpu_node_fills_the_cache_and_the_trials_read_it(tmp_path, mlflow_server):
+    nodes = TwoNodes(worker_gpus=1)
+    try:
+        worker = nodes.worker_node_id()
+        filled = _cache_cli(tmp_path, SPEC, "--address", nodes.address)
+        stored = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "runs" / "cache" / "features").glob("*.npy")}
+        done = run_cli(tmp_path, "--address", nodes.address, "--tracking-uri", mlflow_server.uri)
+    finally:
+        nodes.stop()
+    assert filled.returncode == 0, filled.stdout + filled.stderr
+    # Every shard was encoded by the actor on the node that declares the GPU, none by the driver's node.
+    assert f"Feature cache: 2 entries; 2 shards encoded on the GPU nodes (2 on {worker[:8]}), 0 already stored" in filled.stdout
+    assert "No GPU in the Ray cluster" not in filled.stdout
+    local = _cache_cli(tmp_path, SPEC, "--set", f"cache_dir={tmp_path / 'local-cache'}")
+    assert local.returncode == 0, local.stderr
+    on_cluster, here = _cache_entries(tmp_path / "runs" / "cache"), _cache_entries(tmp_path / "local-cache")
+    assert on_cluster.keys() == here.keys() and len(here) == 2
+    for name, array in here.items():
+        # The same features to fp16's precision (the actor's one thread sums in another order than the two here).
+        np.testing.assert_allclose(on_cluster[name].astype(np.float32), array.astype(np.float32), rtol=2e-3, atol=2e-3 * np.abs(array).max())
+    assert not list((tmp_path / "runs" / "cache" / "features").glob("*.shards"))  # joined, and the shards removed
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Feature cache: 2 entries; 0 shards encoded on the GPU nodes, 2 already stored" in done.stdout
+    after = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "runs" / "cache" / "features").glob("*.npy")}
+    assert after == stored  # the trials read the cache the fill made; nothing was encoded again
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name(SPEC["name"])
+    assert len([r for r in client.search_runs([experiment.experiment_id]) if r.data.tags[ROLE_TAG] == TRIAL_ROLE]) == 4
+
+
+def test_a_fill_whose_actor_is_killed_midway_completes_encoding_each_shard_once(tmp_path):
+    # Enough images that the actor is caught encoding: 1,024 training images, one shard each split.
+    spec = {**SPEC, "datasets": [{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 1024, "synthetic_num_test": 8}]}
+    nodes = TwoNodes(worker_gpus=1)
+    try:
+        (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+        fill = subprocess.Popen([sys.executable, "-m", "orchestrator", "cache", "spec.yaml", "--address", nodes.address], cwd=tmp_path,
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        killed = None
+        deadline = time.monotonic() + 240
+        while killed is None and fill.poll() is None and time.monotonic() < deadline:
+            found = subprocess.run(["pgrep", "-f", "ray::ShardEncoder.encode"], capture_output=True, text=True).stdout.split()
+            if found:
+                killed = int(found[0])
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.02)
+        stdout, stderr = fill.communicate(timeout=300)
+    finally:
+        nodes.stop()
+    assert killed is not None, "the fill ended before an actor was seen encoding"
+    assert fill.returncode == 0, stdout + stderr
+    assert "2 shards encoded on the GPU nodes" in stdout and ", 1 encoded again after their actor died" in stdout, stdout
+    entries = _cache_entries(tmp_path / "runs" / "cache")
+    assert sorted(array.shape[0] for array in entries.values()) == [8, 1024]
+    assert not list((tmp_path / "runs" / "cache" / "features").glob("*.shards"))

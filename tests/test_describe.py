@@ -1,7 +1,10 @@
 """`describe` on the full grid needs no data on disk and shows the paper's parameter counts."""
 
+import re
 import subprocess
 import sys
+
+import pytest
 
 
 def test_describe_grid_full_without_datasets(tmp_path):
@@ -24,3 +27,16 @@ def test_describe_grid_full_without_datasets(tmp_path):
     assert gib["dual_coop"][1] < gib["dual_coop"][0]  # VOC's 20 classes against COCO's 80
     assert "Cells: 72" in done.stdout
     assert not (tmp_path / "runs").exists()  # describing writes nothing
+
+
+@pytest.mark.integration
+def test_tune_packing_measures_trials_sharing_the_device_and_recommends(write_spec, minimal_spec, capsys):
+    from orchestrator.cli import main
+
+    spec = write_spec(minimal_spec(datasets=[{"name": "shapes", "kind": "synthetic", "synthetic_num_train": 32, "synthetic_num_test": 8}]))
+    assert main(["tune-packing", str(spec), "--processes", "1,2", "--seconds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Packing dual_coop trials on shapes (RN-tiny at 64 px, batch 32) on cpu" in printed
+    rows = [line.split() for line in printed.splitlines() if re.fullmatch(r"\s*\d+\s+\d+\s+[\d.]+x\s+[\d.]+\s+[\d.]+", line)]
+    assert [row[0] for row in rows] == ["1", "2"] and all(float(row[1]) > 0 for row in rows)
+    assert re.search(r"Use: [12] trials at once on this machine", printed)

@@ -85,9 +85,11 @@ def test_trial_config_is_the_resolved_trial_config(make_spec, tmp_path):
         "setup": "dual_coop",
         "trial_config": trial.trial_config,
         "trial_key": trial.trial_key,
+        "config_hash": grid.config_hash(trial.trial_config),
         "cell_key": "dual_coop-blobs-r0.5-s2",
         "trial_name": "dual_coop-blobs-r0.5-s2",
     }
+    assert trial.trial_key == f"dual_coop-blobs-r0.5-s2-{trial.as_config()['config_hash'][:8]}"
 
 
 def test_trial_keys_are_deterministic_and_ignore_machine_paths(make_spec, tmp_path, monkeypatch):

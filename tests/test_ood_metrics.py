@@ -18,15 +18,29 @@ def _auroc_by_pairs(id_scores, ood_scores) -> float:
     return wins / (len(id_scores) * len(ood_scores))
 
 
-def _average_precision(positive_scores, negative_scores) -> float:
-    """AP without ties: the mean over positives of the precision at the positive's rank."""
-    ranked = sorted([(s, 1) for s in positive_scores] + [(s, 0) for s in negative_scores], reverse=True)
-    hits, total = 0, 0.0
-    for rank, (_, is_positive) in enumerate(ranked, start=1):
-        if is_positive:
-            hits += 1
-            total += hits / rank
-    return total / len(positive_scores)
+def _trapezoid_aupr(positive_scores, negative_scores) -> float:
+    """OpenOOD's AUPR written out: at every distinct score t, from the highest down, precision and
+    recall of "score >= t is positive"; then the point (recall 0, precision 1); the area by the
+    trapezoid rule over recall."""
+    points = [(0.0, 1.0)]
+    for threshold in sorted(set(positive_scores) | set(negative_scores), reverse=True):
+        hits = sum(s >= threshold for s in positive_scores)
+        flagged = hits + sum(s >= threshold for s in negative_scores)
+        points.append((hits / len(positive_scores), hits / flagged))
+    return sum((r2 - r1) * (p1 + p2) / 2 for (r1, p1), (r2, p2) in zip(points, points[1:]))
+
+
+def _step_average_precision(positive_scores, negative_scores) -> float:
+    """sklearn's `average_precision_score` written out: the sum over distinct thresholds of the
+    recall gained times the precision there."""
+    total, previous_recall = 0.0, 0.0
+    for threshold in sorted(set(positive_scores) | set(negative_scores), reverse=True):
+        hits = sum(s >= threshold for s in positive_scores)
+        flagged = hits + sum(s >= threshold for s in negative_scores)
+        recall = hits / len(positive_scores)
+        total += (recall - previous_recall) * hits / flagged
+        previous_recall = recall
+    return total
 
 
 def _fpr_at_95_recall(positive_scores, negative_scores) -> float:
@@ -48,10 +62,25 @@ def test_metrics_match_the_formulas(scores):
     metrics = ood_metrics(id_scores, ood_scores)
     assert list(metrics) == list(METRIC_NAMES)
     assert metrics["auroc"] == pytest.approx(_auroc_by_pairs(id_scores, ood_scores), abs=1e-12)
-    assert metrics["aupr_in"] == pytest.approx(_average_precision(id_scores, ood_scores), abs=1e-12)
-    assert metrics["aupr_out"] == pytest.approx(_average_precision(-ood_scores, -id_scores), abs=1e-12)
+    assert metrics["aupr_in"] == pytest.approx(_trapezoid_aupr(id_scores, ood_scores), abs=1e-12)
+    assert metrics["aupr_out"] == pytest.approx(_trapezoid_aupr(-ood_scores, -id_scores), abs=1e-12)
     assert metrics["fpr95_id_pos"] == pytest.approx(_fpr_at_95_recall(id_scores, ood_scores))
     assert metrics["fpr95_ood_pos"] == pytest.approx(_fpr_at_95_recall(-ood_scores, -id_scores))
+
+
+def test_aupr_is_openoods_trapezoid_on_tied_scores_not_the_step_sum():
+    # Scores rounded to one decimal: many ties within and across the two sets.
+    rng = np.random.default_rng(3)
+    id_scores, ood_scores = np.round(rng.normal(0.6, 0.5, 120), 1), np.round(rng.normal(0.0, 0.5, 90), 1)
+    metrics = ood_metrics(id_scores, ood_scores)
+    assert metrics["aupr_in"] == pytest.approx(_trapezoid_aupr(id_scores.tolist(), ood_scores.tolist()), abs=1e-12)
+    assert metrics["aupr_out"] == pytest.approx(_trapezoid_aupr((-ood_scores).tolist(), (-id_scores).tolist()), abs=1e-12)
+    # The step sum is another quantity on such scores (what the table reported before).
+    step_in = _step_average_precision(id_scores.tolist(), ood_scores.tolist())
+    assert abs(metrics["aupr_in"] - step_in) > 1e-3
+    # A hand-sized case: positives {3, 2, 2}, negatives {2, 1}. Points (r, p): (0, 1), (1/3, 1),
+    # (1, 3/4), (1, 3/5); trapezoid: 1/3 * 1 + 2/3 * (1 + 3/4) / 2 + 0 = 0.91667.
+    assert ood_metrics(np.array([3.0, 2.0, 2.0]), np.array([2.0, 1.0]))["aupr_in"] == pytest.approx(1 / 3 + 2 / 3 * 1.75 / 2)
 
 
 def test_the_two_fpr95_conventions_on_hand_made_scores():

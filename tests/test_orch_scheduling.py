@@ -1,14 +1,15 @@
-"""Resume or start over: what the results folder and the MLflow store allow, decided before Ray starts."""
+"""Resume, grow or start over: what the results folder and the MLflow store allow, decided before Ray starts."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from orchestrator import tracking
 from orchestrator.results_store import METADATA_FILE
-from orchestrator.scheduling import prepare_results_folder
+from orchestrator.scheduling import prepare_results
 from orchestrator.spec import spec_hash
 from trainables.errors import UserInputError
 
@@ -23,44 +24,49 @@ def store(spec):
     return tracking.TrackingStore(spec.tracking_uri, spec.name)
 
 
-def saved_experiment(spec, digest: str, tracking_uri: str) -> None:
+def saved_experiment(folder: Path, digest: str, tracking_uri: str) -> None:
     """A results folder Tune can restore (its experiment state file) with the orchestrator's metadata."""
-    spec.state_dir.mkdir(parents=True)
-    (spec.state_dir / "tuner.pkl").write_bytes(b"")
-    (spec.state_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
-    (spec.state_dir / METADATA_FILE).write_text(json.dumps({"spec_hash": digest, "tracking_uri": tracking_uri}))
+    folder.mkdir(parents=True)
+    (folder / "tuner.pkl").write_bytes(b"")
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    (folder / METADATA_FILE).write_text(json.dumps({"spec_hash": digest, "tracking_uri": tracking_uri}))
 
 
-def test_the_same_spec_resumes(spec, store):
-    saved_experiment(spec, spec_hash(spec), spec.tracking_uri)
-    assert prepare_results_folder(spec, spec_hash(spec), store, fresh=False) is True
-    assert spec.state_dir.is_dir()
+def test_the_same_spec_resumes_its_own_tune_experiment(spec, store):
+    location = f"{spec.results}/{spec_hash(spec)}"
+    saved_experiment(Path(location), spec_hash(spec), spec.tracking_uri)
+    assert prepare_results(spec, spec_hash(spec), store, fresh=False) == (location, True)
 
 
-def test_a_folder_tune_cannot_restore_is_started_over(spec, store):
-    spec.state_dir.mkdir(parents=True)
-    (spec.state_dir / "tuner.pkl").write_bytes(b"")  # killed before Tune saved any state
-    (spec.state_dir / "optuna.db").write_text("stale")
-    assert prepare_results_folder(spec, spec_hash(spec), store, fresh=False) is False
-    assert not spec.state_dir.exists()
+def test_an_experiment_from_before_grids_grew_resumes_where_it_is(spec, store):
+    saved_experiment(spec.state_dir, spec_hash(spec), spec.tracking_uri)  # Tune's state in <storage>/<name> itself
+    assert prepare_results(spec, spec_hash(spec), store, fresh=False) == (spec.results, True)
 
 
-def test_a_changed_spec_is_refused(spec, store):
-    saved_experiment(spec, "0ld0ld0ld0ld", spec.tracking_uri)
-    with pytest.raises(UserInputError, match="holds results of a different spec .hash 0ld0ld0ld0ld.*--fresh"):
-        prepare_results_folder(spec, spec_hash(spec), store, fresh=False)
+def test_a_launch_killed_before_tunes_first_save_is_started_over(spec, store):
+    location = Path(spec.results) / spec_hash(spec)
+    location.mkdir(parents=True)
+    (location / "tuner.pkl").write_bytes(b"")  # killed before Tune saved any state
+    assert prepare_results(spec, spec_hash(spec), store, fresh=False) == (str(location), False)
+    assert not location.exists()
+
+
+def test_an_edited_spec_gets_a_tune_experiment_of_its_own(spec, store):
+    saved_experiment(Path(spec.results) / "0ld0ld0ld0ld", "0ld0ld0ld0ld", spec.tracking_uri)
+    assert prepare_results(spec, spec_hash(spec), store, fresh=False) == (f"{spec.results}/{spec_hash(spec)}", False)
+    assert (Path(spec.results) / "0ld0ld0ld0ld" / "tuner.pkl").is_file()  # the earlier spec's results stay
 
 
 def test_another_tracking_store_is_refused(spec, store, tmp_path):
-    saved_experiment(spec, spec_hash(spec), f"sqlite:///{tmp_path / 'other.db'}")
+    saved_experiment(spec.state_dir, spec_hash(spec), f"sqlite:///{tmp_path / 'other.db'}")
     with pytest.raises(UserInputError, match=f"resume with --tracking-uri sqlite:///{tmp_path / 'other.db'}"):
-        prepare_results_folder(spec, spec_hash(spec), store, fresh=False)
+        prepare_results(spec, spec_hash(spec), store, fresh=False)
 
 
 def test_fresh_deletes_the_folder_and_the_runs(spec, store, tmp_path):
-    saved_experiment(spec, "0ld0ld0ld0ld", spec.tracking_uri)
+    saved_experiment(spec.state_dir, "0ld0ld0ld0ld", spec.tracking_uri)
     store.launch_run("0ld0ld0ld0ld", "", tmp_path / "again.yaml", "c")
-    assert prepare_results_folder(spec, spec_hash(spec), store, fresh=True) is False
+    assert prepare_results(spec, spec_hash(spec), store, fresh=True) == (f"{spec.results}/{spec_hash(spec)}", False)
     assert not spec.state_dir.exists()
     assert store.runs() == []
 

@@ -60,7 +60,7 @@ def test_quick_start_demo_as_written(tmp_path, chromium):
     with orchestrator_ui(tmp_path, environment) as page:
         chromium.get(page)
         # The count shows before the rows render: wait until every trial's row is there.
-        shown = wait_for_text(chromium, ["matching runs", *(run.info.run_name for run in trials)])
+        shown = wait_for_text(chromium, ["Training runs", "matching runs", *(run.info.run_name for run in trials)])
         chromium.save_screenshot(str(tmp_path / "mlflow-ui.png"))
     assert "Training runs" in shown and "13 matching runs" in shown, shown
     for column in ("best_mAP", "best_auroc", "setup", "label_ratio", "seed"):

@@ -106,7 +106,7 @@ def test_smoke_spec_end_to_end(tmp_path):
     for cell in runs["cell"]:
         assert [a.path for a in mlflow.list_artifacts(cell.info.run_id)] == ["partial_labels.npz"]
     (launch,) = runs["launch"]
-    assert [a.path for a in mlflow.list_artifacts(launch.info.run_id)] == ["spec.yaml"]
+    assert [a.path for a in mlflow.list_artifacts(launch.info.run_id)] == ["plan.json", "spec.yaml"]
     # Everything the run wrote is under the working directory.
     assert (tmp_path / "runs" / "smoke").is_dir() and (tmp_path / "runs" / "cache").is_dir()
     assert (tmp_path / "runs" / "data").is_dir() and (tmp_path / "mlartifacts").is_dir()
@@ -166,6 +166,8 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
     finally:
         kill_group(process)  # SIGKILL: the driver and Ray, with no chance to clean up
 
+    lease = tmp_path / "runs" / "smoke.driver-lease.json"
+    assert json.loads(lease.read_text())["pid"] == process.pid  # the killed driver's, left behind
     before = {r.data.tags[TRIAL_KEY_TAG]: r for r in runs_by_role(tmp_path, "smoke")["trial"]}
     finished_before = {key: r for key, r in before.items() if r.info.status == "FINISHED"}
     assert finished_before
@@ -182,7 +184,8 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
 
     code, output = run(args, tmp_path)
     assert code == 0, output
-    assert output.startswith("Resuming 'smoke'")
+    assert output.startswith("Resuming 'smoke'")  # its pid gone, the dead driver's lease was taken over
+    assert not lease.exists()  # and given back at the end
 
     runs = runs_by_role(tmp_path, "smoke")
     after = {}
@@ -199,7 +202,8 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
         # Not rerun: the same run, untouched, and Ray holds its epochs once.
         assert after[key].info.run_id == run_.info.run_id and after[key].info.end_time == run_.info.end_time
         name = run_.data.tags["mlflow.runName"]
-        results = (tmp_path / "runs" / "smoke" / name / "result.json").read_text().splitlines()
+        (result_file,) = (tmp_path / "runs" / "smoke").glob(f"*/{name}/result.json")  # in the Tune experiment of the spec
+        results = result_file.read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in results] == list(range(1, epochs + 1))
     for key, count in epochs_before.items():
         if count >= 2 and key not in finished_before:

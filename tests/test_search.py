@@ -139,3 +139,38 @@ def test_asha_survives_pickling():
     scheduler.on_trial_add(None, _trial("x", "c"))
     copy = pickle.loads(pickle.dumps(scheduler))
     assert copy.on_trial_result(None, _trial("x", "c"), {"training_iteration": 1, "mAP": 5.0}) == TrialScheduler.CONTINUE
+
+
+def test_a_grown_grid_hands_out_only_the_trials_no_finished_run_holds(make_spec):
+    plan = Plan.of(make_spec(loss={"gamma_neg": [1, 3]}))
+    done = {t.config_hash for trials in list(plan.fixed_trials.values())[:2] for t in trials}
+    configs = drain(CellSearcher(plan, finished=frozenset(done)))
+    assert len(configs) == 8 - 4 and not done & {c["config_hash"] for c in configs}
+    # What MLflow holds of finished runs (cell, config hash, trial key), old runs by their trial key alone.
+    (old, new), (other, _) = list(plan.fixed_trials.values())[:2]
+    runs = [(old.cell_key, None, old.trial_key), (new.cell_key, new.config_hash, new.trial_key), ("elsewhere", None, other.trial_key)]
+    assert plan.finished(runs) == {old.config_hash, new.config_hash}
+
+
+def test_a_cell_keeps_its_study_while_its_search_space_stays(make_spec, tmp_path):
+    from orchestrator.grid import search_key
+    from orchestrator.search import completed, study_names
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searched = {"search": {"kind": "optuna", "num_samples": 2}, "setups": ["baseline"], "label_ratios": [0.5]}
+    plan = Plan.of(make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, **searched))
+    (cell,) = plan.cells
+    assert study_names(plan, storage) == {cell.key: cell.key}  # the first study of a cell is named by it
+    searcher = CellSearcher(plan, storage, studies=study_names(plan, storage))
+    (config,) = [searcher.suggest("t0")]
+    assert config["study"] == cell.key
+    searcher.on_trial_complete("t0", {"best_mAP": 50.0})
+    assert completed(storage, cell.key) == 1
+    # More samples over the same space: the study continues, one more sample to draw.
+    more = Plan.of(make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, **{**searched, "search": {"kind": "optuna", "num_samples": 3}}))
+    assert study_names(more, storage) == {cell.key: cell.key}
+    assert len(drain(CellSearcher(more, storage, studies={cell.key: cell.key}, budgets={cell.key: 3 - 1}), "u")) == 2
+    # Another space: a new study of its own, the first one kept.
+    narrower = Plan.of(make_spec(loss={"gamma_neg": {"low": 0, "high": 2}}, **searched))
+    assert study_names(narrower, storage) == {cell.key: f"{cell.key}~{search_key(narrower.spec, cell)}"}
+    assert cell.key in optuna.get_all_study_names(storage)

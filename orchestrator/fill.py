@@ -1,0 +1,269 @@
+"""Filling the frozen-feature cache before any trial starts, where the GPUs are.
+
+Locally, and on a Ray cluster without any GPU, the driver encodes in its own process with every
+CPU it may use as image-decoding workers (`trainables.features.fill`), saying first how long that
+will take on a CPU. On a cluster with GPU nodes the driver encodes nothing itself: one
+`ShardEncoder` actor per GPU (holding that GPU and its share of its node's CPUs as decoding
+workers) encodes the shards of every cache entry the trials will read, while the driver hands out
+shards and shows one progress bar for the whole fill. An actor that dies (a lost node, a killed
+worker) is replaced and its shard encoded again; a fill interrupted midway resumes with the shards
+already stored, since every shard is stored atomically under its own lock (`FeatureCache`).
+
+When the GPU nodes share `cache_dir` (checked with a marker file), they fill one cache together;
+when each has its own disk there, each node's actors fill that node's cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from trainables import data, features
+from trainables.config import BackboneConfig, DatasetConfig
+
+from orchestrator.schema import synthetic_variant
+from orchestrator.spec import ExperimentSpec
+from orchestrator.trial_errors import user_error_cause
+
+
+def fill_locally(spec: ExperimentSpec) -> None:
+    """Encode everything the trials read (and pre-train a `synthetic` backbone) in this process."""
+    for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs()):
+        print(f"Feature cache for {_label(dataset, backbone)} ({spec.features.mode}):", flush=True)
+        summary = features.fill(
+            dataset, backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
+            batch_size=spec.training.eval_batch_size, report=lambda line: print(f"  {line}", flush=True),
+        )  # fmt: skip
+        print(
+            f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
+            f"{summary['skipped_images']} unreadable images skipped; backbone activation {summary['activation']}",
+            flush=True,
+        )
+
+
+def _label(dataset: DatasetConfig, backbone: BackboneConfig) -> str:
+    return f"dataset '{dataset.name}' ({backbone.model}{synthetic_variant(backbone.synthetic_negation_rate, backbone.synthetic_seed)})"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cache entry the trials read: a split of a dataset at a view, on a backbone."""
+
+    dataset: DatasetConfig
+    backbone: BackboneConfig
+    split: data.Split
+    view: features.View
+
+
+@dataclass
+class Report:
+    """What a cluster fill did: shards encoded (by node id), re-encoded after an actor died, already stored."""
+
+    encoded_by_node: dict[str, int]
+    retried: int
+    reused_shards: int
+    entries: int
+
+
+class ShardEncoder:
+    """A Ray actor on one GPU (or none, where asked): encodes shards of cache entries and joins them.
+    Backbones and datasets are built once per actor."""
+
+    def __init__(self, cache_dir: Path, data_dir: Path, workers: int, batch_size: int):
+        import ray
+
+        self.cache = features.FeatureCache(cache_dir)
+        self.data_dir = data_dir
+        self.workers = workers
+        self.batch_size = batch_size
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self._backbones: dict[str, object] = {}
+        self._datasets: dict[tuple[str, str], data.MultiLabelDataset] = {}
+
+    def _open(self, entry: Entry):
+        from trainables.clip import resolve_device
+        from trainables.pretrain import load_backbone
+
+        name = entry.backbone.model_dump_json()
+        if name not in self._backbones:
+            self._backbones[name] = load_backbone(entry.backbone, self.data_dir, resolve_device("auto"))
+        dataset_key = (entry.dataset.model_dump_json(), entry.split)
+        if dataset_key not in self._datasets:
+            data.check(entry.dataset, self.data_dir)
+            self._datasets[dataset_key] = data.build_dataset(entry.dataset, entry.split, self.data_dir)
+        return self._backbones[name], self._datasets[dataset_key]
+
+    def plan(self, entry: Entry) -> list[int]:
+        """The number of images of each shard of `entry` that no process has stored (0 for stored ones)."""
+        clip, dataset = self._open(entry)
+        key = self.cache.key(clip, dataset, entry.view)
+        missing = set(self.cache.missing_shards(key, len(dataset)))
+        return [len(rows) if i in missing else 0 for i, rows in enumerate(self.cache.shards(len(dataset)))]
+
+    def encode(self, entry: Entry, index: int) -> str:
+        """Encode shard `index` of `entry` (unless another process stored it); this actor's node id."""
+        clip, dataset = self._open(entry)
+        self.cache.encode_shard(
+            clip, dataset, entry.view, index, batch_size=self.batch_size, device=clip.device, num_workers=self.workers
+        )
+        return self.node_id
+
+    def assemble(self, entry: Entry) -> int:
+        """Join `entry`'s shards into the cache entry; the number of unreadable images skipped."""
+        clip, dataset = self._open(entry)
+        stored = self.cache.dense_features(clip, dataset, entry.view)  # raises on unreadable images not to be skipped
+        return int((~stored.valid).sum())
+
+
+def cluster_gpus() -> dict[str, tuple[int, float]]:
+    """{node id: (GPUs, CPUs)} of the alive nodes that have a GPU."""
+    from orchestrator.cluster import alive_nodes
+
+    return {
+        node["NodeID"]: (int(node["Resources"]["GPU"]), node["Resources"].get("CPU", 0.0))
+        for node in alive_nodes()
+        if node["Resources"].get("GPU", 0) >= 1
+    }
+
+
+def fill_on_cluster(spec: ExperimentSpec) -> Report | None:
+    """Fill the cache with the cluster's GPUs (see the module docstring); without any GPU in the
+    cluster, fill in this process instead and return None."""
+    gpus = cluster_gpus()
+    if not gpus:
+        print("No GPU in the Ray cluster: the driver encodes the feature cache itself.", flush=True)
+        fill_locally(spec)
+        return None
+    entries = [
+        Entry(dataset, backbone, split, view)
+        for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs())
+        for split, view in features.fill_views(spec.features)
+    ]
+    # Each actor holds its GPU's share of its node's CPUs, and decodes images with as many workers.
+    workers = max(1, int(min(cpus / count for count, cpus in gpus.values())))
+    groups = [list(gpus)] if _cache_shared(spec.cache_dir, list(gpus)) else [[node] for node in gpus]
+    report = Report({}, 0, 0, len(entries))
+    for nodes in groups:
+        _fill_group(spec, entries, nodes, sum(gpus[n][0] for n in nodes), workers, len(groups) > 1, report)
+    where = ", ".join(f"{count} on {node[:8]}" for node, count in sorted(report.encoded_by_node.items()))
+    print(
+        f"Feature cache: {report.entries} entries; {sum(report.encoded_by_node.values())} shards encoded on the GPU nodes"
+        + (f" ({where})" if where else "") + f", {report.reused_shards} already stored"
+        + (f", {report.retried} encoded again after their actor died" if report.retried else ""),
+        flush=True,
+    )
+    return report
+
+
+def _fill_group(
+    spec: ExperimentSpec, entries: list[Entry], nodes: list[str], actor_count: int, workers: int, pinned: bool, report: Report
+) -> None:
+    """Every entry's missing shards, encoded by `actor_count` actors on `nodes` (pinned there when
+    each node fills its own cache), then joined."""
+    import ray
+    from ray.exceptions import RayActorError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    actor_class = ray.remote(ShardEncoder)
+    options = {"num_gpus": 1, "num_cpus": workers, "max_restarts": 0}
+    if pinned:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[0], soft=False)
+
+    def start() -> object:
+        return actor_class.options(**options).remote(spec.cache_dir, spec.data_dir, workers, spec.training.eval_batch_size)
+
+    actors = [start() for _ in range(actor_count)]
+    try:
+        plans = _get([actors[i % len(actors)].plan.remote(entry) for i, entry in enumerate(entries)])
+        queue = deque((entry, index, size) for entry, sizes in zip(entries, plans) for index, size in enumerate(sizes) if size)
+        report.reused_shards += sum(1 for sizes in plans for size in sizes if not size)
+        total = sum(size for _, _, size in queue)
+        place = f" on node {nodes[0][:8]}" if pinned else ""
+        with tqdm(total=total, unit="img", desc=f"feature cache{place}", disable=None, file=sys.stdout) as bar:
+            in_flight = {}
+            for actor in actors:
+                if queue:
+                    task = queue.popleft()
+                    in_flight[actor.encode.remote(*task[:2])] = (actor, task)
+            while in_flight:
+                (done,), _ = ray.wait(list(in_flight), num_returns=1)
+                actor, task = in_flight.pop(done)
+                try:
+                    node = _get(done)
+                except RayActorError:  # its process or node died: a new actor takes the shard again
+                    report.retried += 1
+                    queue.appendleft(task)
+                    actors.remove(actor)
+                    actor = start()
+                    actors.append(actor)
+                else:
+                    report.encoded_by_node[node] = report.encoded_by_node.get(node, 0) + 1
+                    bar.update(task[2])
+                if queue:
+                    task = queue.popleft()
+                    in_flight[actor.encode.remote(*task[:2])] = (actor, task)
+        _get([actors[i % len(actors)].assemble.remote(entry) for i, entry in enumerate(entries)])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
+def _get(refs):
+    """`ray.get(refs)`, with a user's error raised in a task (an unreadable image, a missing dataset)
+    raised here as itself: one line, not a traceback from a remote process."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as error:
+        cause = user_error_cause(error)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+@dataclass(frozen=True)
+class _Marker:
+    """A file written on one node and looked for on the others."""
+
+    path: Path
+
+    def touch(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("written by the first GPU node\n")
+
+    def seen(self) -> bool:
+        return self.path.is_file()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _cache_shared(cache_dir: Path, nodes: list[str]) -> bool:
+    """Whether every GPU node sees the same `cache_dir`: a marker written on the first node is looked for on each."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if len(nodes) < 2:
+        return True
+    marker = _Marker(Path(cache_dir) / f".shared-cache-check-{uuid.uuid4().hex}")
+
+    @ray.remote(num_cpus=0)
+    def run(method: str) -> bool | None:
+        return getattr(marker, method)()
+
+    def on(node: str):
+        return run.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+
+    ray.get(on(nodes[0]).remote("touch"))
+    try:
+        return all(ray.get([on(node).remote("seen") for node in nodes[1:]]))
+    finally:
+        ray.get(on(nodes[0]).remote("remove"))

@@ -1,0 +1,161 @@
+"""`tune-packing SPEC`: how many trials should share one GPU, measured on the GPU it runs on.
+
+K = 1, 2, 4, 8 processes each run a real trial (`trainables.train.MLRTrial`) of the spec's
+heaviest setup on its largest dataset, built with the share of the device that
+`resources.gpus_per_trial = 1/K` gives it (so each keeps on the device the features such a trial
+would), start together and train for a while; the total training images/s of each K and the peak
+memory of its processes are printed, with the `gpus_per_trial` to use: the K with the most images/s
+that still gains `MIN_GAIN` over half as many processes and whose processes fit in the device's
+memory. On a CPU the same measurement says how many trials one machine runs best at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+from tabulate import tabulate
+
+from orchestrator import grid
+from orchestrator.spec import LoadedSpec
+
+MIN_GAIN = 1.1
+"""Doubling the processes must add at least this factor of images/s to be worth its memory."""
+
+MEMORY_HEADROOM = 0.9
+"""The share of the device's memory that the packed processes may use at their peaks."""
+
+
+@dataclass(frozen=True)
+class Packed:
+    processes: int
+    images_per_second: float
+    peak_bytes: int
+    """The largest peak of one process: what the caching allocator held on a GPU (resident features
+    included; add its CUDA context), the resident set on a CPU."""
+
+
+def _train_for(config_json: str, seconds: float, start, results) -> None:
+    """One of K processes: build the trial, wait for the others, train until `seconds` have passed;
+    report (images trained, peak bytes)."""
+    from trainables.config import TrialConfig
+    from trainables.train import MLRTrial
+
+    try:
+        trial = MLRTrial(TrialConfig.model_validate_json(config_json))
+        start.wait()
+        deadline, images, epoch = time.monotonic() + seconds, 0, 0
+        while time.monotonic() < deadline:
+            trial.set_learning_rates(epoch)
+            for feats, targets in trial.train_batches(epoch):
+                trial.step(feats, targets)
+                images += len(feats)
+                if time.monotonic() >= deadline:
+                    break
+            trial.step.end_epoch(epoch)
+            epoch += 1
+        if trial.device.type == "cuda":
+            torch.cuda.synchronize(trial.device)
+            peak = torch.cuda.max_memory_reserved(trial.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        results.put((images, peak))
+    except BaseException as error:
+        results.put(error)
+        raise
+
+
+def measure(config, processes: int, seconds: float) -> Packed:
+    """Total training images/s of `processes` trials of `config` (a `TrialConfig`) sharing the device."""
+    config = config.model_copy(update={"gpu_share": 1.0 / processes})
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes + 1), context.Queue()
+    workers = [context.Process(target=_train_for, args=(config.model_dump_json(), seconds, start, results)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    start.wait(timeout=1800)
+    reports = [results.get(timeout=seconds + 1800) for _ in workers]
+    for worker in workers:
+        worker.join()
+    failed = [r for r in reports if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    return Packed(processes, sum(images for images, _ in reports) / seconds, max(peak for _, peak in reports))
+
+
+def recommend(measured: list[Packed], device_bytes: int) -> Packed:
+    """The packing to use: the most images/s among those that fit in memory and gained enough over
+    half as many processes."""
+    fitting = [m for m in measured if m.processes * m.peak_bytes <= MEMORY_HEADROOM * device_bytes]
+    chosen = min(fitting or measured, key=lambda m: m.processes)
+    for packed in sorted(fitting, key=lambda m: m.processes):
+        if packed.images_per_second >= MIN_GAIN * chosen.images_per_second:
+            chosen = packed
+    return chosen
+
+
+def device_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    from trainables.loader import available_host_memory
+
+    return available_host_memory()
+
+
+def heaviest_trial(loaded: LoadedSpec):
+    """The trial config of the spec's costliest MLR cell: its setup with the most trainable
+    parameters (DualCoOp's two prompts before one prompt), on its largest dataset, at its first ratio
+    and seed."""
+    from trainables import clip, data, setups
+
+    spec = loaded.spec
+    plan = grid.Plan.of(spec)
+    cells = [cell for cell in plan.cells if cell.family == "mlr"]
+    if not cells:
+        from trainables.errors import UserInputError
+
+        raise UserInputError(f"spec {spec.name} has no multi-label setup to measure (tune-packing measures MLR trials)")
+    sizes = {d.name: len(data.build_dataset(d, "train", spec.data_dir)) for d in spec.datasets}
+    largest = max(spec.datasets, key=lambda d: sizes[d.name])
+    backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)  # random weights: only the count matters
+    names = data.classnames(largest, spec.data_dir)
+    cost = {name: setups.count_trainable(setups.build(name, names, backbone, **spec.setup_options.get(name, {}))) for name in spec.mlr_setups}
+    cell = max(cells, key=lambda c: (cost[c.setup], sizes[c.dataset.name]))
+    return grid.resolve(spec, cell, spec.loss.fixed(), {name: r.low for name, r in spec.search_space(cell.setup).items()})
+
+
+def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:
+    """Measure each packing and say which to use."""
+    from orchestrator import fill
+    from trainables.clip import device_name, resolve_device
+
+    fill.fill_locally(loaded.spec)  # the trials read the cache; encode it first if needed
+    config = heaviest_trial(loaded)
+    device = resolve_device(config.device)
+    measured = []
+    for count in processes:
+        measured.append(measure(config, count, seconds))
+        print(f"  {count} x {config.setup}: {measured[-1].images_per_second:.0f} training images/s", flush=True)
+    one = measured[0].images_per_second
+    table = tabulate(
+        [[m.processes, f"{m.images_per_second:.0f}", f"{m.images_per_second / one:.2f}x", f"{m.peak_bytes / 2**30:.2f}",
+          f"{m.processes * m.peak_bytes / 2**30:.1f}"] for m in measured],
+        headers=["trials at once", "images/s", "vs 1", "GiB peak each", "GiB all"],
+    )  # fmt: skip
+    capacity = device_memory(device)
+    chosen = recommend(measured, capacity)
+    where = f"{device_name(device)}, {capacity / 2**30:.0f} GiB"
+    if device.type == "cuda":
+        advice = f"resources.gpus_per_trial: {1 / chosen.processes:g}   # {chosen.processes} trials per GPU like this one"
+    else:
+        advice = (f"{chosen.processes} trials at once on this machine (no GPU here: set resources.cpus_per_trial so that "
+                  f"{chosen.processes} fit; on a GPU, run tune-packing there)")  # fmt: skip
+    return "\n".join([
+        f"Packing {config.setup} trials on {config.dataset.name} ({config.backbone.model} at {config.backbone.image_size} px, "
+        f"batch {config.training.batch_size}) on {where}, {seconds:g} s of training each:",
+        table,
+        f"Use: {advice}",
+    ])  # fmt: skip
