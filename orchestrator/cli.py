@@ -59,16 +59,17 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _cache(args: argparse.Namespace) -> int:
     from orchestrator import fill
+    from orchestrator.grid import Plan
 
-    spec = _load(args).spec
+    plan = Plan.of(_load(args).spec)
     if args.address is None:
-        fill.fill_locally(spec)
+        fill.fill_locally(plan)
     else:
         from orchestrator.scheduling import joined_ray
 
         with joined_ray(args.address):
-            fill.fill_on_cluster(spec)
-    print(f"Feature cache: {spec.cache_dir}")
+            fill.fill_on_cluster(plan)
+    print(f"Feature cache: {plan.spec.cache_dir}")
     return 0
 
 

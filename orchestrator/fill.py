@@ -26,39 +26,85 @@ from tqdm.auto import tqdm
 
 from trainables import data, features
 from trainables.config import BackboneConfig, DatasetConfig
+from trainables.ood.config import IDDatasetConfig, ImageSetConfig, OODTrialConfig
+from trainables.ood.train import image_sets, open_image_set
 
+from orchestrator import grid
 from orchestrator.schema import synthetic_variant
 from orchestrator.spec import ExperimentSpec
 from orchestrator.trial_errors import user_error_cause
 
 
-def fill_locally(spec: ExperimentSpec) -> None:
-    """Encode everything the trials read (and pre-train a `synthetic` backbone) in this process."""
-    for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs()):
-        print(f"Feature cache for {_label(dataset, backbone)} ({spec.features.mode}):", flush=True)
-        summary = features.fill(
-            dataset, backbone, spec.features, cache_dir=spec.cache_dir, data_dir=spec.data_dir,
-            batch_size=spec.training.eval_batch_size, report=lambda line: print(f"  {line}", flush=True),
-        )  # fmt: skip
-        print(
-            f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
-            f"{summary['skipped_images']} unreadable images skipped; backbone activation {summary['activation']}",
-            flush=True,
-        )
-
-
-def _label(dataset: DatasetConfig, backbone: BackboneConfig) -> str:
-    return f"dataset '{dataset.name}' ({backbone.model}{synthetic_variant(backbone.synthetic_negation_rate, backbone.synthetic_seed)})"
-
-
 @dataclass(frozen=True)
 class Entry:
-    """One cache entry the trials read: a split of a dataset at a view, on a backbone."""
+    """One cache entry the trials read: a split of an MLR dataset at a view (dense features), or an
+    image set of the OOD family (CLIP's global embedding), on a backbone."""
 
-    dataset: DatasetConfig
+    dataset: DatasetConfig | IDDatasetConfig | ImageSetConfig
     backbone: BackboneConfig
     split: data.Split
-    view: features.View
+    view: features.View = "test"
+    encoding: features.Encoding = "dense"
+
+    def open(self, data_dir: Path) -> data.MultiLabelDataset:
+        if isinstance(self.dataset, DatasetConfig):
+            data.check(self.dataset, data_dir)
+            return data.build_dataset(self.dataset, self.split, data_dir)
+        return open_image_set(self.dataset, self.split, data_dir)
+
+    @property
+    def key(self) -> str:
+        """What tells entries apart (configs holding lists are not hashable)."""
+        return f"{type(self.dataset).__name__}:{self.dataset.model_dump_json()}/{self.split}/{self.view}/{self.encoding}/{self.backbone.model_dump_json()}"
+
+    @property
+    def label(self) -> str:
+        backbone = self.backbone
+        return f"{backbone.model}{synthetic_variant(backbone.synthetic_negation_rate, backbone.synthetic_seed)}"
+
+
+def entries(plan: grid.Plan) -> list[Entry]:
+    """Every cache entry the plan's trials read, each once: the MLR datasets' train views and test
+    splits on each backbone, then the image sets of the OOD cells."""
+    spec = plan.spec
+    found = [
+        Entry(dataset, backbone, split, view)
+        for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs())
+        for split, view in features.fill_views(spec.features)
+    ]
+    for trials in plan.fixed_trials.values():
+        for trial in trials:
+            if trial.family == "ood":
+                config = OODTrialConfig.model_validate(trial.trial_config)
+                found += [Entry(s, config.backbone, split, encoding="global") for s, split in image_sets(config)]
+    return list({entry.key: entry for entry in found}.values())
+
+
+def fill_locally(plan: grid.Plan) -> None:
+    """Encode everything the trials read (and pre-train a `synthetic` backbone) in this process,
+    a backbone at a time, with every CPU it may use as decoding workers."""
+    from trainables.clip import resolve_device
+    from trainables.pretrain import load_backbone
+
+    spec = plan.spec
+    by_backbone: dict[str, dict[str, list[Entry]]] = {}
+    for entry in entries(plan):
+        by_backbone.setdefault(entry.backbone.model_dump_json(), {}).setdefault(entry.dataset.name, []).append(entry)
+    for by_dataset in by_backbone.values():
+        clip = load_backbone(next(iter(by_dataset.values()))[0].backbone, spec.data_dir, resolve_device("auto"))
+        for sets, members in by_dataset.items():
+            kind = spec.features.mode if members[0].encoding == "dense" else "global embeddings"
+            print(f"Feature cache for dataset '{sets}' ({members[0].label}, {kind}):", flush=True)
+            summary = features.encode_all(
+                clip, [(entry.open(spec.data_dir), entry.view, entry.encoding) for entry in members],
+                features.FeatureCache(spec.cache_dir), batch_size=spec.training.eval_batch_size,
+                report=lambda line: print(f"  {line}", flush=True),
+            )  # fmt: skip
+            print(
+                f"  {summary['encoded']} encoded, {summary['reused']} already cached, "
+                f"{summary['skipped_images']} unreadable images skipped; backbone activation {summary['activation']}",
+                flush=True,
+            )
 
 
 @dataclass
@@ -83,26 +129,24 @@ class ShardEncoder:
         self.workers = workers
         self.batch_size = batch_size
         self.node_id = ray.get_runtime_context().get_node_id()
-        self._backbones: dict[str, object] = {}
-        self._datasets: dict[tuple[str, str], data.MultiLabelDataset] = {}
+        self._backbones: dict[str, object] = {}  # by the backbone config's JSON
+        self._datasets: dict[str, data.MultiLabelDataset] = {}  # by the set and its split
 
     def _open(self, entry: Entry):
         from trainables.clip import resolve_device
         from trainables.pretrain import load_backbone
 
-        name = entry.backbone.model_dump_json()
-        if name not in self._backbones:
-            self._backbones[name] = load_backbone(entry.backbone, self.data_dir, resolve_device("auto"))
-        dataset_key = (entry.dataset.model_dump_json(), entry.split)
-        if dataset_key not in self._datasets:
-            data.check(entry.dataset, self.data_dir)
-            self._datasets[dataset_key] = data.build_dataset(entry.dataset, entry.split, self.data_dir)
-        return self._backbones[name], self._datasets[dataset_key]
+        backbone, dataset = entry.backbone.model_dump_json(), entry.key.rsplit("/", 3)[0]  # the set and its split
+        if backbone not in self._backbones:
+            self._backbones[backbone] = load_backbone(entry.backbone, self.data_dir, resolve_device("auto"))
+        if dataset not in self._datasets:
+            self._datasets[dataset] = entry.open(self.data_dir)
+        return self._backbones[backbone], self._datasets[dataset]
 
     def plan(self, entry: Entry) -> list[int]:
         """The number of images of each shard of `entry` that no process has stored (0 for stored ones)."""
         clip, dataset = self._open(entry)
-        key = self.cache.key(clip, dataset, entry.view)
+        key = self.cache.key(clip, dataset, entry.view, entry.encoding)
         missing = set(self.cache.missing_shards(key, len(dataset)))
         return [len(rows) if i in missing else 0 for i, rows in enumerate(self.cache.shards(len(dataset)))]
 
@@ -110,14 +154,15 @@ class ShardEncoder:
         """Encode shard `index` of `entry` (unless another process stored it); this actor's node id."""
         clip, dataset = self._open(entry)
         self.cache.encode_shard(
-            clip, dataset, entry.view, index, batch_size=self.batch_size, device=clip.device, num_workers=self.workers
-        )
+            clip, dataset, entry.view, index, encoding=entry.encoding, batch_size=self.batch_size, device=clip.device,
+            num_workers=self.workers,
+        )  # fmt: skip
         return self.node_id
 
     def assemble(self, entry: Entry) -> int:
         """Join `entry`'s shards into the cache entry; the number of unreadable images skipped."""
         clip, dataset = self._open(entry)
-        stored = self.cache.dense_features(clip, dataset, entry.view)  # raises on unreadable images not to be skipped
+        stored = self.cache.dense_features(clip, dataset, entry.view, encoding=entry.encoding)  # raises on unreadable images not to be skipped
         return int((~stored.valid).sum())
 
 
@@ -132,25 +177,22 @@ def cluster_gpus() -> dict[str, tuple[int, float]]:
     }
 
 
-def fill_on_cluster(spec: ExperimentSpec) -> Report | None:
+def fill_on_cluster(plan: grid.Plan) -> Report | None:
     """Fill the cache with the cluster's GPUs (see the module docstring); without any GPU in the
     cluster, fill in this process instead and return None."""
+    spec = plan.spec
     gpus = cluster_gpus()
     if not gpus:
         print("No GPU in the Ray cluster: the driver encodes the feature cache itself.", flush=True)
-        fill_locally(spec)
+        fill_locally(plan)
         return None
-    entries = [
-        Entry(dataset, backbone, split, view)
-        for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs())
-        for split, view in features.fill_views(spec.features)
-    ]
+    needed = entries(plan)
     # Each actor holds its GPU's share of its node's CPUs, and decodes images with as many workers.
     workers = max(1, int(min(cpus / count for count, cpus in gpus.values())))
     groups = [list(gpus)] if _cache_shared(spec.cache_dir, list(gpus)) else [[node] for node in gpus]
-    report = Report({}, 0, 0, len(entries))
+    report = Report({}, 0, 0, len(needed))
     for nodes in groups:
-        _fill_group(spec, entries, nodes, sum(gpus[n][0] for n in nodes), workers, len(groups) > 1, report)
+        _fill_group(spec, needed, nodes, sum(gpus[n][0] for n in nodes), workers, len(groups) > 1, report)
     where = ", ".join(f"{count} on {node[:8]}" for node, count in sorted(report.encoded_by_node.items()))
     print(
         f"Feature cache: {report.entries} entries; {sum(report.encoded_by_node.values())} shards encoded on the GPU nodes"

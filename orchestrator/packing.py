@@ -132,7 +132,7 @@ def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:
     from orchestrator import fill
     from trainables.clip import device_name, resolve_device
 
-    fill.fill_locally(loaded.spec)  # the trials read the cache; encode it first if needed
+    fill.fill_locally(grid.Plan.of(loaded.spec))  # the trials read the cache; encode it first if needed
     config = heaviest_trial(loaded)
     device = resolve_device(config.device)
     measured = []

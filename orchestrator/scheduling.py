@@ -373,7 +373,7 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
     if address is None:
         # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
         # nothing else runs; on a cluster the GPU nodes do (below).
-        fill.fill_locally(spec)
+        fill.fill_locally(plan)
         print(precision.resolve(spec.training.precision, resolve_device("auto"))[1].capitalize(), flush=True)
     started_ray = _start_ray(address)
     results, stopped = None, False
@@ -383,7 +383,7 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
         _keep_resources_busy(spec)
         if address is not None:
             cluster.check_shared_storage(spec.results)
-            fill.fill_on_cluster(spec)
+            fill.fill_on_cluster(plan)
         _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
         results = _build_tuner(plan, digest, location, resume, pending).fit()
         if tracking.Undelivered(spec.state_dir).trials():

@@ -22,14 +22,35 @@ from tests.test_ood_lapt import _trial as lapt_trial
 SYNCS = ("item", "__bool__", "tolist", "cpu", "numpy", "__float__", "__int__", "__index__")
 """Tensor methods that copy a value to the host, so wait for the device: what a CUDA graph cannot capture."""
 
+DATA_DEPENDENT = ("nonzero", "masked_select", "unique", "unique_consecutive", "repeat_interleave", "bincount")
+"""Operations whose output shape depends on the values, which the device must report first."""
+
 
 class FailOnHostSync(TorchFunctionMode):
-    """A CPU stand-in for what breaks CUDA graph capture: any read of a tensor's value on the host fails."""
+    """A CPU stand-in for what breaks CUDA graph capture: any read of a tensor's value on the host
+    fails, and so does an operation whose output shape the values decide (a boolean mask among them)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", None) in SYNCS:
-            raise AssertionError(f"a training step synchronised with the host: Tensor.{func.__name__}")
+        name = getattr(func, "__name__", None)
+        if name in SYNCS or name in DATA_DEPENDENT:
+            raise AssertionError(f"a training step synchronised with the host: {name}")
+        if name in ("__getitem__", "__setitem__") and _has_bool_tensor(args[1]):
+            raise AssertionError(f"a training step indexed with a boolean mask: {name}")
         return func(*args, **(kwargs or {}))
+
+
+def _has_bool_tensor(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
+@pytest.mark.parametrize(
+    "breaks_capture",
+    [lambda x: x.sum().item(), lambda x: bool(x.sum() > 0), lambda x: x[x > 0].sum(), lambda x: torch.nonzero(x).sum()],
+)
+def test_the_stand_in_catches_what_breaks_a_capture(breaks_capture):
+    with FailOnHostSync(), pytest.raises(AssertionError, match="a training step"):
+        breaks_capture(torch.arange(-2.0, 3.0))
 
 
 @pytest.mark.parametrize(

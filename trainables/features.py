@@ -380,8 +380,8 @@ def default_workers() -> int:
 
 
 def encoding_rate(
-    clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, *, batch_size: int, num_workers: int,
-    device: torch.device, batches: int = 3,
+    clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, *, encoding: Encoding = "dense",
+    batch_size: int, num_workers: int, device: torch.device, batches: int = 3,
 ) -> float:  # fmt: skip
     """Images per second of encoding `dataset` at `view`, measured on a few batches (after a first
     one that warms up the loader and the kernels); nothing is stored."""
@@ -392,12 +392,45 @@ def encoding_rate(
     started, encoded = None, 0
     for batch, _, _ in data.batches_of(torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)):
         with torch.no_grad():
-            clip.encode_dense(batch.to(device))
+            pixels = batch.to(device)
+            clip.encode_dense(pixels) if encoding == "dense" else clip.encode_image(pixels)
         if started is None:
             started = time.perf_counter()
         else:
             encoded += len(batch)
     return encoded / (time.perf_counter() - started) if encoded else math.nan
+
+
+Job = tuple[data.MultiLabelDataset, View, Encoding]
+"""One cache entry to fill: a dataset split, its view, its encoding."""
+
+
+def encode_all(
+    clip: clip_lib.FrozenCLIP, jobs: list[Job], cache: FeatureCache, *, batch_size: int = 100,
+    num_workers: int | None = None, progress: bool = True, report: Callable[[str], None] | None = None,
+) -> dict:  # fmt: skip
+    """Encode every entry of `jobs` the cache lacks, in this process, with `num_workers`
+    image-decoding workers (default: every CPU it may use). On a CPU, `report` is first told how
+    long that will take, measured on a few batches. Returns counts for a report."""
+    workers = default_workers() if num_workers is None else num_workers
+    summary = {"encoded": 0, "reused": 0, "skipped_images": 0, "activation": _activation(clip)}
+    missing = [
+        sum(len(cache.shards(len(d))[i]) for i in cache.missing_shards(cache.key(clip, d, v, e), len(d))) for d, v, e in jobs
+    ]
+    if report is not None and clip.device.type == "cpu" and sum(missing):
+        dataset, view, encoding = next(job for job, count in zip(jobs, missing) if count)
+        rate = encoding_rate(clip, dataset, view, encoding=encoding, batch_size=batch_size, num_workers=workers, device=clip.device)
+        report(
+            f"Encoding {sum(missing):,} images on this machine's CPU ({workers} loader workers): about "
+            f"{format_duration(sum(missing) / rate)} at {rate:.1f} images/s, measured on a few batches"
+        )
+    for (dataset, view, encoding), count in zip(jobs, missing):
+        summary["encoded" if count else "reused"] += 1
+        stored = cache.dense_features(
+            clip, dataset, view, batch_size=batch_size, num_workers=workers, progress=progress, encoding=encoding
+        )
+        summary["skipped_images"] += int((~stored.valid).sum())
+    return summary
 
 
 def fill(
@@ -413,39 +446,18 @@ def fill(
     progress: bool = True,
     report: Callable[[str], None] | None = None,
 ) -> dict:
-    """Encode everything a trial on `dataset_config` reads (its train views and the test split) ahead
-    of a run, in this process, with `num_workers` image-decoding workers (default: every CPU it may
-    use). On a CPU, `report` is first told how long that will take, measured on a few batches.
+    """Encode everything an MLR trial on `dataset_config` reads (its train views and the test
+    split) ahead of a run, as `encode_all` does.
 
     The features depend on (dataset, backbone, feature mode) only, so one call covers every setup,
     label ratio, seed and loss setting on that dataset. Returns counts for a report.
     """
-    device = clip_lib.resolve_device(device)
-    workers = default_workers() if num_workers is None else num_workers
-    clip = load_backbone(backbone, data_dir, device)
+    clip = load_backbone(backbone, data_dir, clip_lib.resolve_device(device))
     data.check(dataset_config, data_dir)
-    cache = FeatureCache(cache_dir)
-    jobs = [(data.build_dataset(dataset_config, split, data_dir), view) for split, view in fill_views(features)]
-    summary = {"encoded": 0, "reused": 0, "skipped_images": 0, "activation": _activation(clip)}
-    missing = {}
-    for dataset, view in jobs:
-        key = cache.key(clip, dataset, view)
-        shards = cache.shards(len(dataset))
-        missing[key] = sum(len(shards[i]) for i in cache.missing_shards(key, len(dataset)))
-    if report is not None and device.type == "cpu" and sum(missing.values()):
-        dataset, view = next((d, v) for d, v in jobs if missing[cache.key(clip, d, v)])
-        rate = encoding_rate(clip, dataset, view, batch_size=batch_size, num_workers=workers, device=device)
-        report(
-            f"Encoding {sum(missing.values()):,} images on this machine's CPU ({workers} loader workers): about "
-            f"{format_duration(sum(missing.values()) / rate)} at {rate:.1f} images/s, measured on a few batches"
-        )
-    for dataset, view in jobs:
-        summary["reused" if cache.contains(clip, dataset, view) else "encoded"] += 1
-        stored = cache.dense_features(
-            clip, dataset, view, batch_size=batch_size, device=device, num_workers=workers, progress=progress
-        )
-        summary["skipped_images"] += int((~stored.valid).sum())
-    return summary
+    jobs = [(data.build_dataset(dataset_config, split, data_dir), view, "dense") for split, view in fill_views(features)]
+    return encode_all(
+        clip, jobs, FeatureCache(cache_dir), batch_size=batch_size, num_workers=num_workers, progress=progress, report=report
+    )
 
 
 def format_duration(seconds: float) -> str:

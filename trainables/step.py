@@ -170,7 +170,9 @@ class TrainingStep:
         # writes them afresh, as backward does into a None gradient.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's prefetch thread may allocate pinned memory meanwhile, which the
+        # default (global) mode would count against this capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._step(self._static_inputs, zero_grad=False)
         self._graph = graph
         graph.replay()

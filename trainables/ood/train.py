@@ -23,7 +23,8 @@ from trainables import clip as clip_lib
 from trainables import loader
 from trainables.features import FeatureCache
 from trainables.ood import collect, lapt, negatives
-from trainables.ood.config import NegativesConfig, OODTrialConfig
+from trainables.data import MultiLabelDataset
+from trainables.ood.config import IDDatasetConfig, ImageSetConfig, NegativesConfig, OODTrialConfig
 from trainables.ood.data import id_dataset, ood_set
 from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, one_hot, soft_cross_entropy
 from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
@@ -42,6 +43,26 @@ def corpus(config: NegativesConfig) -> negatives.Words:
     if config.corpus == "common":
         return negatives.word_list(negatives.COMMON_WORDS)
     return negatives.wordnet_words(config.wordnet_dir)
+
+
+def image_sets(config: OODTrialConfig) -> list[tuple[IDDatasetConfig | ImageSetConfig, str]]:
+    """(image set, split) of every set a trial of `config` encodes (CLIP's global embedding, into the
+    feature cache): the ID test split and the OOD sets, and, for the tuned variant, what it collects
+    training images from (the ID training split, the pool). A fill ahead of the run encodes these."""
+    sets = [(config.id_dataset, "test"), *((ood, "test") for ood in config.ood_sets)]
+    if config.options.variant == "lapt":
+        if config.collector.kind == "id_train":
+            sets.append((config.id_dataset, "train"))
+        if config.collector.pool is not None:
+            sets.append((config.collector.pool, "test"))
+    return sets
+
+
+def open_image_set(image_set: IDDatasetConfig | ImageSetConfig, split: str, data_dir) -> MultiLabelDataset:
+    """The dataset of an entry of `image_sets`."""
+    if isinstance(image_set, IDDatasetConfig):
+        return id_dataset(image_set, split, data_dir)
+    return ood_set(image_set, data_dir)
 
 
 def training_negatives(mined: negatives.Words, train_count: int | None) -> torch.Tensor:
