@@ -6,6 +6,8 @@ import json
 import pickle
 import socket
 import subprocess
+import sys
+import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
@@ -332,3 +334,27 @@ def test_an_ood_trial_logs_its_family_metrics_and_negative_labels(tracked_spec, 
     assert "negative_labels" not in run.data.metrics and "best_mAP" not in run.data.metrics
     local = store.client.download_artifacts(run.info.run_id, "negative_labels.txt", str(tmp_path))
     assert Path(local).read_text() == "kite\nriver\n"
+
+
+OPEN_STORE = """
+import sys, time
+from orchestrator.tracking import TrackingStore
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both processes open the new store at this instant
+TrackingStore(sys.argv[1], "shared")
+print("opened")
+"""
+
+
+def test_two_processes_making_a_new_sqlite_store_at_once_both_open_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    at = f"{time.time() + 8:.3f}"  # after both have imported MLflow
+    processes = [
+        subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri, at], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0 and stdout.strip() == "opened", stderr
+        assert "Traceback" not in stderr
+    store = tracking.TrackingStore(uri, "shared")
+    assert [e.name for e in store.client.search_experiments() if e.name == "shared"] == ["shared"]
