@@ -269,7 +269,10 @@ def test_killed_optuna_search_resumes_with_its_history(tmp_path):
     assert len(told) == 4  # the search went on to its num_samples, not 4 more
     # The trials told before the kill are still the study's history, with their parameters.
     assert [(t.number, t.params, t.value) for t in before] == [(t.number, t.params, t.value) for t in told[: len(before)]]
-    assert len({t.params["gamma_neg"] for t in study.trials}) == len(study.trials)  # no draw repeated after the restart
+    # No draw repeated after the restart. (A trial the kill caught between Optuna's ask and its draw
+    # has no parameters: failed as an orphan on the restart, it drew nothing.)
+    drawn = [t.params["gamma_neg"] for t in study.trials if t.params]
+    assert len(set(drawn)) == len(drawn) >= 4
     trials = runs_by_role(tmp_path, "optuna_killed")["trial"]
     assert len(trials) == 4 and {r.info.status for r in trials} == {"FINISHED"}
     assert len({r.data.tags[TRIAL_KEY_TAG] for r in trials}) == 4  # each trial one MLflow run
