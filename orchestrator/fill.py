@@ -53,9 +53,14 @@ class Entry:
         return open_image_set(self.dataset, self.split, data_dir)
 
     @property
+    def dataset_key(self) -> str:
+        """What tells the datasets of entries apart (configs holding lists are not hashable)."""
+        return f"{type(self.dataset).__name__}:{self.dataset.model_dump_json()}:{self.split}"
+
+    @property
     def key(self) -> str:
-        """What tells entries apart (configs holding lists are not hashable)."""
-        return f"{type(self.dataset).__name__}:{self.dataset.model_dump_json()}/{self.split}/{self.view}/{self.encoding}/{self.backbone.model_dump_json()}"
+        """What tells entries apart."""
+        return f"{self.dataset_key}:{self.view}:{self.encoding}:{self.backbone.model_dump_json()}"
 
     @property
     def label(self) -> str:
@@ -130,13 +135,13 @@ class ShardEncoder:
         self.batch_size = batch_size
         self.node_id = ray.get_runtime_context().get_node_id()
         self._backbones: dict[str, object] = {}  # by the backbone config's JSON
-        self._datasets: dict[str, data.MultiLabelDataset] = {}  # by the set and its split
+        self._datasets: dict[str, data.MultiLabelDataset] = {}  # by `Entry.dataset_key`
 
     def _open(self, entry: Entry):
         from trainables.clip import resolve_device
         from trainables.pretrain import load_backbone
 
-        backbone, dataset = entry.backbone.model_dump_json(), entry.key.rsplit("/", 3)[0]  # the set and its split
+        backbone, dataset = entry.backbone.model_dump_json(), entry.dataset_key
         if backbone not in self._backbones:
             self._backbones[backbone] = load_backbone(entry.backbone, self.data_dir, resolve_device("auto"))
         if dataset not in self._datasets:
@@ -147,7 +152,7 @@ class ShardEncoder:
         """The number of images of each shard of `entry` that no process has stored (0 for stored ones)."""
         clip, dataset = self._open(entry)
         key = self.cache.key(clip, dataset, entry.view, entry.encoding)
-        missing = set(self.cache.missing_shards(key, len(dataset)))
+        missing = self.cache.missing_shards(key, len(dataset))
         return [len(rows) if i in missing else 0 for i, rows in enumerate(self.cache.shards(len(dataset)))]
 
     def encode(self, entry: Entry, index: int) -> str:
@@ -159,11 +164,11 @@ class ShardEncoder:
         )  # fmt: skip
         return self.node_id
 
-    def assemble(self, entry: Entry) -> int:
-        """Join `entry`'s shards into the cache entry; the number of unreadable images skipped."""
+    def assemble(self, entry: Entry) -> None:
+        """Join `entry`'s shards into the cache entry (raising for unreadable images its dataset
+        does not skip, as a trial reading it would)."""
         clip, dataset = self._open(entry)
-        stored = self.cache.dense_features(clip, dataset, entry.view, encoding=entry.encoding)  # raises on unreadable images not to be skipped
-        return int((~stored.valid).sum())
+        self.cache.dense_features(clip, dataset, entry.view, encoding=entry.encoding)
 
 
 def cluster_gpus() -> dict[str, tuple[int, float]]:
@@ -227,12 +232,17 @@ def _fill_group(
         report.reused_shards += sum(1 for sizes in plans for size in sizes if not size)
         total = sum(size for _, _, size in queue)
         place = f" on node {nodes[0][:8]}" if pinned else ""
+        in_flight = {}
+
+        def hand_out(actor) -> None:
+            """The next shard to `actor`, if any is left."""
+            if queue:
+                task = queue.popleft()
+                in_flight[actor.encode.remote(*task[:2])] = (actor, task)
+
         with tqdm(total=total, unit="img", desc=f"feature cache{place}", disable=None, file=sys.stdout) as bar:
-            in_flight = {}
             for actor in actors:
-                if queue:
-                    task = queue.popleft()
-                    in_flight[actor.encode.remote(*task[:2])] = (actor, task)
+                hand_out(actor)
             while in_flight:
                 (done,), _ = ray.wait(list(in_flight), num_returns=1)
                 actor, task = in_flight.pop(done)
@@ -247,9 +257,7 @@ def _fill_group(
                 else:
                     report.encoded_by_node[node] = report.encoded_by_node.get(node, 0) + 1
                     bar.update(task[2])
-                if queue:
-                    task = queue.popleft()
-                    in_flight[actor.encode.remote(*task[:2])] = (actor, task)
+                hand_out(actor)
         _get([actors[i % len(actors)].assemble.remote(entry) for i, entry in enumerate(entries)])
     finally:
         for actor in actors:

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 from trainables.config import BackboneConfig, DatasetConfig, TrialConfig
 from trainables.ood.config import IDDatasetConfig
@@ -58,7 +59,7 @@ class Trial:
     study: str | None = None
     """The Optuna study that sampled it (a searched cell's trial)."""
 
-    @property
+    @cached_property
     def config_hash(self) -> str:
         return config_hash(self.trial_config)
 
@@ -140,6 +141,14 @@ def config_hash(trial_config: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def run_holds(trial_hash: str, run_hash: str | None, run_key: str | None) -> bool:
+    """Whether a trial run (its config hash tag, its trial key) is of the trial whose config hash is
+    `trial_hash`; a run made before the hash was a tag is matched by its trial key's last 8 digits."""
+    if run_hash:
+        return run_hash == trial_hash
+    return bool(run_key) and run_key.endswith(f"-{trial_hash[:8]}")
+
+
 def trial_key(trial_name: str, trial_config: dict) -> str:
     """The trial name plus a short hash of what it computes."""
     return f"{trial_name}-{config_hash(trial_config)[:8]}"
@@ -173,9 +182,8 @@ def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
     """Every trial of `cell` in a grid search, in loss-grid order; an OOD cell's one trial."""
     if cell.family == "ood":
         config = variant_config(
-            spec.ood, cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir,
-            spec.resources.gpu_share,
-        ).model_dump(mode="json")  # fmt: skip
+            spec.ood, cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
+        ).model_dump(mode="json")
         return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family="ood")]
     return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]
 
@@ -205,13 +213,14 @@ class Plan:
     def finished(self, runs: list[tuple[str | None, str | None, str | None]]) -> frozenset[str]:
         """The config hashes of the fixed trials that finished runs (cell key, config hash, trial key)
         already hold; a run made before the hash was a tag is matched by its trial key within its cell."""
-        hashes = {digest for _, digest, _ in runs if digest}
-        legacy = {(cell, key.rsplit("-", 1)[-1]) for cell, digest, key in runs if not digest and key}
+        by_cell: dict[str | None, list[tuple[str | None, str | None]]] = {}
+        for cell, digest, key in runs:
+            by_cell.setdefault(cell, []).append((digest, key))
         return frozenset(
             trial.config_hash
-            for trials in self.fixed_trials.values()
+            for cell, trials in self.fixed_trials.items()
             for trial in trials
-            if trial.config_hash in hashes or (trial.cell_key, trial.config_hash[:8]) in legacy
+            if any(run_holds(trial.config_hash, digest, key) for digest, key in by_cell.get(cell, []))
         )
 
 
@@ -237,10 +246,7 @@ class Membership:
 
     def contains(self, cell_key: str | None, config_hash: str | None, trial_key: str | None, study: str | None) -> bool:
         if cell_key in self.fixed:
-            hashes = self.fixed[cell_key]
-            if config_hash:
-                return config_hash in hashes
-            return bool(trial_key) and any(trial_key.endswith(f"-{h[:8]}") for h in hashes)
+            return any(run_holds(digest, config_hash, trial_key) for digest in self.fixed[cell_key])
         if cell_key in self.searched:
             return (study or cell_key) == self.searched[cell_key]
         return False

@@ -71,9 +71,8 @@ class OODSpec(Strict):
 
 
 def variant_config(
-    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir,
-    gpu_share: float = 1.0,
-) -> OODTrialConfig:  # fmt: skip
+    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir
+) -> OODTrialConfig:
     """The trial config of one variant's cell."""
     overrides = VARIANTS[variant]
     mixing = ood.mixing.model_copy(update=overrides.get("mixing", {}))
@@ -91,5 +90,4 @@ def variant_config(
         seed=seed,
         cache_dir=cache_dir,
         data_dir=data_dir,
-        gpu_share=gpu_share,
     )

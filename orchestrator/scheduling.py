@@ -149,14 +149,12 @@ class Pending:
     def of(cls, plan: grid.Plan, store: tracking.TrackingStore) -> "Pending":
         from orchestrator import search
 
-        spec = plan.spec
-        studies = search.study_names(plan, optuna_storage(spec)) if len(plan.fixed_trials) < len(plan.cells) else {}
+        storage = optuna_storage(plan.spec)
+        studies = search.study_names(plan, storage) if len(plan.fixed_trials) < len(plan.cells) else {}
         finished = plan.finished(store.finished_trials())
-        budgets = {
-            cell: max(plan.trials_per_cell[cell] - search.completed(optuna_storage(spec), study), 0) for cell, study in studies.items()
-        }
+        budgets = {cell: max(plan.trials_per_cell[cell] - search.completed(storage, study), 0) for cell, study in studies.items()}
         reused = len(finished) + sum(plan.trials_per_cell[cell] - budget for cell, budget in budgets.items())
-        existing = set(optuna.get_all_study_names(optuna_storage(spec))) if studies else set()
+        existing = set(optuna.get_all_study_names(storage)) if studies else set()
         changed = [cell for cell, study in studies.items() if study != cell and study not in existing]
         return cls(finished, studies, budgets, reused, changed)
 
@@ -289,9 +287,9 @@ def finalize(
     become KILLED (FAILED if nothing interrupted the launch). A cell is FINISHED once all its
     trials are (those other launches finished count), the launch run once every cell is. Only the
     trials of this spec count (`membership`; None: every trial run), and only the cell and launch
-    runs of its hash (`digest`; None: all) are closed. Every
-    cell run is looked at, not only RUNNING ones: a cell whose trials all finished before a crash
-    was marked FAILED by the next launch, and no trial start revives it.
+    runs of its hash (`digest`; None: all) are closed. Every cell run is looked at, not only
+    RUNNING ones: a cell whose trials all finished before a crash was marked FAILED by the next
+    launch, and no trial start revives it.
     """
     trials = [
         run for run in store.runs(role_filter(TRIAL_ROLE))

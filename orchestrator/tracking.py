@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-from contextlib import nullcontext
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -38,11 +38,8 @@ from trainables.errors import UserInputError
 from orchestrator.grid import Membership
 from orchestrator.schema import (
     CELL_KEY_TAG,
-    CONFIG_HASH_TAG,
-    LAUNCHED_AT_TAG,
-    PLAN_ARTIFACT,
-    STUDY_TAG,
     CELL_ROLE,
+    CONFIG_HASH_TAG,
     EPOCH_METRICS,
     ERROR_FILE_TAG,
     ERROR_TAG,
@@ -51,16 +48,19 @@ from orchestrator.schema import (
     GIT_COMMIT_TAG,
     LAST_FAILURE_TAG,
     LAST_MAP,
+    LAUNCHED_AT_TAG,
     RAY_NODE_TAG,
     RETRIES_TAG,
     OOD_FINAL_METRICS,
     OOD_UNLOGGED,
     LAUNCH_ROLE,
     PARENT_RUN_TAG,
+    PLAN_ARTIFACT,
     RESOLVED_PARAM_PREFIX,
     ROLE_TAG,
     SPEC_HASH_TAG,
     SPEC_PATH_TAG,
+    STUDY_TAG,
     TRIAL_KEY_TAG,
     TRIAL_ROLE,
     experiment_tags,
@@ -311,21 +311,22 @@ class Undelivered:
     def __init__(self, state_dir: Path):
         self.path = state_dir / self.FILE
 
-    def by_location(self) -> dict[str | None, list[str]]:
-        """Ray trial ids by their Tune experiment's location (None: a list written before there
-        were several, whose trials are in the experiment's own folder)."""
+    def by_location(self) -> dict[str, list[str]]:
+        """Ray trial ids by their Tune experiment's location ("": the experiment's own folder, where
+        Tune kept them before each spec had its own; a list written then reads so)."""
         if not self.path.is_file():
             return {}
         listed = json.loads(self.path.read_text())
-        return {None: listed} if isinstance(listed, list) else listed
+        return {"": listed} if isinstance(listed, list) else listed
 
     def trials(self) -> list[str]:
         """Ray trial ids, sorted."""
         return sorted(trial for trials in self.by_location().values() for trial in trials)
 
     def add(self, trial_id: str, location: str | None) -> None:
+        """List `trial_id` under its Tune experiment's location (None: the experiment's own folder)."""
         listed = self.by_location()
-        listed[location] = sorted({*listed.get(location, []), trial_id})
+        listed[location or ""] = sorted({*listed.get(location or "", []), trial_id})
         self.path.write_text(json.dumps(listed))
 
     def clear(self) -> None:

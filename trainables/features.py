@@ -177,11 +177,12 @@ class FeatureCache:
         """The rows of each shard: the unit of encoding, of a fill's parallel work and of its resumption."""
         return [range(start, min(start + SHARD_IMAGES, num_images)) for start in range(0, num_images, SHARD_IMAGES)]
 
-    def missing_shards(self, key: str, num_images: int) -> list[int]:
-        """The shards of `key` that no process has stored yet (none once the entry itself is stored)."""
+    def missing_shards(self, key: str, num_images: int) -> dict[int, range]:
+        """The shards of `key` that no process has stored yet, by index, with their rows (none once
+        the entry itself is stored)."""
         if self._read(key, num_images) is not None:
-            return []
-        return [i for i, rows in enumerate(self.shards(num_images)) if self._read_shard(key, i, rows) is None]
+            return {}
+        return {i: rows for i, rows in enumerate(self.shards(num_images)) if self._read_shard(key, i, rows) is None}
 
     def _shard_paths(self, key: str, index: int) -> tuple[Path, Path, Path]:
         folder = self.directory / f"{key}.shards"
@@ -305,7 +306,7 @@ class FeatureCache:
         try:
             missing = self.missing_shards(key, len(dataset))
             label = "test transform" if view == "test" else f"train view {view[1]}"
-            total = sum(len(self.shards(len(dataset))[i]) for i in missing)
+            total = sum(map(len, missing.values()))
             with tqdm(total=total, unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=None if progress else True) as bar:  # None: off when not a terminal
                 for index in missing:
                     self.encode_shard(
@@ -415,7 +416,7 @@ def encode_all(
     workers = default_workers() if num_workers is None else num_workers
     summary = {"encoded": 0, "reused": 0, "skipped_images": 0, "activation": _activation(clip)}
     missing = [
-        sum(len(cache.shards(len(d))[i]) for i in cache.missing_shards(cache.key(clip, d, v, e), len(d))) for d, v, e in jobs
+        sum(map(len, cache.missing_shards(cache.key(clip, d, v, e), len(d)).values())) for d, v, e in jobs
     ]
     if report is not None and clip.device.type == "cpu" and sum(missing):
         dataset, view, encoding = next(job for job, count in zip(jobs, missing) if count)

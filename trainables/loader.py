@@ -7,8 +7,8 @@ the device computes, and each batch is copied without blocking. Either way a bat
 float32 [B, L, d] on the device, in the order given, with the device index of its rows (to
 gather targets kept on the device), and the epoch's order is uploaded once, not per batch.
 
-Both task families read the cache through `FeatureRows`: the MLR loop batch by batch, the OOD
-loop whole splits (`all`).
+Both task families read the cache here: the MLR loop batch by batch (`FeatureRows`), the OOD
+loop whole splits of CLIP's global embeddings (`read_all`), which are small.
 """
 
 from __future__ import annotations
@@ -74,10 +74,6 @@ class FeatureRows:
         self.resident = resident
         self._table = _upload(features, device) if resident else None
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.features.nbytes)
-
     def batches(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(device index of the rows [B], features float32 [B, L, d] on the device) for each batch of rows."""
         if not batches:
@@ -92,11 +88,12 @@ class FeatureRows:
         for index, host in zip(indices, _prefetched(self.features, batches, pin=self.device.type == "cuda")):
             yield index, host.to(self.device, non_blocking=True).float()
 
-    def all(self, rows: np.ndarray) -> torch.Tensor:
-        """The features of `rows`, float32 [len(rows), L, d] on the device, at once."""
-        if self._table is not None:
-            return self._table[torch.from_numpy(rows.astype(np.int64)).to(self.device)].float()
-        return torch.from_numpy(np.asarray(self.features[rows])).to(self.device).float()
+
+
+def read_all(features: np.ndarray) -> torch.Tensor:
+    """A whole cached split as float32 host memory, read at once: what a loop that needs every row
+    together (the OOD family's small global embeddings) takes from the cache."""
+    return torch.from_numpy(np.asarray(features, dtype=np.float32))
 
 
 def place(splits: Sequence[np.ndarray], device: torch.device, budget: int) -> list[FeatureRows]:

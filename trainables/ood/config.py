@@ -163,5 +163,3 @@ class OODTrialConfig(Strict):
     cache_dir: Path
     data_dir: Path
     device: str = "auto"
-    gpu_share: float = Field(1.0, gt=0.0, le=1.0)
-    """The fraction of its GPU the trial holds (`resources.gpus_per_trial` below 1)."""

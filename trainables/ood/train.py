@@ -87,24 +87,22 @@ class OODTrial:
         """What `auto` settings became on this device: logged with the trial's run."""
         self.scale = self.clip.logit_scale
         cache = FeatureCache(config.cache_dir)
-        budget = loader.memory_budget(self.device, None, config.gpu_share)
 
         def features(dataset) -> tuple[torch.Tensor, np.ndarray]:
-            """The unit image embeddings of `dataset` on the device [N, d], and which rows are real images."""
+            """The unit image embeddings of `dataset` [N, d] (host memory), and which rows are real images."""
             stored = cache.dense_features(self.clip, dataset, "test", device=self.device, encoding="global")
-            (rows,) = loader.place([stored.features], self.device, budget)
-            return F.normalize(rows.all(np.arange(len(dataset)))[:, 0], dim=-1), stored.valid
+            return F.normalize(loader.read_all(stored.features[:, 0]), dim=-1), stored.valid
 
         train, test = id_dataset(config.id_dataset, "train", config.data_dir), id_dataset(config.id_dataset, "test", config.data_dir)
         self.id_names = train.classnames
         self.num_id = len(self.id_names)
         test_features, test_valid = features(test)
-        self.id_test = test_features[test_valid]
+        self.id_test = test_features[test_valid].to(self.device)
         self.id_test_labels = test.labels[test_valid].argmax(axis=1)
         self.ood_tests = {}
         for ood in config.ood_sets:
             ood_features, ood_valid = features(ood_set(ood, config.data_dir))
-            self.ood_tests[ood.name] = (ood.group, ood_features[ood_valid])
+            self.ood_tests[ood.name] = (ood.group, ood_features[ood_valid].to(self.device))
 
         self.negative_labels = lapt.mine_negative_labels(
             self.clip, self.id_names, corpus(config.negatives), config.negatives.count, config.negatives.percentile, config.cache_dir
@@ -135,11 +133,11 @@ class OODTrial:
         pool = None
         if cfg.collector.pool is not None:
             pool_features, pool_valid = features(ood_set(cfg.collector.pool, cfg.data_dir))
-            pool = pool_features[pool_valid].cpu()
+            pool = pool_features[pool_valid]
         if cfg.collector.kind == "id_train":
             train_features, train_valid = features(train)
             rows, labels = collect.id_examples(train.labels[train_valid])
-            parts.append((train_features[train_valid][rows].cpu(), torch.from_numpy(labels)))
+            parts.append((train_features[train_valid][rows], torch.from_numpy(labels)))
             retrieved_labels = torch.arange(self.num_id, self.num_id + train_negatives) if pool is not None else None
         else:
             retrieved_labels = torch.arange(self.num_id + train_negatives)
