@@ -11,8 +11,8 @@ one memory-mapped fp16 array instead of running the encoder again:
 Images are encoded a shard at a time (`SHARD_IMAGES`), each shard stored under its own lock as
 `<key>.shards/<i>.npy` with its sidecar, so that a fill interrupted midway resumes with the shards
 it stored and several processes (the GPUs of a cluster, `orchestrator.fill`) encode one entry's
-shards in parallel. Once every shard is stored, they are joined, under the key's lock, into
-`<key>.npy.tmp-<pid>`, which is renamed into place last (after the sidecar). A killed writer leaves
+shards in parallel. Once every shard is stored, they are joined, under the key's lock, into a
+temporary file, which is renamed into place last, after the sidecar (`trainables.atomic`). A killed writer leaves
 only temporary files, which no reader opens and the next writer deletes. Readers need no lock: a
 rename is atomic, so they see either no file or a complete one.
 
@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
+from trainables import atomic
 from trainables import clip as clip_lib
 from trainables import data
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
@@ -225,13 +225,15 @@ class FeatureCache:
         with FileLock(str(lock_path)):
             if self._read_shard(key, index, rows) is not None:
                 return False
-            suffix = f".tmp-{socket.gethostname()}-{os.getpid()}"
-            temporary_array = array_path.with_name(array_path.name + suffix)
-            skipped = self._encode(clip, dataset, view, encoding, rows, temporary_array, batch_size, device, num_workers, on_batch)
-            temporary_sidecar = sidecar_path.with_name(sidecar_path.name + suffix)
-            temporary_sidecar.write_text(json.dumps({"rows": [rows.start, rows.stop], "skipped": skipped}) + "\n")
-            os.replace(temporary_sidecar, sidecar_path)
-            os.replace(temporary_array, array_path)
+            atomic.clear_leftovers(array_path)
+            atomic.clear_leftovers(sidecar_path)
+
+            def encode(temporary: Path) -> None:
+                skipped = self._encode(clip, dataset, view, encoding, rows, temporary, batch_size, device, num_workers, on_batch)
+                sidecar = json.dumps({"rows": [rows.start, rows.stop], "skipped": skipped}) + "\n"
+                atomic.replace(sidecar_path, lambda path: path.write_text(sidecar))
+
+            atomic.replace(array_path, encode)
         return True
 
     def assemble(
@@ -246,30 +248,31 @@ class FeatureCache:
             if stored is not None:
                 return stored
             # Holding the lock, no other writer of the entry is active: anything left is from a killed one.
-            for leftover in [array_path, *self.directory.glob(f"{key}.*.tmp-*")]:
-                leftover.unlink(missing_ok=True)
+            array_path.unlink(missing_ok=True)
+            atomic.clear_leftovers(array_path)
+            atomic.clear_leftovers(sidecar_path)
             shards = [self._read_shard(key, i, rows) for i, rows in enumerate(self.shards(len(dataset)))]
             missing = [i for i, shard in enumerate(shards) if shard is None]
             if missing:
                 raise RuntimeError(f"cannot assemble {array_path}: shards {missing} are not stored")
-            temporary_array = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
             shape = (len(dataset), *shards[0][0].shape[1:])
-            joined = np.lib.format.open_memmap(temporary_array, mode="w+", dtype=np.float16, shape=shape)
-            for rows, (features, _) in zip(self.shards(len(dataset)), shards):
-                joined[rows.start : rows.stop] = features
-            joined.flush()
-            del joined
-            with open(temporary_array, "rb+") as handle:
-                os.fsync(handle.fileno())
             skipped = [entry for _, shard_skipped in shards for entry in shard_skipped]
             sidecar = {
                 "key": key, "shape": list(shape), "dtype": "float16",
                 "inputs": self.key_inputs(clip, dataset, view, encoding), "skipped": skipped,
             }  # fmt: skip
-            temporary_sidecar = sidecar_path.with_name(f"{sidecar_path.name}.tmp-{os.getpid()}")
-            temporary_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
-            os.replace(temporary_sidecar, sidecar_path)
-            os.replace(temporary_array, array_path)  # the commit: readers trust the array once it exists
+
+            def join(temporary: Path) -> None:
+                joined = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float16, shape=shape)
+                for rows, (features, _) in zip(self.shards(len(dataset)), shards):
+                    joined[rows.start : rows.stop] = features
+                joined.flush()
+                del joined
+                with open(temporary, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                atomic.replace(sidecar_path, lambda path: path.write_text(json.dumps(sidecar, indent=2) + "\n"))
+
+            atomic.replace(array_path, join)  # the commit: readers trust the array once it exists
             shutil.rmtree(self._shard_paths(key, 0)[0].parent, ignore_errors=True)
         if skipped:
             log.warning(

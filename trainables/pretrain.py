@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +27,11 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from open_clip.modified_resnet import ModifiedResNet
 from PIL import Image
 from tqdm.auto import tqdm
 
+from trainables import atomic
 from trainables import clip as clip_lib
 from trainables.config import BackboneConfig, DatasetConfig
 from trainables.data import synthetic, test_transform
@@ -134,27 +133,19 @@ def synthetic_clip_checkpoint(
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(data_dir) / "pretrained"
     checkpoint = folder / f"{model}-shapes-{digest}.pt"
-    if checkpoint.is_file():
-        return checkpoint
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(checkpoint.with_suffix(".lock"))):
-        if checkpoint.is_file():  # another process trained it while we waited
-            return checkpoint
-        # Holding the lock, no other writer is active: what matches is left over from a killed one.
-        for leftover in folder.glob(f".{checkpoint.stem}.*.tmp-*"):
-            leftover.unlink()
+    sidecar = checkpoint.with_suffix(".json")
+
+    def train(temporary: Path) -> None:
         started = time.perf_counter()
         clip_model, losses = train_synthetic_clip(
             model, image_size, seed=seed, steps=steps, batch_size=batch_size, num_classes=num_classes,
             negation_rate=negation_rate, progress=progress,
         )
-        sidecar = {**recipe, "losses": losses, "train_seconds": time.perf_counter() - started}
-        temporary_sidecar = folder / f".{checkpoint.stem}.json.tmp-{os.getpid()}"
-        temporary_sidecar.write_text(json.dumps(sidecar, indent=2) + "\n")
-        os.replace(temporary_sidecar, checkpoint.with_suffix(".json"))
-        temporary = folder / f".{checkpoint.stem}.pt.tmp-{os.getpid()}"
-        torch.save(clip_model.state_dict(), temporary)
-        os.replace(temporary, checkpoint)  # the commit: callers trust the checkpoint once it exists
+        outcome = {**recipe, "losses": losses, "train_seconds": time.perf_counter() - started}
+        atomic.replace(sidecar, lambda path: path.write_text(json.dumps(outcome, indent=2) + "\n"))
+        torch.save(clip_model.state_dict(), temporary)  # renamed last: callers trust the checkpoint once it exists
+
+    atomic.build_once(checkpoint, train, companions=(sidecar,))
     return checkpoint
 
 

@@ -9,11 +9,11 @@ u < 0.2: what is kept at 10% is also kept at 20%).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from trainables import atomic
 from trainables.data.base import MultiLabelDataset
 from trainables.errors import UserInputError
 
@@ -59,18 +59,20 @@ def save_partial_labels(path: Path, partial: np.ndarray, labels: np.ndarray, *, 
     """Write the mask beside a run as .npz (partial, labels, ratio, seed, key, kept_fraction), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        np.savez_compressed(
-            handle,
-            partial=np.asarray(partial, dtype=np.int8),
-            labels=np.asarray(labels, dtype=np.int8),
-            ratio=np.float64(ratio),
-            seed=np.int64(seed),
-            key=np.str_(key),
-            kept_fraction=np.float64(kept_fraction(partial, labels)),
-        )
-    os.replace(temporary, path)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                partial=np.asarray(partial, dtype=np.int8),
+                labels=np.asarray(labels, dtype=np.int8),
+                ratio=np.float64(ratio),
+                seed=np.int64(seed),
+                key=np.str_(key),
+                kept_fraction=np.float64(kept_fraction(partial, labels)),
+            )
+
+    atomic.replace(path, write)
 
 
 def load_partial_labels(path: Path) -> dict:

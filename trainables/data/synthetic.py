@@ -19,17 +19,14 @@ import colorsys
 import hashlib
 import json
 import math
-import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
 from PIL import Image, ImageDraw
 
+from trainables import atomic
 from trainables.config import DatasetConfig
 from trainables.data.base import MultiLabelDataset
 from trainables.data.manifest import from_manifest
@@ -185,6 +182,7 @@ def draw_object(rng: np.random.Generator, canvas: np.ndarray, class_index: int, 
 
 def _generate(target: Path, parameters: dict) -> None:
     names = classnames(parameters["num_classes"])
+    target.mkdir()
     (target / "classes.txt").write_text("\n".join(names) + "\n")
     (target / "params.json").write_text(json.dumps(parameters, indent=2, sort_keys=True) + "\n")
     for split, count in (("train", parameters["num_train"]), ("test", parameters["num_test"])):
@@ -202,26 +200,7 @@ def _generate(target: Path, parameters: dict) -> None:
 def ensure_generated(cfg: DatasetConfig, data_dir: Path | None) -> Path:
     """The generated set's folder, generating it first if it is not there yet."""
     parameters = _parameters(cfg)
-    return generate_once(dataset_dir(cfg, data_dir), lambda target: _generate(target, parameters))
-
-
-def generate_once(final: Path, write: Callable[[Path], None]) -> Path:
-    """`final`, filled by `write(temporary folder)` and renamed into place under a file lock, unless
-    some process already did: concurrent callers generate once, a killed one leaves no partial folder."""
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final.parent / f"{final.name}.lock")):
-        if final.is_dir():  # another process generated it while we waited
-            return final
-        # Holding the lock, no other writer is active: what matches is left over from a killed one.
-        for leftover in final.parent.glob(f".{final.name}.tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        temporary = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        temporary.mkdir()
-        write(temporary)
-        os.rename(temporary, final)
-    return final
+    return atomic.build_once(dataset_dir(cfg, data_dir), lambda target: _generate(target, parameters))
 
 
 def load(cfg: DatasetConfig, split: str, data_dir: Path | None) -> MultiLabelDataset:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from trainables import atomic
 from trainables.data import synthetic
 from trainables.data.base import MultiLabelDataset
 from trainables.data.manifest import from_manifest
@@ -95,6 +96,7 @@ def _generated(name: str, folder_parent: Path, parameters: dict, rows_of: Callab
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
 
     def write(target: Path) -> None:
+        target.mkdir()
         (target / "params.json").write_text(json.dumps(parameters, indent=2, sort_keys=True) + "\n")
         (target / "images").mkdir()
         rows = []
@@ -107,7 +109,7 @@ def _generated(name: str, folder_parent: Path, parameters: dict, rows_of: Callab
             rows.append({"image": f"images/{index:05d}.png", "labels": ";".join(synthetic.SHAPE_CLASSES[c].name for c in classes)})
         pd.DataFrame(rows, columns=["image", "labels"]).to_csv(target / "manifest.csv", index=False)
 
-    return synthetic.generate_once(folder_parent / f"{name}-{digest}", write)
+    return atomic.build_once(folder_parent / f"{name}-{digest}", write)
 
 
 def _synthetic_id(cfg: IDDatasetConfig, split: str, data_dir: Path) -> MultiLabelDataset:

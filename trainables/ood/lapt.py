@@ -10,13 +10,13 @@ embedding with each label's text embedding.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables import atomic
 from trainables.clip import FrozenCLIP
 from trainables.ood import negatives
 from trainables.ood.negatives import Words
@@ -61,9 +61,8 @@ def mine_negative_labels(
     mined = negatives.mine(pool, noun_features, adjective_features, id_features, count, percentile)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        temporary.write_text(json.dumps({"nouns": mined.nouns, "adjectives": mined.adjectives, "key": key}, indent=1))
-        temporary.replace(path)
+        stored = json.dumps({"nouns": mined.nouns, "adjectives": mined.adjectives, "key": key}, indent=1)
+        atomic.replace(path, lambda temporary: temporary.write_text(stored))
     return mined
 
 
