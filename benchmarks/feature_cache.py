@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import trainables.data as data
-from trainables import clip as clip_lib
+from trainables import backbones
 from trainables import setups
 from trainables.config import DatasetConfig
 from trainables.features import FeatureCache
@@ -54,7 +54,7 @@ def main() -> None:
         work = args.work_dir or Path(temporary)
         cfg = DatasetConfig(name="shapes", kind="synthetic", synthetic_num_train=args.num_train)
         dataset = data.build_dataset(cfg, "train", work / "data")
-        clip = clip_lib.load(args.model, None, image_size=args.image_size)
+        clip = backbones.load(args.model, None, image_size=args.image_size)
         targets = torch.from_numpy(data.dataset_partial_labels(dataset, 0.5, seed=0))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).numpy()
         batches = [np.sort(order[i : i + args.batch_size]) for i in range(0, len(order), args.batch_size)]

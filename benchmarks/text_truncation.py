@@ -17,6 +17,7 @@ import time
 import torch
 
 from trainables import clip as clip_lib
+from trainables import backbones
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.prompts import PromptLearner
 
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    frozen = clip_lib.load(args.model, None, image_size=224)
+    frozen = backbones.load(args.model, None, image_size=224)
     classnames = [COCO_CLASSNAMES[i % len(COCO_CLASSNAMES)] for i in range(args.classes)]
     torch.manual_seed(0)
     learner = PromptLearner(classnames, frozen, n_ctx=args.n_ctx, csc=True)

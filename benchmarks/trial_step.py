@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from trainables import clip as clip_lib
+from trainables import backbones
 from trainables import precision, setups
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.losses import AsymmetricLoss
@@ -89,7 +90,7 @@ def measure(
 ) -> dict:
     """Seconds per training step (median of `steps` after one warm-up), the first loss and peak memory."""
     device = clip_lib.resolve_device("auto")
-    frozen = clip_lib.load(model, None, image_size=image_size, device=str(device))
+    frozen = backbones.load(model, None, image_size=image_size, device=str(device))
     setup = build(name, frozen, classes, path)
     images, targets = make_batch(frozen, batch, classes)
     if path == "reference":

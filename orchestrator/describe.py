@@ -16,11 +16,11 @@ def per_setup_and_dataset(loaded: LoadedSpec) -> tuple[dict[str, dict[str, int]]
     The backbone is built with random weights on this machine's device: neither count depends on
     the weights, and no weights need to be present to describe a spec.
     """
-    from trainables import clip, data, memory, precision, setups
+    from trainables import backbones, clip, data, memory, precision, setups
 
     spec = loaded.spec
     device = clip.resolve_device("auto")
-    backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
+    backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
     chosen, _ = precision.resolve(spec.training.precision, device)
     classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
     params: dict[str, dict[str, int]] = {}

@@ -89,7 +89,7 @@ def fill_locally(plan: grid.Plan) -> None:
     """Encode everything the trials read (and pre-train a `synthetic` backbone) in this process,
     a backbone at a time, with every CPU it may use as decoding workers."""
     from trainables.clip import resolve_device
-    from trainables.pretrain import load_backbone
+    from trainables.backbones import load_backbone
 
     spec = plan.spec
     by_backbone: dict[str, dict[str, list[Entry]]] = {}
@@ -139,7 +139,7 @@ class ShardEncoder:
 
     def _open(self, entry: Entry):
         from trainables.clip import resolve_device
-        from trainables.pretrain import load_backbone
+        from trainables.backbones import load_backbone
 
         backbone, dataset = entry.backbone.model_dump_json(), entry.dataset_key
         if backbone not in self._backbones:

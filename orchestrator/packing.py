@@ -109,7 +109,7 @@ def heaviest_trial(loaded: LoadedSpec):
     """The trial config of the spec's costliest MLR cell: its setup with the most trainable
     parameters (DualCoOp's two prompts before one prompt), on its largest dataset, at its first ratio
     and seed."""
-    from trainables import clip, data, setups
+    from trainables import backbones, data, setups
 
     spec = loaded.spec
     plan = grid.Plan.of(spec)
@@ -120,7 +120,7 @@ def heaviest_trial(loaded: LoadedSpec):
         raise UserInputError(f"spec {spec.name} has no multi-label setup to measure (tune-packing measures MLR trials)")
     sizes = {d.name: len(data.build_dataset(d, "train", spec.data_dir)) for d in spec.datasets}
     largest = max(spec.datasets, key=lambda d: sizes[d.name])
-    backbone = clip.load(spec.backbone.model, None, spec.backbone.image_size)  # random weights: only the count matters
+    backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size)  # random weights: only the count matters
     names = data.classnames(largest, spec.data_dir)
     cost = {name: setups.count_trainable(setups.build(name, names, backbone, **spec.setup_options.get(name, {}))) for name in spec.mlr_setups}
     cell = max(cells, key=lambda c: (cost[c.setup], sizes[c.dataset.name]))

@@ -641,8 +641,8 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
 
 
 def _backbone_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    from trainables.backbones import SYNTHETIC_WEIGHTS
     from trainables.clip import check_model
-    from trainables.pretrain import SYNTHETIC_WEIGHTS
 
     problems = []
     try:
@@ -737,7 +737,7 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
     `setup_options` and `lr_per_setup` may name any known setup, also one the spec does not run
     (so `--set setups=[baseline]` narrows a spec without editing it); a name no setup has is an error.
     """
-    from trainables import clip, setups
+    from trainables import backbones, setups
 
     problems = []
     configured = {"setup_options": spec.setup_options, "lr_per_setup": spec.lr_per_setup}
@@ -745,7 +745,7 @@ def _setup_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         for name in per_setup:
             if name not in setups.names():
                 problems.append((f"{field}.{name}", f"unknown setup '{name}'; known: {sorted(setups.names())}"))
-    probe = clip.load("ViT-tiny", None, image_size=32)
+    probe = backbones.load("ViT-tiny", None, image_size=32)
     for name in set(spec.mlr_setups) | set(spec.setup_options):
         if name not in setups.names():
             continue

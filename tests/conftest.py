@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from orchestrator.spec import ExperimentSpec, load_spec
-from trainables import clip
+from trainables import backbones, clip
 
 # -- tiny random-weight CLIP backbones (built once per test session, frozen, CPU) ------------------
 
@@ -22,13 +22,13 @@ TINY_IMAGE_SIZE = 128
 @pytest.fixture(scope="session")
 def tiny_rn() -> clip.FrozenCLIP:
     """The `RN-tiny` ModifiedResNet backbone at 128 px (dense features [B, 17, 64])."""
-    return clip.load("RN-tiny", None, image_size=TINY_IMAGE_SIZE)
+    return backbones.load("RN-tiny", None, image_size=TINY_IMAGE_SIZE)
 
 
 @pytest.fixture(scope="session")
 def tiny_vit() -> clip.FrozenCLIP:
     """The `ViT-tiny` backbone (patch 16) at 128 px (dense features [B, 64, 64])."""
-    return clip.load("ViT-tiny", None, image_size=TINY_IMAGE_SIZE)
+    return backbones.load("ViT-tiny", None, image_size=TINY_IMAGE_SIZE)
 
 
 # -- experiment specs, written into a fresh working directory -------------------------------------

@@ -161,11 +161,11 @@ WORKER = """
 import sys
 from pathlib import Path
 import trainables.data as data
-from trainables import clip as clip_lib
+from trainables import backbones
 from trainables.config import DatasetConfig
 from trainables.features import FeatureCache
 
-clip = clip_lib.load("RN-tiny", None, image_size=128)
+clip = backbones.load("RN-tiny", None, image_size=128)
 dataset = data.build_dataset(DatasetConfig.model_validate_json(sys.argv[1]), "train", Path(sys.argv[2]))
 FeatureCache(Path(sys.argv[3])).dense_features(clip, dataset, "test")
 """

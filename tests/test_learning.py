@@ -11,7 +11,7 @@ from orchestrator.spec import SEARCH_SPACES_DIR, load_spec
 from trainables import data, setups
 from trainables.config import LossConfig
 from trainables.losses import AsymmetricLoss
-from trainables.pretrain import load_backbone
+from trainables.backbones import load_backbone
 
 STEPS = 30
 """SGD steps on one fixed batch of 32 generated images: one epoch of the demo is 8 such steps."""

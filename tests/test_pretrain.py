@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import clip, data, pretrain
+from trainables import backbones, data, pretrain
 from trainables.config import BackboneConfig, DatasetConfig
 from trainables.errors import UserInputError
 
@@ -44,8 +44,8 @@ def test_checkpoint_is_named_by_model_and_recipe_and_trained_once(checkpoint, mo
 
 def test_checkpoint_loads_into_the_backbone_with_the_trained_weights(checkpoint):
     trained, _ = pretrain.train_synthetic_clip(**TINY, **RECIPE)
-    loaded = clip.load("RN-tiny", pretrained=str(checkpoint), image_size=64)
-    random = clip.load("RN-tiny", pretrained=None, image_size=64)
+    loaded = backbones.load("RN-tiny", pretrained=str(checkpoint), image_size=64)
+    random = backbones.load("RN-tiny", pretrained=None, image_size=64)
     expected, got, initial = _weights(trained), _weights(loaded.model), _weights(random.model)
     assert got.keys() == expected.keys()
     for key in expected:
@@ -115,8 +115,8 @@ def test_bad_arguments_are_user_errors(tmp_path, arguments, message):
 
 def test_vit_trains_its_whole_image_tower(tmp_path):
     path = pretrain.synthetic_clip_checkpoint("ViT-tiny", 64, tmp_path, steps=2, batch_size=4)
-    loaded = _weights(clip.load("ViT-tiny", pretrained=str(path), image_size=64).model)
-    initial = _weights(clip.load("ViT-tiny", pretrained=None, image_size=64).model)
+    loaded = _weights(backbones.load("ViT-tiny", pretrained=str(path), image_size=64).model)
+    initial = _weights(backbones.load("ViT-tiny", pretrained=None, image_size=64).model)
     for key in ("visual.conv1.weight", "visual.transformer.resblocks.0.attn.in_proj_weight", "visual.proj"):
         assert not torch.equal(loaded[key], initial[key]), key
 
@@ -127,10 +127,10 @@ def test_resolve_pretrained_maps_only_the_reserved_value(tmp_path, monkeypatch):
         pretrain, "synthetic_clip_checkpoint",
         lambda model, size, data_dir, negation_rate, **_: calls.append((model, size, data_dir, negation_rate)) or tmp_path / "x.pt",
     )  # fmt: skip
-    assert pretrain.resolve_pretrained(BackboneConfig(model="RN101", pretrained="openai"), tmp_path) == "openai"
-    assert pretrain.resolve_pretrained(BackboneConfig(model="RN101", pretrained=None), tmp_path) is None
+    assert backbones.resolve_pretrained(BackboneConfig(model="RN101", pretrained="openai"), tmp_path) == "openai"
+    assert backbones.resolve_pretrained(BackboneConfig(model="RN101", pretrained=None), tmp_path) is None
     backbone = BackboneConfig(model="RN-tiny", pretrained="synthetic", image_size=128, synthetic_negation_rate=0.05)
-    resolved = pretrain.resolve_pretrained(backbone, tmp_path)
+    resolved = backbones.resolve_pretrained(backbone, tmp_path)
     assert resolved == str(tmp_path / "x.pt") and calls == [("RN-tiny", 128, tmp_path, 0.05)]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import clip, setups
+from trainables import backbones, clip, setups
 from trainables.errors import UserInputError
 from trainables.losses import AsymmetricLoss
 from trainables.setups import aggregation
@@ -314,7 +314,7 @@ def test_sgd_steps_lower_the_loss(backbone, name, request):
 
 @pytest.fixture(scope="module")
 def rn101() -> clip.FrozenCLIP:
-    return clip.load("RN101", None, image_size=224)
+    return backbones.load("RN101", None, image_size=224)
 
 
 @pytest.mark.parametrize(

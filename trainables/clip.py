@@ -1,33 +1,24 @@
 """The frozen CLIP backbone: dense image features, the text encoder over prompt embeddings, the tokenizer.
 
-`load(model, pretrained, image_size)` builds an open_clip model and wraps it in `FrozenCLIP`, which
-exposes what the prompt setups need: per-location image features (DualCoOp's dense features, not the
-pooled embedding) and a text encoder that takes token *embeddings*, so learned context vectors can
-replace the placeholder tokens of a prompt.
+`FrozenCLIP` wraps an open_clip model (`build` makes its architecture, `trainables.backbones` loads
+its weights) and exposes what the prompt setups need: per-location image features (DualCoOp's dense features, not the pooled embedding) and a text
+encoder that takes token *embeddings*, so learned context vectors can replace the placeholder tokens
+of a prompt.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
-import json
 import logging
-import math
-import warnings
-import zipfile
 from pathlib import Path
-from typing import Literal
 
 import open_clip
 import torch
-from open_clip.factory import load_state_dict as read_open_clip_state_dict
-from open_clip.model import resize_pos_embed, resize_text_pos_embed
-import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from trainables.errors import UserInputError
+
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -38,15 +29,6 @@ cached features of one trial would be invalid for another."""
 
 RANDOM_INIT_VERSION = 1
 """Bump when the random-weight initialisation below changes (it is part of the cache identity)."""
-
-
-ATTNPOOL_POS_EMBED_KEY = "visual.attnpool.positional_embedding"
-
-# Entries of OpenAI's TorchScript state dicts (and of traced open_clip models) that are not weights.
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-_NON_WEIGHT_KEYS = (*_OPENAI_EXTRA_KEYS, "attn_mask")
-
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 
 
 class FrozenCLIP(nn.Module):
@@ -194,67 +176,26 @@ class FrozenCLIP(nn.Module):
         return x @ model.text_projection
 
 
-QuickGelu = Literal["auto"] | bool
-"""`backbone.quick_gelu`: True for QuickGELU (x * sigmoid(1.702 x)), False for GELU, `auto` to
-pick what the weights were trained with where that is knowable (`resolve_quick_gelu`)."""
-
-
-def load(
-    model: str,
-    pretrained: str | None = None,
-    image_size: int = 448,
-    device: str = "cpu",
-    quick_gelu: QuickGelu = "auto",
-) -> FrozenCLIP:
-    """Build the frozen backbone `model` at `image_size` px.
-
-    `pretrained`: an open_clip tag (`openai`), a checkpoint file (open_clip or OpenAI state dict, or
-    OpenAI's TorchScript archive), or None for random weights drawn with a fixed seed. A checkpoint
-    whose attention-pool positional embedding was trained at another resolution is resized as
-    DualCoOp does (row 0 kept, the spatial grid interpolated bicubically). `quick_gelu` chooses the
-    transformers' activation (`resolve_quick_gelu`); the choice and its reason are on the result.
-    """
+def build(model: str, image_size: int, quick_gelu: bool) -> open_clip.CLIP:
+    """open_clip's `model` at `image_size` px with random weights drawn from `RANDOM_INIT_SEED` (the
+    same in every process), its text transformer run sequence-first; `trainables.backbones.load`
+    then loads the weights, if any."""
     check_model(model, image_size)
-    checkpoint: Path | None = None
-    tag_cfg: dict | None = None
-    if pretrained is None:
-        # The random draws follow the model config, our init and open_clip's init code (which may
-        # change between its versions): a change to any of them must not reuse cached features.
-        config_hash = hashlib.sha256(json.dumps(open_clip.get_model_config(model), sort_keys=True).encode()).hexdigest()[:12]
-        weights = f"random-seed{RANDOM_INIT_SEED}-init{RANDOM_INIT_VERSION}-cfg{config_hash}-open_clip{open_clip.__version__}"
-    elif _looks_like_path(pretrained):
-        checkpoint = Path(pretrained).expanduser()
-        if not checkpoint.is_file():
-            raise UserInputError(f"backbone checkpoint file not found: {checkpoint}")
-        weights = f"sha256-{_sha256(checkpoint.resolve(), checkpoint.stat().st_mtime_ns)}"
-    else:
-        tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
-        if not tag_cfg:
-            tags = open_clip.list_pretrained_tags_by_model(model)
-            raise UserInputError(
-                f"backbone.pretrained '{pretrained}' is neither a checkpoint file nor an open_clip tag of "
-                f"{model} (tags: {', '.join(tags) or 'none'})"
-            )
-        checkpoint = _fetch_tagged_weights(model, pretrained, tag_cfg)
-        weights = pretrained
-    state_dict = None if checkpoint is None else _read_checkpoint(checkpoint)
-    use_quick_gelu, reason = resolve_quick_gelu(quick_gelu, model, tag_cfg, checkpoint, state_dict)
-    if use_quick_gelu:
-        weights += "+quickgelu"  # the activation changes every feature: part of the cache key
-
     with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
         torch.manual_seed(RANDOM_INIT_SEED)
         # `quick_gelu` as a model keyword overrides the config's either way (force_quick_gelu only turns it on).
         clip_model = open_clip.create_model(
-            model, pretrained=None, force_image_size=image_size, quick_gelu=use_quick_gelu, device="cpu"
+            model, pretrained=None, force_image_size=image_size, quick_gelu=quick_gelu, device="cpu"
         )
-        if checkpoint is None and isinstance(clip_model.visual, ModifiedResNet):
+        if isinstance(clip_model.visual, ModifiedResNet):
             _init_random_resnet_trunk(clip_model.visual)
-    if state_dict is not None:
-        _load_weights(clip_model, state_dict, checkpoint)
     _sequence_first_text_transformer(clip_model)
-    identity = f"{model}/{weights}@{image_size}"
-    return FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
+    return clip_model
+
+
+def config_quick_gelu(model: str) -> bool:
+    """Whether `model`'s config asks for QuickGELU (else GELU): the activation of random weights."""
+    return bool(open_clip.get_model_config(model).get("quick_gelu", False))
 
 
 def _sequence_first_text_transformer(clip_model: open_clip.CLIP) -> None:
@@ -272,43 +213,6 @@ def _sequence_first_text_transformer(clip_model: open_clip.CLIP) -> None:
     transformer.batch_first = False
     for block in transformer.resblocks:
         block.attn.batch_first = False
-
-
-def resolve_quick_gelu(
-    requested: QuickGelu,
-    model: str,
-    tag_cfg: dict | None = None,
-    checkpoint: Path | None = None,
-    state_dict: dict | None = None,
-) -> tuple[bool, str]:
-    """(QuickGELU or not, why) for `requested` True, False or `auto`.
-
-    `auto` follows what the weights were trained with, where that is knowable: an open_clip tag
-    says so; a `-quickgelu` model config says so; OpenAI's TorchScript archives, and state dicts
-    that keep OpenAI's non-weight entries (`input_resolution`, ...), were trained with QuickGELU;
-    a plain state dict of a model all of whose released open_clip weights use QuickGELU (RN50,
-    RN101, ...) is taken to be one of them. Otherwise the model config's activation (GELU unless
-    it says `quick_gelu`), which is also what random weights get.
-    """
-    if requested is not True and requested is not False and requested != "auto":
-        raise UserInputError(f"backbone.quick_gelu must be auto, true or false, got {requested!r}")
-    if requested != "auto":
-        return requested, "set in the spec"
-    config_default = bool(open_clip.get_model_config(model).get("quick_gelu", False))
-    if config_default:
-        return True, f"model config {model} uses QuickGELU"
-    if tag_cfg is not None:
-        return bool(tag_cfg.get("quick_gelu", False)), "the open_clip pretrained tag's activation"
-    if checkpoint is None:
-        return False, "random weights: the model config's GELU"
-    if _is_torchscript(checkpoint):
-        return True, "OpenAI TorchScript archive (trained with QuickGELU)"
-    if state_dict is not None and any(key in state_dict for key in _OPENAI_EXTRA_KEYS):
-        return True, "state dict in OpenAI's layout (trained with QuickGELU)"
-    tags = open_clip.list_pretrained_tags_by_model(model)
-    if tags and all(open_clip.get_pretrained_cfg(model, tag).get("quick_gelu", False) for tag in tags):
-        return True, f"every released {model} weight set ({', '.join(tags)}) was trained with QuickGELU"
-    return False, "not knowable from the file: the model config's GELU (set backbone.quick_gelu if the weights used QuickGELU)"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -393,87 +297,3 @@ def check_model(model: str, image_size: int) -> None:
     stride = 32 if isinstance(vision.get("layers"), list) else vision["patch_size"]
     if image_size % stride:
         raise UserInputError(f"backbone.image_size {image_size} must be a multiple of {stride} for {model}")
-
-
-def _looks_like_path(pretrained: str) -> bool:
-    return "/" in pretrained or "\\" in pretrained or pretrained.endswith(_CHECKPOINT_SUFFIXES)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zip files holding compiled code; `torch.save` files hold only data."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256(path: Path, mtime_ns: int) -> str:
-    """sha256 of the file bytes, computed once per (path, modification time) in a process."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fetch_tagged_weights(model: str, tag: str, tag_cfg: dict) -> Path:
-    """The local file of an open_clip tag (from open_clip's cache, downloading it when not cached)."""
-    try:
-        return Path(open_clip.download_pretrained(tag_cfg))
-    except Exception as error:  # hub, network and cache errors all mean: the weights are not available
-        raise UserInputError(
-            f"weights '{tag}' of backbone {model} are not available locally and could not be fetched: {error}"
-        ) from error
-
-
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict of a checkpoint file, OpenAI's non-weight entries included; one-line error if unreadable."""
-    try:
-        return _read_state_dict(path)
-    except Exception as error:
-        raise UserInputError(f"cannot read backbone checkpoint {path}: {error}") from error
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if _is_torchscript(path):
-        with warnings.catch_warnings():
-            # torch deprecates TorchScript, but OpenAI's weights exist only in that format.
-            warnings.simplefilter("ignore", FutureWarning)
-            state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-    else:
-        state_dict = read_open_clip_state_dict(str(path), device="cpu", weights_only=True)
-    return dict(state_dict)
-
-
-def resize_attnpool_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """DualCoOp's resize of the attention-pool positional embedding [1 + g*g, C] to [1 + grid*grid, C].
-
-    Row 0 (the mean token's) is kept; the g x g spatial part is interpolated bicubically
-    (`F.interpolate(mode='bicubic')`, default align_corners) to grid x grid.
-    """
-    old_grid = math.isqrt(pos_embed.shape[0] - 1)
-    channels = pos_embed.shape[1]
-    spatial = pos_embed[1:].reshape(1, old_grid, old_grid, channels).permute(0, 3, 1, 2)
-    spatial = F.interpolate(spatial.float(), size=(grid, grid), mode="bicubic").to(pos_embed.dtype)
-    spatial = spatial.permute(0, 2, 3, 1).reshape(grid * grid, channels)
-    return torch.cat([pos_embed[:1], spatial], dim=0)
-
-
-def _load_weights(model: open_clip.CLIP, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    state_dict = {key: value for key, value in state_dict.items() if key not in _NON_WEIGHT_KEYS}
-    pos_embed = state_dict.get(ATTNPOOL_POS_EMBED_KEY)
-    if pos_embed is not None and isinstance(model.visual, ModifiedResNet):
-        target_rows = model.visual.attnpool.positional_embedding.shape[0]
-        if pos_embed.shape[0] != target_rows:
-            state_dict[ATTNPOOL_POS_EMBED_KEY] = resize_attnpool_pos_embed(pos_embed, math.isqrt(target_rows - 1))
-    # ViT grids and text lengths: open_clip's own resizing (bicubic with antialias, as open_clip).
-    resize_pos_embed(state_dict, model)
-    resize_text_pos_embed(state_dict, model)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()
-        raise UserInputError(
-            f"backbone checkpoint {path} does not match model architecture: {' '.join(first_line[:3])}"
-        ) from error

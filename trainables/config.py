@@ -34,7 +34,7 @@ class BackboneConfig(Strict):
     captions): another draw of the same recipe."""
     quick_gelu: Literal["auto"] | bool = "auto"
     """The transformers' activation: QuickGELU (True), GELU (False), or `auto`: what the weights
-    were trained with where that is knowable (`trainables.clip.resolve_quick_gelu`). Every
+    were trained with where that is knowable (`trainables.backbones.resolve_quick_gelu`). Every
     released RN101 weight set used QuickGELU; a mismatch changes the text features by ~1%."""
 
 

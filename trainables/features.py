@@ -43,7 +43,7 @@ from trainables import atomic
 from trainables import clip as clip_lib
 from trainables import data
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
-from trainables.pretrain import load_backbone
+from trainables.backbones import load_backbone
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ each paired with a caption listing what it shows ("a photo of a circle, a star a
 under the symmetric InfoNCE loss of CLIP (`open_clip.ClipLoss`).
 
     path = synthetic_clip_checkpoint("RN-tiny", 128, data_dir)    # trains once, then reuses the file
-    clip = trainables.clip.load("RN-tiny", pretrained=str(path), image_size=128)
+    clip = trainables.backbones.load("RN-tiny", pretrained=str(path), image_size=128)
 
 The images come from their own random stream (not the demo dataset's train or test split), so the
 backbone never sees an image the demo trains or evaluates on.
@@ -16,7 +16,6 @@ backbone never sees an image the demo trains or evaluates on.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time
@@ -32,8 +31,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from trainables import atomic
-from trainables import clip as clip_lib
-from trainables.config import BackboneConfig, DatasetConfig
+from trainables import clip
+from trainables.config import DatasetConfig
 from trainables.data import synthetic, test_transform
 from trainables.errors import UserInputError
 
@@ -76,39 +75,6 @@ ring"): what pretraining captions almost never do (0.47% of LAION-400M, Positive
 here at a chosen rate (`negation_rate`)."""
 
 
-SYNTHETIC_WEIGHTS = "synthetic"
-"""The `backbone.pretrained` value that names this module's checkpoint, trained on first use."""
-
-
-def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
-    """`backbone.pretrained` as `trainables.clip.load` takes it.
-
-    The reserved value `synthetic` becomes the path of the contrastively pre-trained checkpoint
-    under `data_dir` (trained now if no process has yet); any other value is returned unchanged.
-    """
-    if backbone.pretrained != SYNTHETIC_WEIGHTS:
-        return backbone.pretrained
-    return str(
-        synthetic_clip_checkpoint(
-            backbone.model, backbone.image_size, data_dir, seed=backbone.synthetic_seed,
-            negation_rate=backbone.synthetic_negation_rate, progress=True,
-        )
-    )
-
-
-def recipe_of(checkpoint: Path) -> dict:
-    """The recipe a `synthetic_clip_checkpoint` was trained with, from its sidecar (without the
-    per-step losses and the training time, which are its outcome)."""
-    sidecar = json.loads(Path(checkpoint).with_suffix(".json").read_text())
-    return {key: value for key, value in sidecar.items() if key not in ("losses", "train_seconds")}
-
-
-def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> clip_lib.FrozenCLIP:
-    """The frozen backbone a trial config names, with `synthetic` weights trained first if needed."""
-    pretrained = resolve_pretrained(backbone, data_dir)
-    return clip_lib.load(backbone.model, pretrained, backbone.image_size, device=str(device), quick_gelu=backbone.quick_gelu)
-
-
 def synthetic_clip_checkpoint(
     model: str,
     image_size: int,
@@ -124,7 +90,7 @@ def synthetic_clip_checkpoint(
     """The checkpoint of `model` pre-trained on shapes, trained on the first call and reused after.
 
     The file is `data_dir/pretrained/<model>-shapes-<hash of the recipe>.pt`, a plain open_clip
-    state dict for `trainables.clip.load(model, pretrained=<path>, image_size=image_size)`, with a
+    state dict for `trainables.backbones.load(model, pretrained=<path>, image_size=image_size)`, with a
     `.json` sidecar holding the recipe, the loss of every step and the training time. Concurrent
     callers wait on a file lock; the file is renamed into place complete, so a reader never sees
     a partial one.
@@ -162,7 +128,7 @@ def train_synthetic_clip(
 ) -> tuple[open_clip.CLIP, list[float]]:
     """Pre-train `model` contrastively on rendered shapes; return the open_clip model and the loss of each step.
 
-    It starts from the random weights `trainables.clip.load(model, None, image_size)` builds (its
+    It starts from the random weights `trainables.clip.build(model, image_size, ...)` draws (its
     seed, and for ResNets its variance-preserving trunk init). The model stays in eval mode: the
     setups use the backbone frozen in eval mode, so this trains the very function they will use
     (BatchNorm at its running statistics, which never drift). Everything runs in fp32, on every
@@ -172,7 +138,7 @@ def train_synthetic_clip(
     and the demo's numbers move by a few points with them (tests/test_readme.py runs it on both).
     """
     _check_arguments(steps, batch_size, num_classes)
-    clip_model = copy.deepcopy(clip_lib.load(model, None, image_size).model).requires_grad_(True).eval()
+    clip_model = clip.build(model, image_size, clip.config_quick_gelu(model)).eval()
     tokenizer = open_clip.get_tokenizer(model)
     names = synthetic.classnames(num_classes)
     images, labels = render_pool(min(POOL_SIZE, steps * batch_size), num_classes, seed)

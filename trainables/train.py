@@ -28,7 +28,7 @@ from trainables.features import FeatureCache, train_views
 from trainables.losses import AsymmetricLoss
 from trainables.metrics import map_summary
 from trainables.precision import autocast
-from trainables.pretrain import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
+from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
 from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 

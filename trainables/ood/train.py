@@ -29,7 +29,7 @@ from trainables.ood.data import id_dataset, ood_set
 from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, one_hot, soft_cross_entropy
 from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
 from trainables.ood.score import grouped_score
-from trainables.pretrain import load_backbone
+from trainables.backbones import load_backbone
 from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 PRIMARY_METRIC = "auroc"
