@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 import trainables.data as data
-from trainables import backbones
-from trainables import setups
+from trainables import backbones, setups
 from trainables.config import DatasetConfig
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss

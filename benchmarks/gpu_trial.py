@@ -18,7 +18,7 @@ and timed on the device `auto` picks, eager and, on CUDA, as one CUDA graph per 
   evaluated after each, extrapolated from the measured step and per-image evaluation times.
 
 Then K trial processes of the heaviest setup share the device (`--processes`), each training for
-`--seconds` on the same set (`orchestrator.packing`, what `tune-packing` measures): their total
+`--seconds` on the same set (`orchestrator.run.packing`, what `tune-packing` measures): their total
 training images/s against one process's.
 Random weights: the cost does not depend on them. Not a test (`tests/test_benchmarks.py` runs it
 small on a CPU).
@@ -44,7 +44,7 @@ from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig, Tria
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.train import MLRTrial
 
-from orchestrator import packing
+from orchestrator.run import packing
 
 COCO_TRAIN, COCO_TEST, COCO_EPOCHS = 82_081, 40_137, 50
 """COCO 2014's train and val images, and the paper's epochs (PositiveCoOp section 4.2)."""

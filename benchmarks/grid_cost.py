@@ -18,8 +18,8 @@ import json
 import math
 from pathlib import Path
 
-from orchestrator.grid import Plan
-from orchestrator.spec import load_spec
+from orchestrator.specs import load_spec
+from orchestrator.specs.grid import Plan
 
 KNOWN_IMAGES = {"coco": (82_081, 40_137), "voc": (5_011, 4_952)}
 """(train, test) images of the datasets the shipped specs name: COCO 2014 (images with annotations)

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from trainables import clip as clip_lib
 from trainables import backbones
+from trainables import clip as clip_lib
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.prompts import PromptLearner
 

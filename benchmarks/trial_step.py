@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from trainables import clip as clip_lib
 from trainables import backbones
+from trainables import clip as clip_lib
 from trainables import precision, setups
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.losses import AsymmetricLoss

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from trainables.errors import UserInputError
 
-from orchestrator.spec import LoadedSpec, load_spec, require_existing_store, resolve_tracking_uri
+from orchestrator.specs import LoadedSpec, load_spec, require_existing_store, resolve_tracking_uri
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 1
@@ -35,13 +35,13 @@ def _load(args: argparse.Namespace, check_data: bool = True) -> LoadedSpec:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.scheduling import run_experiment
+    from orchestrator.run.scheduling import run_experiment
 
     return run_experiment(_load(args), address=args.address, fresh=args.fresh)
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from orchestrator.grid import Plan
+    from orchestrator.specs.grid import Plan
 
     loaded = _load(args)
     plan = Plan.of(loaded.spec)
@@ -58,14 +58,14 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from orchestrator import fill
-    from orchestrator.grid import Plan
+    from orchestrator.run import fill
+    from orchestrator.specs.grid import Plan
 
     plan = Plan.of(_load(args).spec)
     if args.address is None:
         fill.fill_locally(plan)
     else:
-        from orchestrator.scheduling import joined_ray
+        from orchestrator.run.ray_session import joined_ray
 
         with joined_ray(args.address):
             fill.fill_on_cluster(plan)
@@ -74,7 +74,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _tune_packing(args: argparse.Namespace) -> int:
-    from orchestrator import packing
+    from orchestrator.run import packing
 
     try:
         processes = sorted({int(k) for k in args.processes.split(",")})
@@ -116,7 +116,7 @@ def _runs_pages(tracking_uri: str, address: str, experiment_name: str | None) ->
     with runs; the id comes from the store, so the address opens the right page."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.schema import runs_page
+    from orchestrator.track.schema import runs_page
 
     client = MlflowClient(tracking_uri)
     if experiment_name is not None:
@@ -130,13 +130,13 @@ def _runs_pages(tracking_uri: str, address: str, experiment_name: str | None) ->
 
 
 def _table(args: argparse.Namespace) -> int:
-    from orchestrator import aggregate
+    from orchestrator.report import aggregate
 
     return aggregate.run(args)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from orchestrator import status
+    from orchestrator.report import status
 
     return status.run(args)
 
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the finished trial runs of an experiment from MLflow and print or save "
         "tables and plots.",
     )
-    from orchestrator import aggregate
+    from orchestrator.report import aggregate
 
     aggregate.configure_parser(table)
     table.set_defaults(handler=_table)

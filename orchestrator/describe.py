@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 from tabulate import tabulate
 
-from orchestrator import grid
-from orchestrator.spec import LoadedSpec, is_uri, spec_hash
+from orchestrator.specs import LoadedSpec, grid, is_uri, spec_hash
 
 
 def per_setup_and_dataset(loaded: LoadedSpec) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], str]:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.spec import ExperimentSpec, load_spec
 from trainables import backbones, clip
+
+from orchestrator.specs import ExperimentSpec, load_spec
 
 # -- tiny random-weight CLIP backbones (built once per test session, frozen, CPU) ------------------
 

@@ -15,9 +15,14 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import aggregate, cli, tables
-from orchestrator.spec import load_spec
 from trainables.errors import UserInputError
+
+from orchestrator import cli
+from orchestrator.report import aggregate
+from orchestrator.report.experiment import Target, launch_run, read_spec, spec_source
+from orchestrator.report.reader import check_metric
+from orchestrator.report.render import FILE_NAMES, FORMATS
+from orchestrator.specs import load_spec
 
 SHAPES = ("shapes", "RN-tiny/random@128")
 SEARCH_NAME = "tiny-search"
@@ -87,13 +92,16 @@ def commands_from(stderr: str) -> dict[str, list[str]]:
 
 def test_parser_choices_are_the_tables_choices():
     for metric in ("best_mAP", "last_mAP"):  # the metrics the tables judge a cell by
-        tables.check_metric(metric)
+        check_metric(metric)
         assert table_args("experiment", "--metric", metric).metric == metric
     with pytest.raises(UserInputError):
-        tables.check_metric("mAP")
+        check_metric("mAP")
     with pytest.raises(SystemExit):
         table_args("experiment", "--metric", "mAP")
-    assert aggregate.FORMAT_CHOICES == tables.FORMATS
+    for fmt in FORMATS:  # the parser's choices are the renderer's formats, not a copy of them
+        assert table_args("experiment", "--format", fmt).format == fmt
+    with pytest.raises(SystemExit):
+        table_args("experiment", "--format", "pdf")
 
 
 def test_markdown_on_stdout_best_configurations_on_stderr(store, capsys):
@@ -134,7 +142,7 @@ def test_rerun_command_picks_the_cells_dataset_from_a_multi_dataset_spec(tmp_pat
     spec_path.write_text(SPEC.replace("  - {name: shapes, kind: synthetic}", two_datasets) % (tmp_path / "mlflow.db"))
     best = pd.Series({"setup": "baseline", "dataset": "dots", "label_ratio": 0.5, "seed": 1, "cell_key": "baseline-dots-r0.5-s1",
                       "params.loss.gamma_neg": "1.25"})
-    command = aggregate.rerun_command(best, ["params.loss.gamma_neg"], str(spec_path), aggregate.read_spec(spec_path), SEARCH_NAME)
+    command = aggregate.rerun_command(best, ["params.loss.gamma_neg"], str(spec_path), read_spec(spec_path), SEARCH_NAME)
     words = shlex.split(command)
     overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
     spec = load_spec(words[4], overrides, check_data=False).spec
@@ -146,7 +154,7 @@ def test_out_writes_every_format_and_the_plots_and_logs_them(store, tmp_path, ca
     out = tmp_path / "out"
     assert aggregate.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--out", str(out), "--reference", "paper")) == 0
     written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
-    tables_written = {f"tables/{name}" for name in tables.FILE_NAMES.values()} | {"tables/best_configs.csv"}
+    tables_written = {f"tables/{name}" for name in FILE_NAMES.values()} | {"tables/best_configs.csv"}
     plots_written = {f"plots/{stem}.{fmt}" for stem in ("map_vs_ratio", "search_scatter", "param_importances") for fmt in ("png", "svg")}
     assert written == tables_written | plots_written
     assert all((out / path).stat().st_size > 0 for path in written)
@@ -164,9 +172,9 @@ def test_out_writes_every_format_and_the_plots_and_logs_them(store, tmp_path, ca
 def test_a_launch_run_is_made_when_the_experiment_has_none(store, capsys):
     client = store["client"]
     experiment = client.get_experiment_by_name("grid-only").experiment_id
-    assert aggregate.launch_run(client, experiment) is None
+    assert launch_run(client, experiment) is None
     assert aggregate.run(table_args("grid-only", "--tracking-uri", store["uri"])) == 0
-    launch = aggregate.launch_run(client, experiment)
+    launch = launch_run(client, experiment)
     assert launch is not None and launch.info.status == "FINISHED"
     assert {info.path for info in client.list_artifacts(launch.info.run_id, "plots")} == {"plots/map_vs_ratio.png", "plots/map_vs_ratio.svg"}
     out = capsys.readouterr().out
@@ -184,9 +192,9 @@ def test_a_spec_names_the_experiment_and_its_store(store, tmp_path, monkeypatch,
 
 def test_spec_source_order(store, tmp_path):
     client = store["client"]
-    target = aggregate.Target(SEARCH_NAME, store["uri"])
+    target = Target(SEARCH_NAME, store["uri"])
     launch = client.get_run(store["launch"])
-    assert aggregate.spec_source(client, target, launch)[0] == str(store["spec_path"])
+    assert spec_source(client, target, launch)[0] == str(store["spec_path"])
     # Without a spec_path tag: the launch run's spec.yaml artifact in a local store.
     experiment = client.create_experiment("artifact-spec", artifact_location=(tmp_path / "artifacts").as_uri())
     bare = client.create_run(experiment, tags={"orchestrator.role": "launch"}).info.run_id
@@ -194,10 +202,10 @@ def test_spec_source_order(store, tmp_path):
     local_copy.write_text(store["spec_path"].read_text())
     client.log_artifact(bare, str(local_copy))
     local_copy.unlink()
-    spec, raw = aggregate.spec_source(client, aggregate.Target("artifact-spec", store["uri"]), client.get_run(bare))
+    spec, raw = spec_source(client, Target("artifact-spec", store["uri"]), client.get_run(bare))
     assert spec.endswith("spec.yaml") and raw["name"] == SEARCH_NAME
     # Nothing readable: the experiment name.
-    assert aggregate.spec_source(client, aggregate.Target("elsewhere", store["uri"]), None) == ("elsewhere", None)
+    assert spec_source(client, Target("elsewhere", store["uri"]), None) == ("elsewhere", None)
 
 
 @pytest.mark.parametrize(
@@ -267,5 +275,5 @@ def test_table_of_a_real_smoke_run(tmp_path):
         assert table.loc[setup, "50%_n"] == 2
     assert table.loc["positive_coop", "params"] > table.loc["baseline", "params"] > 0
     assert (tmp_path / "out/plots/map_vs_ratio.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    launch = aggregate.launch_run(client, experiment)
+    launch = launch_run(client, experiment)
     assert {info.path for info in client.list_artifacts(launch.info.run_id, "tables")} >= {"tables/comparison.md"}

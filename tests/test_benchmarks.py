@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks import trial_step
 from trainables import setups
+
+from benchmarks import trial_step
 
 
 @pytest.mark.parametrize("requested", ["auto", "fp32"])
@@ -31,7 +32,7 @@ def test_full_length_prompts_give_the_truncated_prompts_features(tiny_rn, name):
 
 def test_grid_cost_counts_every_trial_step_and_the_cache_fill(make_spec):
     from benchmarks.grid_cost import grid_cost
-    from orchestrator.grid import Plan
+    from orchestrator.specs.grid import Plan
 
     # 2 setups x 2 ratios x 1 seed, 2 epochs at batch 32 (the minimal spec), 100 train and 50 test images.
     plan = Plan.of(make_spec(training={"epochs": 2, "batch_size": 32}))

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from orchestrator import cli
-from orchestrator.spec import SEARCH_SPACES_DIR
+from orchestrator.specs import SEARCH_SPACES_DIR
 
 REPO = SEARCH_SPACES_DIR.parent
 MODEL_CONFIGS = REPO / "trainables" / "model_configs"
@@ -81,7 +81,7 @@ def test_ui_without_a_store_is_a_user_error(tmp_path, monkeypatch, capsys):
 
 
 def test_ui_execs_mlflow_on_the_spec_store_and_prints_its_runs_view(tiny_spec, tmp_path, monkeypatch, capsys):
-    from orchestrator.tracking import TrackingStore
+    from orchestrator.track.store import TrackingStore
 
     store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}", "tiny")
     started = []

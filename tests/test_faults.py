@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.schema import ERROR_TAG, ROLE_TAG, TRIAL_ROLE
+from orchestrator.track.schema import ERROR_TAG, ROLE_TAG, TRIAL_ROLE
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}

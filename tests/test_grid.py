@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import grid
 from trainables.config import TrialConfig
 
+from orchestrator.specs import grid
 
 GRID = {
     "datasets": [

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from orchestrator.schema import ROLE_TAG, TRIAL_KEY_TAG
+from orchestrator.track.schema import ROLE_TAG, TRIAL_KEY_TAG
 
 pytestmark = pytest.mark.integration
 

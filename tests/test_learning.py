@@ -3,15 +3,15 @@ the demo's tiny backbone: saturated logits get no gradient from ASL."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from orchestrator.spec import SEARCH_SPACES_DIR, load_spec
 from trainables import data, setups
+from trainables.backbones import load_backbone
 from trainables.config import LossConfig
 from trainables.losses import AsymmetricLoss
-from trainables.backbones import load_backbone
+
+from orchestrator.specs import SEARCH_SPACES_DIR, load_spec
 
 STEPS = 30
 """SGD steps on one fixed batch of 32 generated images: one epoch of the demo is 8 such steps."""

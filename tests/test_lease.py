@@ -12,9 +12,10 @@ import time
 
 import pytest
 
-from orchestrator import lease as lease_module
-from orchestrator.lease import Lease
 from trainables.errors import UserInputError
+
+from orchestrator.run import lease as lease_module
+from orchestrator.run.lease import Lease
 
 
 @pytest.fixture(autouse=True)

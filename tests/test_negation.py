@@ -13,12 +13,16 @@ import pytest
 import torch
 from scipy import stats
 
-from orchestrator import aggregate, grid, negation_table, tables, tracking
-from orchestrator.paired import paired_difference
-from orchestrator.spec import SpecError, load_spec, spec_hash
 from trainables import negation, pretrain
 from trainables.config import TrialConfig
 from trainables.data import synthetic
+
+from orchestrator.report import aggregate, negation_table
+from orchestrator.report.paired import paired_difference
+from orchestrator.report.reader import read_trials
+from orchestrator.report.render import FILE_NAMES
+from orchestrator.specs import SpecError, grid, load_spec, spec_hash
+from orchestrator.track.store import backbone_tag
 
 NAMES = synthetic.classnames(8)
 ABSENCE = re.compile(r"(, no |and no |but no |, without an? )(\w+)")
@@ -108,7 +112,7 @@ def test_a_list_of_negation_rates_is_an_axis_of_backbones(make_spec):
     trials = [trial for cell_trials in plan.fixed_trials.values() for trial in cell_trials]
     assert {trial.trial_config["backbone"]["synthetic_negation_rate"] for trial in trials} == {0.0, 0.05}
     assert len({trial.trial_key for trial in trials}) == len(trials)
-    tags = {tracking.backbone_tag(TrialConfig.model_validate(trial.trial_config)) for trial in trials}
+    tags = {backbone_tag(TrialConfig.model_validate(trial.trial_config)) for trial in trials}
     assert tags == {"RN-tiny/synthetic@64", "RN-tiny/synthetic-neg0.05@64"}
 
 
@@ -122,7 +126,7 @@ def test_pretraining_seeds_are_an_axis_too(make_spec):
     backbones = {(c.backbone.synthetic_negation_rate, c.backbone.synthetic_seed) for c in cells}
     assert backbones == {(0.0, 0), (0.0, 1), (0.05, 0), (0.05, 1)}
     config = TrialConfig.model_validate(grid.Plan.of(spec).fixed_trials["baseline-shapes-neg0.05-p1-r0.1-s1"][0].trial_config)
-    assert tracking.backbone_tag(config) == "RN-tiny/synthetic-neg0.05-p1@64"
+    assert backbone_tag(config) == "RN-tiny/synthetic-neg0.05-p1@64"
 
 
 def test_a_single_rate_keeps_the_cell_keys_and_hash_of_a_spec_without_one(make_spec):
@@ -189,7 +193,7 @@ SETUPS = ("baseline", "positive_coop", "negative_coop", "dual_coop")
 
 
 def test_testbed_differences_are_scipys_paired_tests_across_seeds(testbed_store):
-    trials = tables.read_trials(testbed_store["client"], testbed_store["client"].get_experiment_by_name("testbed").experiment_id)
+    trials = read_trials(testbed_store["client"], testbed_store["client"].get_experiment_by_name("testbed").experiment_id)
     assert negation_table.applies(trials)
     rows = negation_table.comparisons(trials).set_index(["negation_rate", "a", "label_ratio"])
     for rate, (a, b), ratio in itertools.product(RATES, negation_table.COMPARISONS, [*RATIOS, "All"]):
@@ -221,7 +225,7 @@ def test_table_command_adds_the_testbed_table_and_plot(testbed_store, tmp_path, 
     at_zero = np.mean([map_of("negative_coop", 0.0, r, s) - map_of("positive_coop", 0.0, r, s) for r in RATIOS for s in SEEDS])
     assert f"{at_zero:+.1f} [" in lines[0] and "0.980" in lines[0]
     written = {path.relative_to(out).as_posix() for path in out.rglob("negation*")}
-    assert {f"tables/{name.replace('comparison', 'negation')}" for name in tables.FILE_NAMES.values()} <= written
+    assert {f"tables/{name.replace('comparison', 'negation')}" for name in FILE_NAMES.values()} <= written
     assert {"plots/negation_vs_rate.png", "plots/negation_vs_rate.svg"} <= written
     long = pd.read_csv(out / "tables/negation.csv")
     assert len(long) == len(RATES) * len(negation_table.COMPARISONS) * (len(RATIOS) + 1)
@@ -245,7 +249,7 @@ def test_with_several_checkpoints_per_rate_the_checkpoint_is_the_unit(tmp_path, 
         log_trial(client, experiment, setup, ("shapes", backbone), ratio, seed, checkpoint_map(setup, rate, checkpoint, ratio, seed),
                   params={"backbone.synthetic_negation_rate": str(rate), "backbone.synthetic_seed": str(checkpoint)},
                   metrics={"absence_cosine.not_a_photo": COSINE[rate] - 0.01 * checkpoint, "absence_cosine.photo_without": 0.9})  # fmt: skip
-    rows = negation_table.comparisons(tables.read_trials(client, experiment)).set_index(["negation_rate", "label_ratio"])
+    rows = negation_table.comparisons(read_trials(client, experiment)).set_index(["negation_rate", "label_ratio"])
     for rate, ratio in itertools.product(RATES, [*RATIOS, "All"]):
         ratios = RATIOS if ratio == "All" else (ratio,)
         # Per checkpoint, the difference averaged over its training seeds (and ratios): n = checkpoints.
@@ -257,6 +261,6 @@ def test_with_several_checkpoints_per_rate_the_checkpoint_is_the_unit(tmp_path, 
         assert (row["n"], row["checkpoints"]) == (len(CHECKPOINTS), len(CHECKPOINTS))
         assert row["t"] == pytest.approx(reference.statistic) and row["p_value"] == pytest.approx(reference.pvalue)
         assert row["absence_cosine.not_a_photo"] == pytest.approx(COSINE[rate] - 0.01)  # the mean over the checkpoints
-    shown, _ = negation_table.display(negation_table.comparisons(tables.read_trials(client, experiment)))
+    shown, _ = negation_table.display(negation_table.comparisons(read_trials(client, experiment)))
     assert set(shown["n"]) == {"3 checkpoints"}
 

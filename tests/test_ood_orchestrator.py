@@ -9,9 +9,11 @@ import math
 import pandas as pd
 import pytest
 
-from orchestrator import grid, ood_table
-from orchestrator.cli import main
 from trainables.ood.config import OODTrialConfig
+
+from orchestrator.cli import main
+from orchestrator.report import ood_table
+from orchestrator.specs import grid
 
 OOD_SECTION = {
     "id_dataset": {"name": "shapes-id", "kind": "synthetic", "synthetic_classes": 3, "synthetic_per_class": 4},
@@ -34,7 +36,7 @@ def ood_spec(minimal_spec):
 
 
 def test_ood_cells_one_trial_each_untuned_variants_once(write_spec, ood_spec):
-    from orchestrator.spec import load_spec
+    from orchestrator.specs import load_spec
 
     spec = load_spec(write_spec(ood_spec())).spec
     cells = grid.cells(spec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from orchestrator.progress import ProgressTable
+from orchestrator.run.progress import ProgressTable
 
 
 def trial(trial_id: str, name: str, status: str, epoch: int | None = None, best: float | None = None):

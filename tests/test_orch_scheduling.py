@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import tracking
-from orchestrator.results_store import METADATA_FILE
-from orchestrator.scheduling import prepare_results
-from orchestrator.spec import spec_hash
 from trainables.errors import UserInputError
+
+from orchestrator.run.launch import prepare_results
+from orchestrator.specs import spec_hash
+from orchestrator.track.results_store import METADATA_FILE
+from orchestrator.track.store import TrackingStore
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def spec(tracked_spec):
 
 @pytest.fixture
 def store(spec):
-    return tracking.TrackingStore(spec.tracking_uri, spec.name)
+    return TrackingStore(spec.tracking_uri, spec.name)
 
 
 def saved_experiment(folder: Path, digest: str, tracking_uri: str) -> None:
@@ -72,8 +73,8 @@ def test_fresh_deletes_the_folder_and_the_runs(spec, store, tmp_path):
 
 
 def test_trials_fit_per_node_not_on_the_cluster_totals(monkeypatch):
-    from orchestrator import cluster
-    from orchestrator.spec import Resources
+    from orchestrator.run import cluster
+    from orchestrator.specs import Resources
 
     nodes = [{"NodeID": f"n{i}", "Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}} for i in range(2)]
     monkeypatch.setattr(cluster, "alive_nodes", lambda: nodes)

@@ -97,8 +97,9 @@ def every_setup_learns(folder: Path):
     above chance (the mean prevalence of the test labels); return the MLflow client and experiment."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.spec import load_spec
     from trainables import data
+
+    from orchestrator.specs import load_spec
 
     spec = load_spec(REPO / "search_spaces" / "smoke.yaml", check_data=False).spec
     test = data.build_dataset(spec.datasets[0], "test", folder / "runs" / "data")

@@ -24,7 +24,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from orchestrator.schema import ROLE_TAG, TRIAL_KEY_TAG
+from orchestrator.track.schema import ROLE_TAG, TRIAL_KEY_TAG
 
 pytestmark = pytest.mark.integration
 

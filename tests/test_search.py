@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.grid import Plan
-from orchestrator.search import CellASHA, CellSearcher
+from orchestrator.run.search import CellASHA, CellSearcher
+from orchestrator.specs.grid import Plan
 
 
 def drain(searcher: CellSearcher, prefix: str = "t", start: int = 0) -> list[dict]:
@@ -153,8 +153,8 @@ def test_a_grown_grid_hands_out_only_the_trials_no_finished_run_holds(make_spec)
 
 
 def test_a_cell_keeps_its_study_while_its_search_space_stays(make_spec, tmp_path):
-    from orchestrator.grid import search_key
-    from orchestrator.search import completed, study_names
+    from orchestrator.run.search import completed, study_names
+    from orchestrator.specs.grid import search_key
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searched = {"search": {"kind": "optuna", "num_samples": 2}, "setups": ["baseline"], "label_ratios": [0.5]}

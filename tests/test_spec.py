@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.spec import SEARCH_SPACES_DIR, SpecError, apply_override, load_spec, resolve_spec_path, spec_hash
 from trainables.errors import UserInputError
+
+from orchestrator.cli import main
+from orchestrator.specs import SEARCH_SPACES_DIR, SpecError, apply_override, load_spec, resolve_spec_path, spec_hash
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tables
 from trainables.errors import UserInputError
+
+from orchestrator.report.comparison_table import ComparisonTable, build_table, format_params, load_reference
+from orchestrator.report.comparison_text import display_frame, render, to_csv, to_html, to_latex, to_markdown
+from orchestrator.report.reader import best_per_cell, read_trials
 
 COCO = ("coco", "RN101/openai@448")
 VOC = ("voc", "RN101/openai@448")
@@ -70,15 +73,15 @@ def store(tmp_path_factory, log_trial) -> tuple[MlflowClient, str]:
 
 @pytest.fixture(scope="module")
 def trials(store) -> pd.DataFrame:
-    return tables.read_trials(*store)
+    return read_trials(*store)
 
 
 @pytest.fixture(scope="module")
-def table(trials) -> tables.ComparisonTable:
-    return tables.build_table(trials, "best_mAP", tables.load_reference())
+def table(trials) -> ComparisonTable:
+    return build_table(trials, "best_mAP", load_reference())
 
 
-def cell(table: tables.ComparisonTable, block, setup: str, column: str, stat: str = "mean", row: str = "ours"):
+def cell(table: ComparisonTable, block, setup: str, column: str, stat: str = "mean", row: str = "ours"):
     return table.values.loc[(*block, setup, row), (column, stat)]
 
 
@@ -99,23 +102,23 @@ def test_read_trials_rejects_a_trial_run_without_its_key_tags(tmp_path):
     experiment_id = client.create_experiment("broken", artifact_location=(tmp_path / "artifacts").as_uri())
     client.create_run(experiment_id, tags={"orchestrator.role": "trial", "setup": "baseline"})
     with pytest.raises(UserInputError, match="lacks the tag"):
-        tables.read_trials(client, experiment_id)
+        read_trials(client, experiment_id)
 
 
 def test_best_per_cell_takes_the_best_finished_trial(trials):
-    cells = tables.best_per_cell(trials, "best_mAP")
+    cells = best_per_cell(trials, "best_mAP")
     chosen = cells.set_index(["setup", "dataset", "label_ratio", "seed"])
     assert chosen.loc[("positive_coop", "coco", 0.1, 1), "best_mAP"] == 70.0  # not the FAILED 99
     assert chosen.loc[("positive_coop", "coco", 0.1, 1), "trials_in_cell"] == 2
     assert ("baseline", "coco", 0.5, 2) not in chosen.index
     assert ("dual_coop", "coco", 0.1, 1) not in chosen.index
-    by_last = tables.best_per_cell(trials, "last_mAP").set_index(["setup", "dataset", "label_ratio", "seed"])
+    by_last = best_per_cell(trials, "last_mAP").set_index(["setup", "dataset", "label_ratio", "seed"])
     assert by_last.loc[("positive_coop", "coco", 0.1, 1), "last_mAP"] == 69.0
 
 
 def test_unknown_metric_is_a_user_error(trials):
     with pytest.raises(UserInputError, match="unknown metric 'mAP'"):
-        tables.build_table(trials, "mAP")
+        build_table(trials, "mAP")
 
 
 # ---------------------------------------------------------------- pivot
@@ -147,7 +150,7 @@ def test_missing_cells_are_missing_not_zero(table):
     assert math.isnan(cell(table, COCO, "baseline", "90%")) and cell(table, COCO, "baseline", "90%", "n") == 0
     assert math.isnan(cell(table, COCO, "dual_coop", "10%")) and cell(table, COCO, "dual_coop", "10%", "n") == 0
     assert pd.isna(table.info.loc[(*COCO, "dual_coop", "ours"), "params"])
-    text, _ = tables.display_frame(table)
+    text, _ = display_frame(table)
     row = text.loc[("coco (RN101/openai@448)", "DualCoOp")]
     assert list(row[["10%", "50%", "90%", "Avg", "#Params"]]) == ["—"] * 5
     assert "0.0" not in " ".join(row)
@@ -156,7 +159,7 @@ def test_missing_cells_are_missing_not_zero(table):
 def test_ratio_columns_and_blank_cells_outside_a_block(table):
     assert table.columns == [f"{step * 10}%" for step in range(1, 10)] + ["Avg"]
     assert table.block_columns[COCO] == ["10%", "50%", "90%"]
-    text, _ = tables.display_frame(table)
+    text, _ = display_frame(table)
     assert text.loc[("coco (RN101/openai@448)", "PositiveCoOp"), "20%"] == ""
     assert text.loc[("shapes (RN-tiny/random@128)", "DualCoOp"), "50%"] == ""
 
@@ -188,7 +191,7 @@ def test_params_and_hours(table):
     # Mean over the chosen trials: (1800 + 5400) / 2 s.
     assert info.loc[(*COCO, "positive_coop", "ours"), "gpu_hours"] == pytest.approx(1.0)
     assert table.hours_column == "GPU h"
-    assert [tables.format_params(count) for count in (80_000, 730_000, 1_300_000, 1_310_720, 512)] == ["80k", "730k", "1.3M", "1.31M", "512"]
+    assert [format_params(count) for count in (80_000, 730_000, 1_300_000, 1_310_720, 512)] == ["80k", "730k", "1.3M", "1.31M", "512"]
 
 
 def test_cpu_only_runs_show_training_hours():
@@ -200,9 +203,9 @@ def test_cpu_only_runs_show_training_hours():
             "gpu_seconds": [0.0, 0.0], "train_seconds": [36.0, 3.0],
         }
     )  # fmt: skip
-    table = tables.build_table(frame)
+    table = build_table(frame)
     assert table.hours_column == "Train h"
-    text, _ = tables.display_frame(table)
+    text, _ = display_frame(table)
     assert list(text["Train h"]) == ["0.01", "<0.01"]
     assert "GPU h" not in text.columns
 
@@ -211,7 +214,7 @@ def test_cpu_only_runs_show_training_hours():
 
 
 def test_shipped_reference_is_the_paper_table():
-    reference = tables.load_reference().set_index(["dataset", "method"])
+    reference = load_reference().set_index(["dataset", "method"])
     ratios = [f"{step * 10}%" for step in range(1, 10)]
     assert list(reference.loc[("COCO", "Positive CoOp"), ratios]) == PAPER_POSITIVE_COOP_COCO
     assert reference.loc[("COCO", "Positive CoOp"), "Avg"] == PAPER_POSITIVE_COOP_COCO_AVG
@@ -260,12 +263,12 @@ def test_blocks_without_a_reference_get_no_paper_rows(table):
 
 def test_other_backbones_get_no_paper_rows(trials):
     vit = trials[trials["dataset"] == "voc"].assign(backbone="ViT-B-16/openai@224")
-    table = tables.build_table(vit, reference=tables.load_reference())
+    table = build_table(vit, reference=load_reference())
     assert set(table.values.index.get_level_values("row")) == {"ours"}
 
 
 def test_without_reference_only_our_rows(trials):
-    table = tables.build_table(trials)
+    table = build_table(trials)
     assert set(table.values.index.get_level_values("row")) == {"ours"}
 
 
@@ -279,7 +282,7 @@ def markdown_rows(markdown: str) -> list[list[str]]:
 
 
 def test_markdown(table):
-    markdown = tables.to_markdown(table)
+    markdown = to_markdown(table)
     header, *rows = markdown_rows(markdown)
     assert header == ["Dataset", "Setup", *table.columns, "#Params", "GPU h"]
     by_setup = {(row[1]): dict(zip(header, row)) for row in rows if row[1]}
@@ -299,7 +302,7 @@ def test_markdown(table):
 
 
 def test_csv_round_trip(table):
-    frame = pd.read_csv(io.StringIO(tables.to_csv(table)))
+    frame = pd.read_csv(io.StringIO(to_csv(table)))
     positive = frame[(frame["dataset"] == "coco") & (frame["setup"] == "positive_coop") & (frame["row"] == "ours")].iloc[0]
     assert positive["10%_mean"] == pytest.approx(71.0)
     assert positive["10%_std"] == pytest.approx(statistics.stdev([70, 72]))
@@ -314,7 +317,7 @@ def test_csv_round_trip(table):
 
 
 def test_latex_is_booktabs(table):
-    latex = tables.to_latex(table)
+    latex = to_latex(table)
     assert latex.count(r"\toprule") == 1 and latex.count(r"\bottomrule") == 1
     # Under the header and between the three blocks; no \cline, no rule stacked on the closing one.
     assert latex.count(r"\midrule") == 3 and r"\cline" not in latex
@@ -330,18 +333,18 @@ def test_latex_is_booktabs(table):
 
 
 def test_html(table):
-    html = tables.to_html(table)
+    html = to_html(table)
     assert html.count("<table") == 1 and "font-weight: bold" in html
     assert "81.5 ± 2.1" in html and "PositiveCoOp [paper]" in html and "<caption>" in html
     # Bold goes on exactly the marked cells: the selectors of the bold rule are the best mask's cells.
     selectors = re.search(r"((?:#T_\w+?_row\d+_col\d+,?\s*)+)\{\s*font-weight: bold", html).group(1)
-    _, best = tables.display_frame(table)
+    _, best = display_frame(table)
     rows, columns = best.to_numpy().nonzero()
     assert set(re.findall(r"_(row\d+_col\d+)", selectors)) == {f"row{r}_col{c}" for r, c in zip(rows, columns)}
 
 
 def test_rich_marks_best_with_a_star(table):
-    text = tables.render(table, "rich", title="synthetic: best_mAP")
+    text = render(table, "rich", title="synthetic: best_mAP")
     assert "synthetic: best_mAP" in text
     assert "81.5 ± 2.1*" in text and "74.5 ± 0.7*" in text
     assert "PositiveCoOp [paper]" in text and "—" in text
@@ -349,4 +352,4 @@ def test_rich_marks_best_with_a_star(table):
 
 def test_render_rejects_an_unknown_format(table):
     with pytest.raises(UserInputError, match="unknown table format 'xml'"):
-        tables.render(table, "xml")
+        render(table, "xml")

@@ -17,11 +17,14 @@ import pandas as pd
 import pytest
 from mlflow.entities import ViewType
 
-from orchestrator import grid, tracking
-from orchestrator.schema import CELL_KEY_TAG, PARENT_RUN_TAG, RAY_NODE_TAG, ROLE_TAG, TRIAL_KEY_TAG, role_filter
-from orchestrator.scheduling import finalize
 from trainables import data
 from trainables.errors import UserInputError
+
+from orchestrator.run.launch import finalize
+from orchestrator.specs import grid
+from orchestrator.track.callback import MlflowCallback
+from orchestrator.track.schema import CELL_KEY_TAG, PARENT_RUN_TAG, RAY_NODE_TAG, ROLE_TAG, TRIAL_KEY_TAG, role_filter
+from orchestrator.track.store import TrackingStore, check_reachable, flatten, git_commit
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ def spec(tracked_spec):
 
 @pytest.fixture
 def store(spec):
-    return tracking.TrackingStore(spec.tracking_uri, spec.name)
+    return TrackingStore(spec.tracking_uri, spec.name)
 
 
 def ray_trial(spec, setup: str = "baseline", trial_id: str = "abc", checkpoint=None) -> SimpleNamespace:
@@ -62,8 +65,8 @@ def epoch_result(epoch: int, mAP: float, node: str = "node-a") -> dict:
     }  # fmt: skip
 
 
-def callback(spec) -> tracking.MlflowCallback:
-    made = tracking.MlflowCallback(spec.tracking_uri, spec.name, "h4sh")
+def callback(spec) -> MlflowCallback:
+    made = MlflowCallback(spec.tracking_uri, spec.name, "h4sh")
     made.setup()
     return made
 
@@ -74,7 +77,7 @@ def trial_runs(store, **tags) -> list:
 
 
 @pytest.fixture
-def started(spec, store, tmp_path) -> tuple[tracking.MlflowCallback, SimpleNamespace]:
+def started(spec, store, tmp_path) -> tuple[MlflowCallback, SimpleNamespace]:
     """A launch run, a callback, and the baseline trial started under them: (callback, trial)."""
     store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
     logger = callback(spec)
@@ -257,7 +260,7 @@ def test_lookup_never_duplicates_and_fresh_deletes_everything(spec, store, tmp_p
 
 
 def test_flatten_dots_nested_keys_and_limits_values():
-    flat = tracking.flatten({"loss": {"gamma_neg": 2.0}, "setup_options": {}, "root": None, "long": "x" * 7000})
+    flat = flatten({"loss": {"gamma_neg": 2.0}, "setup_options": {}, "root": None, "long": "x" * 7000})
     assert flat == {"loss.gamma_neg": "2.0", "setup_options": "{}", "root": "null", "long": "x" * 6000}
 
 
@@ -266,15 +269,15 @@ def test_unreachable_tracking_server_is_a_user_error():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(UserInputError, match=f"http://127.0.0.1:{port} is unreachable"):
-        tracking.check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
-    tracking.check_reachable("sqlite:////nonexistent/mlflow.db")  # a file store needs no server
+        check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
+    check_reachable("sqlite:////nonexistent/mlflow.db")  # a file store needs no server
 
 
 def test_git_commit_is_the_codes_not_the_working_directorys(tmp_path, monkeypatch):
-    repo = Path(tracking.__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
     monkeypatch.chdir(tmp_path)  # runs start from any folder; the tag names the code that ran
-    assert tracking.git_commit().removesuffix("-dirty") == head
+    assert git_commit().removesuffix("-dirty") == head
 
 
 def test_experiment_is_tagged_so_the_ui_opens_on_training_runs(spec, store):
@@ -283,7 +286,7 @@ def test_experiment_is_tagged_so_the_ui_opens_on_training_runs(spec, store):
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     # An experiment made before the tag existed (or by hand) gets it when a run opens it again.
     store.client.delete_experiment_tag(store.experiment_id, "mlflow.experimentKind")
-    assert tracking.TrackingStore(spec.tracking_uri, spec.name).experiment_id == store.experiment_id
+    assert TrackingStore(spec.tracking_uri, spec.name).experiment_id == store.experiment_id
     assert store.client.get_experiment(store.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -308,7 +311,7 @@ def test_an_ood_trial_logs_its_family_metrics_and_negative_labels(tracked_spec, 
         "variants": ["lapt"],
     }
     spec = tracked_spec(setups=["lapt"], datasets=[], label_ratios=[], seeds=[3], ood=ood)
-    store = tracking.TrackingStore(spec.tracking_uri, spec.name)
+    store = TrackingStore(spec.tracking_uri, spec.name)
     store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
     logger = callback(spec)
     plan = grid.Plan.of(spec)
@@ -338,7 +341,7 @@ def test_an_ood_trial_logs_its_family_metrics_and_negative_labels(tracked_spec, 
 
 OPEN_STORE = """
 import sys, time
-from orchestrator.tracking import TrackingStore
+from orchestrator.track.store import TrackingStore
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # both processes open the new store at this instant
 TrackingStore(sys.argv[1], "shared")
 print("opened")
@@ -356,5 +359,5 @@ def test_two_processes_making_a_new_sqlite_store_at_once_both_open_it(tmp_path):
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0 and stdout.strip() == "opened", stderr
         assert "Traceback" not in stderr
-    store = tracking.TrackingStore(uri, "shared")
+    store = TrackingStore(uri, "shared")
     assert [e.name for e in store.client.search_experiments() if e.name == "shared"] == ["shared"]

@@ -10,7 +10,7 @@ one memory-mapped fp16 array instead of running the encoder again:
 
 Images are encoded a shard at a time (`SHARD_IMAGES`), each shard stored under its own lock as
 `<key>.shards/<i>.npy` with its sidecar, so that a fill interrupted midway resumes with the shards
-it stored and several processes (the GPUs of a cluster, `orchestrator.fill`) encode one entry's
+it stored and several processes (the GPUs of a cluster, `orchestrator.run.fill`) encode one entry's
 shards in parallel. Once every shard is stored, they are joined, under the key's lock, into a
 temporary file, which is renamed into place last, after the sidecar (`trainables.atomic`). A killed writer leaves
 only temporary files, which no reader opens and the next writer deletes. Readers need no lock: a
@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 from trainables import atomic
 from trainables import clip as clip_lib
 from trainables import data
-from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.backbones import load_backbone
+from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from tabulate import tabulate
 
-from orchestrator import grid
-from orchestrator.spec import LoadedSpec
+from orchestrator.specs import LoadedSpec, grid
 
 MIN_GAIN = 1.1
 """Doubling the processes must add at least this factor of images/s to be worth its memory."""
@@ -129,8 +128,9 @@ def heaviest_trial(loaded: LoadedSpec):
 
 def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:
     """Measure each packing and say which to use."""
-    from orchestrator import fill
     from trainables.clip import device_name, resolve_device
+
+    from orchestrator.run import fill
 
     fill.fill_locally(grid.Plan.of(loaded.spec))  # the trials read the cache; encode it first if needed
     config = heaviest_trial(loaded)

@@ -21,7 +21,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from orchestrator.grid import Cell, Plan, make_trial, search_key
+from orchestrator.run import moved
+from orchestrator.specs.grid import Cell, Plan, make_trial, search_key
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial as RayTrial
@@ -140,6 +141,7 @@ class CellSearcher(Searcher):
             pickle.dump(self.__getstate__(), file)
 
     def restore(self, checkpoint_path: str) -> None:
+        moved.resolve_moved_modules()
         with open(checkpoint_path, "rb") as file:
             self.__setstate__(pickle.load(file))
         self._reconcile = True

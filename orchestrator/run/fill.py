@@ -29,10 +29,9 @@ from trainables.config import BackboneConfig, DatasetConfig
 from trainables.ood.config import IDDatasetConfig, ImageSetConfig, OODTrialConfig
 from trainables.ood.train import image_sets, open_image_set
 
-from orchestrator import grid
-from orchestrator.schema import synthetic_variant
-from orchestrator.spec import ExperimentSpec
-from orchestrator.trial_errors import user_error_cause
+from orchestrator.specs import ExperimentSpec, grid
+from orchestrator.specs.grid import synthetic_variant
+from orchestrator.track.trial_errors import user_error_cause
 
 
 @dataclass(frozen=True)
@@ -88,8 +87,8 @@ def entries(plan: grid.Plan) -> list[Entry]:
 def fill_locally(plan: grid.Plan) -> None:
     """Encode everything the trials read (and pre-train a `synthetic` backbone) in this process,
     a backbone at a time, with every CPU it may use as decoding workers."""
-    from trainables.clip import resolve_device
     from trainables.backbones import load_backbone
+    from trainables.clip import resolve_device
 
     spec = plan.spec
     by_backbone: dict[str, dict[str, list[Entry]]] = {}
@@ -138,8 +137,8 @@ class ShardEncoder:
         self._datasets: dict[str, data.MultiLabelDataset] = {}  # by `Entry.dataset_key`
 
     def _open(self, entry: Entry):
-        from trainables.clip import resolve_device
         from trainables.backbones import load_backbone
+        from trainables.clip import resolve_device
 
         backbone, dataset = entry.backbone.model_dump_json(), entry.dataset_key
         if backbone not in self._backbones:
@@ -173,7 +172,7 @@ class ShardEncoder:
 
 def cluster_gpus() -> dict[str, tuple[int, float]]:
     """{node id: (GPUs, CPUs)} of the alive nodes that have a GPU."""
-    from orchestrator.cluster import alive_nodes
+    from orchestrator.run.cluster import alive_nodes
 
     return {
         node["NodeID"]: (int(node["Resources"]["GPU"]), node["Resources"].get("CPU", 0.0))

@@ -3,7 +3,7 @@
 Like the LAPT paper's tables: columns FPR95 (lower is better; OpenOOD's convention, OOD as the
 positive class: `fpr95_ood_pos`) and AUROC for each OOD set, their near-OOD and far-OOD averages,
 and the ID top-1 accuracy; each value the mean over seeds of the trials' last-epoch metrics (%).
-Rows: the variants of `orchestrator.ood_spec.VARIANTS` (and a label ratio when several were run);
+Rows: the variants of `orchestrator.specs.ood.VARIANTS` (and a label ratio when several were run);
 `--reference paper` adds the rows of `reference/lapt_ood.csv`.
 """
 
@@ -16,9 +16,10 @@ from importlib import resources
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tables
-from orchestrator.ood_spec import VARIANTS
-from orchestrator.schema import FAMILY_TAG, TRIAL_ROLE, role_filter
+from orchestrator.report.reader import trial_runs
+from orchestrator.report.render import MISSING, render_marked
+from orchestrator.specs.ood import VARIANTS
+from orchestrator.track.schema import FAMILY_TAG
 
 METRICS = (("fpr95_ood_pos", "FPR95↓"), ("auroc", "AUROC↑"))
 GROUPS = ("near", "far")
@@ -34,12 +35,8 @@ VARIANT_LABELS = {
 
 def read_ood_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     """One row per FINISHED OOD trial run: variant, label_ratio, seed, every metric, and the OOD sets in order."""
-    runs = client.search_runs(
-        [experiment_id], f"{role_filter(TRIAL_ROLE)} and tags.`{FAMILY_TAG}` = 'ood' and attributes.status = 'FINISHED'",
-        max_results=10_000,
-    )  # fmt: skip
     rows = []
-    for run in runs:
+    for run in trial_runs(client, experiment_id, f"tags.`{FAMILY_TAG}` = 'ood' and attributes.status = 'FINISHED'"):
         # The trial's config param `ood_sets`: its list of sets as JSON (`tracking.flatten`).
         sets = [(entry["name"], entry["group"]) for entry in json.loads(run.data.params["ood_sets"])]
         rows.append({"run_id": run.info.run_id, "variant": run.data.tags["setup"], "label_ratio": float(run.data.tags["label_ratio"]),
@@ -98,18 +95,18 @@ def display(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if values.notna().any():
             target = values.min() if column[1] in LOWER_IS_BETTER else values.max()
             best.loc[ours, column] = values == target
-    shown = table.map(lambda v: tables.MISSING if pd.isna(v) else f"{v:.1f}")
+    shown = table.map(lambda v: MISSING if pd.isna(v) else f"{v:.1f}")
     headers = [f"{place} {names[metric]}" for place, metric in table.columns]
     shown.columns = best.columns = headers
     return shown, best
 
 
 def render(table: pd.DataFrame, fmt: str, title: str) -> str:
-    """The OOD table as text in one of `tables.FORMATS`, with the MLR table's conventions (bold best
+    """The OOD table as text in one of `FORMATS`, with the MLR table's conventions (bold best
     cells, LaTeX escaping, the same HTML style)."""
     if fmt == "csv":
         flat = table.copy()
         flat.columns = [f"{place}.{metric}" for place, metric in table.columns]
         return flat.to_csv()
     shown, best = display(table)
-    return tables.render_marked(shown, best, fmt, title, CAPTION)
+    return render_marked(shown, best, fmt, title, CAPTION)

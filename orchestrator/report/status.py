@@ -14,9 +14,17 @@ import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator import aggregate, grid, tables
-from orchestrator.schema import EPOCH_METRICS
-from orchestrator.spec import ExperimentSpec
+from orchestrator.report.experiment import (
+    current_membership,
+    experiment_id,
+    in_current_spec,
+    launch_run,
+    open_store,
+    resolve_target,
+)
+from orchestrator.report.reader import read_trials
+from orchestrator.specs import ExperimentSpec, grid
+from orchestrator.track.schema import EPOCH_METRICS
 
 
 def expected_trials(client, launch) -> int | None:
@@ -33,9 +41,9 @@ def expected_trials(client, launch) -> int | None:
 
 
 def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> str:
-    launch = aggregate.launch_run(client, experiment_id)
-    everything = tables.read_trials(client, experiment_id)
-    current = aggregate.in_current_spec(everything, aggregate.current_membership(client, launch)) if len(everything) else []
+    launch = launch_run(client, experiment_id)
+    everything = read_trials(client, experiment_id)
+    current = in_current_spec(everything, current_membership(client, launch)) if len(everything) else []
     trials = everything[current] if len(everything) else everything
     counts = trials["status"].value_counts()
     running, failed = trials[trials["status"] == "RUNNING"], trials[trials["status"].isin(["FAILED", "KILLED"])]
@@ -61,9 +69,9 @@ def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> s
 
 def run(args) -> int:
     """The `status` command."""
-    target = aggregate.resolve_target(args.experiment, args.tracking_uri)
-    client = aggregate.open_store(target.tracking_uri)
-    experiment = aggregate.experiment_id(client, target)
+    target = resolve_target(args.experiment, args.tracking_uri)
+    client = open_store(target.tracking_uri)
+    experiment = experiment_id(client, target)
     if not client.search_runs([experiment], max_results=1):
         raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no runs yet")
     print(status_report(client, experiment, target.experiment_name, target.tracking_uri))

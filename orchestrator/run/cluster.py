@@ -8,8 +8,8 @@ import pyarrow.fs
 
 from trainables.errors import UserInputError
 
-from orchestrator import results_store
-from orchestrator.spec import Resources, is_uri
+from orchestrator.specs import Resources, is_uri
+from orchestrator.track import results_store
 
 
 def alive_nodes() -> list[dict]:

@@ -54,7 +54,6 @@ def traceback_text(trial) -> str:
     return _TERMINAL_COLOURS.sub("", Path(trial.local_path, name).read_text())
 
 
-
 def error_path(trial) -> Path | None:
     """The traceback file in the trial's results folder (Ray also stages one in a temporary folder)."""
     name = trial.run_metadata.error_filename

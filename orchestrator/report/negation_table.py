@@ -5,7 +5,7 @@ An experiment whose trials ran on synthetic backbones pre-trained at several neg
 gets, from the `table` command, one more table and one more plot: NegativeCoOp - PositiveCoOp and
 DualCoOp - PositiveCoOp mAP against the negation rate, per label ratio and over all ratios, each as
 the mean over seeds of the paired difference, its 95% interval and the paired t-test
-(`orchestrator.paired`); beside them the backbone's section 5.2 cosines (`trainables.negation`).
+(`orchestrator.report.paired`); beside them the backbone's section 5.2 cosines (`trainables.negation`).
 
 A cell's value is its best trial, as in the comparison table. The unit of the test is the seed, or,
 when a rate has checkpoints of several pre-training seeds (`backbone.synthetic_seed: [0, 1, 2]`),
@@ -24,9 +24,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator import plots, tables
-from orchestrator.paired import paired_difference
-from orchestrator.schema import ABSENCE_METRICS
+from orchestrator.report import plots
+from orchestrator.report.comparison_table import SETUP_LABELS, ratio_label
+from orchestrator.report.paired import paired_difference
+from orchestrator.report.reader import best_per_cell
+from orchestrator.report.render import MISSING, render_marked, write_formats
+from orchestrator.track.schema import ABSENCE_METRICS
 
 RATE_PARAM = "params.backbone.synthetic_negation_rate"
 SEED_PARAM = "params.backbone.synthetic_seed"
@@ -61,7 +64,7 @@ def applies(trials: pd.DataFrame) -> bool:
 def comparisons(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
     """One row per (dataset, negation rate, comparison, label ratio or `All`): the paired difference
     (`mean`, `low`, `high`, `t`, `p_value`, `n`) and the backbone's cosines (`ABSENCE_METRICS`)."""
-    cells = tables.best_per_cell(trials, metric)
+    cells = best_per_cell(trials, metric)
     seeds = cells[SEED_PARAM] if SEED_PARAM in cells else pd.Series(None, index=cells.index)
     cells = cells.assign(negation_rate=cells[RATE_PARAM].astype(float), pretraining_seed=seeds.fillna(0).astype(int))
     rows = []
@@ -85,7 +88,7 @@ def comparisons(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
 
 
 def comparison_label(a: str, b: str) -> str:
-    return f"{tables.SETUP_LABELS.get(a, a)} − {tables.SETUP_LABELS.get(b, b)}"
+    return f"{SETUP_LABELS.get(a, a)} − {SETUP_LABELS.get(b, b)}"
 
 
 def _cell(row: pd.Series) -> str:
@@ -99,14 +102,14 @@ def display(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(strings: a row per dataset, rate and comparison, a column per ratio, All and the cosines;
     the cells whose paired test is significant)."""
     ratios = sorted(r for r in rows["label_ratio"].unique() if r != ALL)
-    tested = [*(tables.ratio_label(r) for r in ratios), ALL]
+    tested = [*(ratio_label(r) for r in ratios), ALL]
     columns = [*tested, "n", *COSINE_LABELS.values()]
     shown, marked, index = [], [], []
     for (dataset, rate, a, b), group in rows.groupby(["dataset", "negation_rate", "a", "b"], sort=False):
-        by_ratio = {tables.ratio_label(r) if r != ALL else ALL: row for r, row in zip(group["label_ratio"], group.to_dict("records"))}
+        by_ratio = {ratio_label(r) if r != ALL else ALL: row for r, row in zip(group["label_ratio"], group.to_dict("records"))}
         first = group.iloc[0]
-        units = f"{by_ratio[ALL]['n']} {'checkpoints' if first['checkpoints'] > 1 else 'seeds'}" if ALL in by_ratio else tables.MISSING
-        shown.append([*(_cell(pd.Series(by_ratio[c])) if c in by_ratio else tables.MISSING for c in tested), units,
+        units = f"{by_ratio[ALL]['n']} {'checkpoints' if first['checkpoints'] > 1 else 'seeds'}" if ALL in by_ratio else MISSING
+        shown.append([*(_cell(pd.Series(by_ratio[c])) if c in by_ratio else MISSING for c in tested), units,
                       *(f"{first[name]:.3f}" for name in COSINE_LABELS)])  # fmt: skip
         marked.append([bool(c in by_ratio and by_ratio[c]["p_value"] < SIGNIFICANCE) for c in tested]
                       + [False] * (1 + len(COSINE_LABELS)))  # fmt: skip
@@ -116,11 +119,11 @@ def display(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def render(rows: pd.DataFrame, fmt: str, title: str) -> str:
-    """The testbed table in one of `tables.FORMATS`; CSV is the long numeric frame of `comparisons`."""
+    """The testbed table in one of `FORMATS`; CSV is the long numeric frame of `comparisons`."""
     if fmt == "csv":
         return rows.to_csv(index=False)
     shown, marked = display(rows)
-    return tables.render_marked(shown, marked, fmt, title, CAPTION)
+    return render_marked(shown, marked, fmt, title, CAPTION)
 
 
 def figure(rows: pd.DataFrame) -> Figure:
@@ -165,5 +168,5 @@ def figure(rows: pd.DataFrame) -> Figure:
 
 def write(rows: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
     """The table in every format under `out_dir/tables` (`negation.*`), the plot under `out_dir/plots`."""
-    written = tables.write_formats(out_dir, FILE_STEM, lambda fmt: render(rows, fmt, title))
+    written = write_formats(out_dir, FILE_STEM, lambda fmt: render(rows, fmt, title))
     return written + plots.save_figure(figure(rows), out_dir / "plots", f"{FILE_STEM}_vs_rate")

@@ -93,12 +93,6 @@ OOD_UNLOGGED = ("epoch", "negative_labels", *OOD_FINAL_METRICS)
 """Keys of an OOD trial's result that are not per-epoch metrics."""
 
 
-def synthetic_variant(negation_rate: float, pretraining_seed: int) -> str:
-    """How a synthetic backbone off the plain recipe is told apart in cell keys and the `backbone`
-    tag: `-neg0.05` for its negation rate, `-p1` for its pre-training seed ("" for the plain one)."""
-    return f"{f'-neg{negation_rate:g}' if negation_rate else ''}{f'-p{pretraining_seed}' if pretraining_seed else ''}"
-
-
 def runs_page(ui_address: str, experiment_id: str) -> str:
     """The MLflow UI's runs view of an experiment, opened on the saved trials view (`experiment_tags`)."""
     return f"{ui_address.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW_KEY}"

@@ -26,7 +26,7 @@ import pyarrow.fs
 
 from trainables.errors import UserInputError
 
-from orchestrator import results_store
+from orchestrator.track import results_store
 
 HEARTBEAT_S = 30.0
 STALE_S = 180.0

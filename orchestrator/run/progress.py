@@ -15,7 +15,7 @@ from rich.table import Table
 
 from trainables.tasks import family_of
 
-from orchestrator.trial_errors import error_path, trial_exception, user_error_cause
+from orchestrator.track.trial_errors import error_path, trial_exception, user_error_cause
 
 _ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
 

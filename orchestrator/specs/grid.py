@@ -2,7 +2,7 @@
 once: `Plan.of(spec)` is what `run`, `validate`, `describe` and the searcher read.
 
 A cell is one point of the paper's grid; its trials differ only in the loss setting (a loss grid,
-or Optuna's samples). The OOD family's cells (`orchestrator.ood_spec`) are (LAPT variant x ID set x
+or Optuna's samples). The OOD family's cells (`orchestrator.specs.ood`) are (LAPT variant x ID set x
 label ratio x seed), one trial each. Every trial gets a readable name and a deterministic key, so a restarted
 driver finds the MLflow run it already made instead of making a second one.
 """
@@ -18,12 +18,18 @@ from functools import cached_property
 from trainables.config import BackboneConfig, DatasetConfig, TrialConfig
 from trainables.ood.config import IDDatasetConfig
 
-from orchestrator.ood_spec import UNTUNED, variant_config
-from orchestrator.schema import synthetic_variant
-from orchestrator.spec import ExperimentSpec, without_paths
+from orchestrator.specs.models import ExperimentSpec
+from orchestrator.specs.ood import UNTUNED, variant_config
+from orchestrator.specs.paths import without_paths
 
 MACHINE_FIELDS = ("cache_dir", "data_dir", "device")
 """Trial config fields that say where, not what: left out of the trial key."""
+
+
+def synthetic_variant(negation_rate: float, pretraining_seed: int) -> str:
+    """How a synthetic backbone off the plain recipe is told apart in cell keys and the `backbone`
+    tag: `-neg0.05` for its negation rate, `-p1` for its pre-training seed ("" for the plain one)."""
+    return f"{f'-neg{negation_rate:g}' if negation_rate else ''}{f'-p{pretraining_seed}' if pretraining_seed else ''}"
 
 
 @dataclass(frozen=True)

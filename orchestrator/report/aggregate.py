@@ -9,36 +9,34 @@ MLflow UI.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
 
 import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator.grid import Membership
-from orchestrator.schema import LAUNCH_ROLE, LAUNCHED_AT_TAG, PLAN_ARTIFACT, RANKING_METRICS, ROLE_TAG, SPEC_PATH_TAG, role_filter
-from orchestrator.spec import read_yaml, require_existing_store, resolve_spec_path, resolve_tracking_uri
+from orchestrator.report.experiment import (
+    current_membership,
+    experiment_id,
+    in_current_spec,
+    launch_run,
+    open_store,
+    resolve_target,
+    spec_source,
+)
+from orchestrator.report.render import FORMATS
+from orchestrator.track.schema import LAUNCH_ROLE, RANKING_METRICS, ROLE_TAG
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tables import ComparisonTable
-
-# The CLI builds every subcommand's parser at start-up: this module imports pandas, MLflow and
-# matplotlib (through `tables` and `plots`) only when the command runs, so the format choices are
-# repeated here (tests/test_aggregate.py checks they match `tables.FORMATS`).
-FORMAT_CHOICES = ("rich", "markdown", "csv", "latex", "html")
-SPEC_SUFFIXES = (".yaml", ".yml")
-"""A name that is not a file but ends so is a spec file name (looked up in search_spaces/), not an experiment."""
+    from orchestrator.report.comparison_table import ComparisonTable
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +56,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--reference", choices=("none", "paper"), default="none",
         help="paper: add the PositiveCoOp paper's Table 1 rows and a delta row per setup (COCO and VOC2007, ResNet101)",
     )
-    parser.add_argument("--format", choices=FORMAT_CHOICES, default="rich", help="what is printed (default: rich)")
+    parser.add_argument("--format", choices=FORMATS, default="rich", help="what is printed (default: rich)")
     parser.add_argument(
         "--out", type=Path, metavar="DIR", help="write every format under DIR/tables and the plots under DIR/plots"
     )
@@ -67,109 +65,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not log the tables and plots as artifacts of the experiment's launch run",
     )
-
-
-@dataclass(frozen=True)
-class Target:
-    """The experiment to aggregate, where its store is, and the spec that made it when it was named."""
-
-    experiment_name: str
-    tracking_uri: str
-    spec_path: Path | None = None
-
-
-def spec_file(name: str) -> Path | None:
-    """The spec file `name` means (a path, or a bare .yaml name in search_spaces/); None for an experiment name."""
-    path = Path(name).expanduser()
-    if not path.is_file() and path.suffix not in SPEC_SUFFIXES:
-        return None
-    return resolve_spec_path(path)
-
-
-def read_spec(path: Path) -> dict:
-    raw = read_yaml(path)
-    if not isinstance(raw.get("name"), str):
-        raise UserInputError(f"{path}: no experiment name (a top-level `name:`)")
-    return raw
-
-
-def resolve_target(experiment: str, tracking_uri: str | None = None) -> Target:
-    """Experiment name and tracking URI from the command line: `--tracking-uri`, else the spec's, else the default."""
-    path = spec_file(experiment)
-    spec = read_spec(path) if path else {}
-    name = spec.get("name", experiment)
-    uri = tracking_uri or spec.get("tracking_uri") or resolve_tracking_uri(None)
-    return Target(name, uri, path)
-
-
-def open_store(tracking_uri: str) -> MlflowClient:
-    """A client on an existing store: an SQLite file must exist (MLflow would make an empty one), a server answer."""
-    require_existing_store(tracking_uri, "pass --tracking-uri, or run from the experiment's folder")
-    if urlparse(tracking_uri).scheme in ("http", "https"):
-        from orchestrator.tracking import check_reachable  # imports Ray: only for servers
-
-        check_reachable(tracking_uri)
-    from mlflow.tracking import MlflowClient
-
-    # The readers download small files (spec.yaml, plan.json): no progress bar over the report.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def experiment_id(client: MlflowClient, target: Target) -> str:
-    experiment = client.get_experiment_by_name(target.experiment_name)
-    if experiment is None or experiment.lifecycle_stage != "active":
-        raise UserInputError(f"no MLflow experiment named '{target.experiment_name}' in {target.tracking_uri}")
-    return experiment.experiment_id
-
-
-def launch_run(client: MlflowClient, experiment: str) -> Run | None:
-    """The launch run (`orchestrator.role=launch`) of the spec the experiment now stands at: the one
-    launched last (a spec launched again, reverted to, say, is the current one again)."""
-    runs = client.search_runs([experiment], filter_string=role_filter(LAUNCH_ROLE), max_results=1000)
-    return max(runs, key=lambda run: (float(run.data.tags.get(LAUNCHED_AT_TAG, 0)), run.info.start_time), default=None)
-
-
-def current_membership(client: MlflowClient, launch: Run | None) -> Membership | None:
-    """Which trials the current spec has (its launch run's `plan.json`); None for a launch made
-    before launches recorded it, whose spec has every trial of the experiment."""
-    if launch is None:
-        return None
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            path = client.download_artifacts(launch.info.run_id, PLAN_ARTIFACT, folder)
-        except Exception:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
-            return None
-        return Membership.from_json(Path(path).read_text())
-
-
-def in_current_spec(trials: pd.DataFrame, membership: Membership | None) -> pd.Series:
-    """Which rows of `tables.read_trials` are trials of the current spec."""
-    if membership is None:
-        return trials["run_id"].notna()
-    return trials.apply(lambda row: membership.contains(row["cell_key"], row["config_hash"], row["trial_key"], row["study"]), axis=1).astype(bool)
-
-
-# ---------------------------------------------------------------- rerunning the best configurations
-
-
-def spec_source(client: MlflowClient, target: Target, launch: Run | None) -> tuple[str, dict | None]:
-    """The spec to name in a rerun command, and its contents when readable.
-
-    In order: the spec given on the command line, the launch run's `spec_path` tag, its `spec.yaml`
-    artifact in a local artifact store, else the experiment name.
-    """
-    candidates = [target.spec_path]
-    if launch is not None:
-        if SPEC_PATH_TAG in launch.data.tags:
-            candidates.append(Path(launch.data.tags[SPEC_PATH_TAG]))
-        artifacts = urlparse(launch.info.artifact_uri)
-        if artifacts.scheme in ("", "file"):
-            candidates.append(Path(unquote(artifacts.path)) / "spec.yaml")
-    for path in candidates:
-        if path is not None and path.is_file():
-            return str(path), read_spec(path)
-    return target.experiment_name, None
 
 
 def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict | None, experiment_name: str) -> str:
@@ -205,19 +100,21 @@ def best_configs(
     trials: pd.DataFrame, metric: str, spec: str, spec_raw: dict | None, experiment_name: str
 ) -> pd.DataFrame:
     """The best trial of every searched cell, its searched params and the command that reruns it."""
-    from orchestrator import tables
+    from orchestrator.report.comparison_table import best_search_configs
+    from orchestrator.report.reader import CELL, searched_params
 
-    best = tables.best_search_configs(trials, metric)
+
+    best = best_search_configs(trials, metric)
     if best.empty:
         return best
-    params = tables.searched_params(trials)
+    params = searched_params(trials)
     commands = best.apply(lambda row: rerun_command(row, params, spec, spec_raw, experiment_name), axis=1)
-    columns = [*tables.CELL, metric, "trials_in_cell", "run_id", *params]
+    columns = [*CELL, metric, "trials_in_cell", "run_id", *params]
     return best[columns].assign(command=commands)
 
 
 def describe_best(configs: pd.DataFrame, metric: str) -> str:
-    from orchestrator import tables
+    from orchestrator.report.comparison_table import SETUP_LABELS, ratio_label
 
     params = [column for column in configs.columns if column.startswith("params.")]
     lines = [f"Best configuration per setup and searched cell (by {metric}):"]
@@ -225,33 +122,26 @@ def describe_best(configs: pd.DataFrame, metric: str) -> str:
         # A param the setup does not have (the baseline's prompt learning rate) is NaN: left out.
         values = ", ".join(f"{param.removeprefix('params.')}={row[param]}" for param in params if isinstance(row[param], str))
         lines.append(
-            f"  {tables.SETUP_LABELS.get(row['setup'], row['setup'])} · {row['dataset']} ({row['backbone']}) · "
-            f"{tables.ratio_label(row['label_ratio'])} · seed {row['seed']}: {metric} {row[metric]:.2f}"
+            f"  {SETUP_LABELS.get(row['setup'], row['setup'])} · {row['dataset']} ({row['backbone']}) · "
+            f"{ratio_label(row['label_ratio'])} · seed {row['seed']}: {metric} {row[metric]:.2f}"
             f" (best of {row['trials_in_cell']} trials) with {values}"
         )
         lines.append(f"    {row['command']}")
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- outputs
-
-
 def write_outputs(
     table: ComparisonTable, trials: pd.DataFrame, configs: pd.DataFrame, metric: str, title: str, out_dir: Path
 ) -> list[Path]:
     """Every table format under `out_dir/tables`, the plots under `out_dir/plots`."""
-    from orchestrator import plots, tables
+    from orchestrator.report import plots
+    from orchestrator.report.comparison_text import render
+    from orchestrator.report.render import write_formats
 
-    table_dir = out_dir / "tables"
-    table_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fmt, file_name in tables.FILE_NAMES.items():
-        path = table_dir / file_name
-        path.write_text(tables.render(table, fmt, title=title))
-        written.append(path)
+    written = write_formats(out_dir, "comparison", lambda fmt: render(table, fmt, title=title))
     if not configs.empty:
-        configs.to_csv(table_dir / "best_configs.csv", index=False)
-        written.append(table_dir / "best_configs.csv")
+        configs.to_csv(out_dir / "tables" / "best_configs.csv", index=False)
+        written.append(out_dir / "tables" / "best_configs.csv")
     written += plots.plot_map_vs_ratio(trials, metric, out_dir / "plots")
     written += plots.plot_search(trials, metric, out_dir / "plots")
     return written
@@ -259,9 +149,10 @@ def write_outputs(
 
 def write_ood_outputs(table: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
     """The OOD table in every format under `out_dir/tables` (`ood_detection.*`)."""
-    from orchestrator import ood_table, tables
+    from orchestrator.report import ood_table
+    from orchestrator.report.render import write_formats
 
-    return tables.write_formats(out_dir, "ood_detection", lambda fmt: ood_table.render(table, fmt, title))
+    return write_formats(out_dir, "ood_detection", lambda fmt: ood_table.render(table, fmt, title))
 
 
 def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_dir: Path) -> str:
@@ -279,12 +170,15 @@ def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_d
 
 def run(args: argparse.Namespace) -> int:
     """The `table` command; returns the exit code."""
-    from orchestrator import negation_table, ood_table, tables
+    from orchestrator.report import negation_table, ood_table
+    from orchestrator.report.comparison_table import build_table, load_reference
+    from orchestrator.report.comparison_text import print_rich, render
+    from orchestrator.report.reader import read_trials
 
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
     experiment = experiment_id(client, target)
-    all_trials = tables.read_trials(client, experiment)
+    all_trials = read_trials(client, experiment)
     if all_trials.empty:
         raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
     launch = launch_run(client, experiment)
@@ -299,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
     trials = trials[trials["family"] != "ood"]
     table = configs = ood = negation = None
     if not trials.empty:
-        reference = tables.load_reference() if args.reference == "paper" else None
-        table = tables.build_table(trials, args.metric, reference)
+        reference = load_reference() if args.reference == "paper" else None
+        table = build_table(trials, args.metric, reference)
         spec, spec_raw = spec_source(client, target, launch)
         configs = best_configs(trials, args.metric, spec, spec_raw, target.experiment_name)
         if negation_table.applies(trials):
@@ -313,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format == "rich":
         if table is not None:
-            tables.print_rich(table, title)
+            print_rich(table, title)
             if not configs.empty:
                 print(describe_best(configs, args.metric))
         if negation is not None and not negation.empty:
@@ -322,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             print(ood_table.render(ood, "rich", ood_title), end="")
     else:
         if table is not None:
-            sys.stdout.write(tables.render(table, args.format, title=title))
+            sys.stdout.write(render(table, args.format, title=title))
             if not configs.empty:  # stdout stays a clean document of the chosen format
                 print(describe_best(configs, args.metric), file=sys.stderr)
         if negation is not None and not negation.empty:

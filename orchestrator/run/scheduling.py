@@ -1,0 +1,202 @@
+"""Run a spec on Ray Tune: one Tuner for the whole grid, built fresh or restored after a crash.
+
+Running the same command again resumes: finished trials are kept, unfinished (and failed) ones
+continue from their last checkpoint, the Optuna studies continue, and MLflow runs are found by key.
+Running an edited spec under the same name grows the experiment: only the trials no finished run
+holds are run (`Pending`). One driver runs an experiment at a time (`orchestrator.run.lease`).
+`fresh=True` deletes the results folder, the Optuna database and the experiment's MLflow runs.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import yaml
+
+from trainables import precision
+from trainables.clip import resolve_device
+from trainables.errors import UserInputError
+
+from orchestrator.run import cluster, fill, moved
+from orchestrator.run.launch import EXIT_FAILED_TRIALS, Outcome, Pending, finalize, optuna_storage, prepare_results
+from orchestrator.run.lease import Lease
+from orchestrator.run.ray_session import keep_resources_busy, prepare_environment, start_ray
+from orchestrator.specs import ExperimentSpec, LoadedSpec, grid, spec_hash
+from orchestrator.track import results_store
+from orchestrator.track.callback import MlflowCallback
+from orchestrator.track.outage import Undelivered
+from orchestrator.track.replay import deliver_undelivered
+from orchestrator.track.store import TrackingStore, check_reachable, git_commit
+from orchestrator.track.trial_errors import user_error_cause
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial_name"]
+
+
+def _deliver(spec: ExperimentSpec, digest: str) -> None:
+    delivered = deliver_undelivered(spec.tracking_uri, spec.name, digest, spec.state_dir, spec.results)
+    if delivered:
+        print(f"Delivered to MLflow the results of {delivered} trial(s) it had missed", flush=True)
+
+
+def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pending: Pending):
+    """A new Tuner at `location`, or the one saved there (`resume`), whose callbacks were pickled with it."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from trainables.trainable import run_trial
+
+    from orchestrator.run.progress import ProgressTable
+    from orchestrator.run.search import CellASHA, CellSearcher
+
+    spec = plan.spec
+    trainable = tune.with_resources(
+        run_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
+    )
+    if resume:
+        moved.resolve_moved_modules()  # Tune unpickles what it saved, perhaps under the flat layout's names
+        return tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True, param_space={})
+    scheduler = None
+    if spec.scheduler.kind == "asha":
+        scheduler = CellASHA(
+            max_t=spec.training.epochs,
+            grace_period=spec.scheduler.grace_period,
+            reduction_factor=spec.scheduler.reduction_factor,
+        )
+    searcher = CellSearcher(
+        plan, optuna_storage(spec) if spec.search.kind == "optuna" else None, pending.finished, pending.studies, pending.budgets
+    )
+    storage_path, name = location.rsplit("/", 1)
+    return tune.Tuner(
+        trainable,
+        param_space={},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=-1,  # the searcher says when every cell is done
+            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            callbacks=[
+                MlflowCallback(spec.tracking_uri, spec.name, digest, spec.state_dir, location),
+                ProgressTable(reused=pending.reused),
+                JsonLoggerCallback(),
+                CSVLoggerCallback(),
+            ],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            log_to_file=True,
+            verbose=0,
+        ),
+    )
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool = False) -> int:
+    """Run (or resume) every trial of the spec; return the exit code (0 done, 1 failed trials, 130 interrupted)."""
+    spec = loaded.spec
+    plan = grid.Plan.of(spec)
+    check_reachable(spec.tracking_uri)
+    prepare_environment()
+    # One driver per experiment: a second launch is refused here, having written nothing.
+    with Lease(spec.storage, spec.name, spec.name):
+        return _run(loaded, plan, address, fresh)
+
+
+def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) -> int:
+    spec = loaded.spec
+    digest = spec_hash(spec)
+    store = TrackingStore(spec.tracking_uri, spec.name)
+    location, resume = prepare_results(spec, digest, store, fresh)
+    spec.state_dir.mkdir(parents=True, exist_ok=True)
+    results_store.write_metadata(
+        spec.results, {"spec_hash": digest, "tracking_uri": spec.tracking_uri, "spec_path": str(loaded.path)}
+    )
+    leftovers = store.close_running("FAILED")  # runs a crashed driver left RUNNING (no other driver runs)
+    pending = Pending.of(plan, store)
+    membership = grid.Membership.of(plan, pending.studies)
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    store.launch_run(digest, spec_yaml, loaded.path, git_commit(), membership)
+
+    reused = f" ({pending.reused} reused, {plan.total_trials - pending.reused} to run)" if pending.reused and not resume else ""
+    print(
+        f"{'Resuming' if resume else 'Starting'} '{spec.name}': {plan.total_trials} trials in "
+        f"{len(plan.cells)} cells{reused}; results in {location}; MLflow at {spec.tracking_uri}"
+        + (f" ({leftovers} runs a crash left RUNNING marked FAILED until resumed)" if leftovers else ""),
+        flush=True,
+    )
+    for cell in pending.changed_spaces:
+        print(f"Cell {cell} searches another space than its Optuna study did: a new study, "
+              f"{pending.studies[cell]} (the earlier one stays in {optuna_storage(spec)})", flush=True)  # fmt: skip
+    if address is None:
+        # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
+        # nothing else runs; on a cluster the GPU nodes do (below).
+        fill.fill_locally(plan)
+        print(precision.resolve(spec.training.precision, resolve_device("auto"))[1].capitalize(), flush=True)
+    started_ray = start_ray(address)
+    results, stopped = None, False
+    # A batch system's SIGTERM ends the launch like a second Ctrl-C: runs closed, state kept.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        keep_resources_busy(spec)
+        if address is not None:
+            cluster.check_shared_storage(spec.results)
+            fill.fill_on_cluster(plan)
+        _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
+        results = _build_tuner(plan, digest, location, resume, pending).fit()
+        if Undelivered(spec.state_dir).trials():
+            check_reachable(spec.tracking_uri)  # still down: the results wait (below)
+            _deliver(spec, digest)
+    except KeyboardInterrupt:
+        stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
+    except UserInputError as error:
+        waiting = Undelivered(spec.state_dir).trials()
+        if not waiting:
+            store.close_running("FAILED")
+            raise
+        # Tune has finished; only MLflow is missing results. Nothing is lost: Ray's results hold them.
+        print(
+            f"{error}\nThe results of {len(waiting)} trial(s) wait in {location}; run the same command "
+            "again once the server answers to deliver them (finished trials are not rerun).",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED_TRIALS
+    except BaseException:
+        store.close_running("FAILED")
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    outcome = finalize(store, plan, stopped, membership, digest)
+    user_errors = sorted({str(cause) for cause in map(user_error_cause, results.errors if results else []) if cause})
+    if user_errors:
+        raise UserInputError("\n".join(user_errors))  # the runs are closed; fix the input and rerun
+    _report(spec, outcome)
+    return outcome.exit_code
+
+
+def _report(spec: ExperimentSpec, outcome: Outcome) -> None:
+    if outcome.interrupted:
+        print(
+            f"Stopped with {outcome.finished} of {outcome.expected} trials finished; "
+            "run the same command again to resume."
+        )
+    elif outcome.failed:
+        print(
+            f"{outcome.failed} of {outcome.expected} trials failed (errors in each trial's folder under "
+            f"{spec.results}); run the same command again to retry them from their last checkpoint."
+        )
+    else:
+        print(f"All {outcome.expected} trials finished. Browse them with: python -m orchestrator ui")

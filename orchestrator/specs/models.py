@@ -1,0 +1,193 @@
+"""The experiment spec's schema: `ExperimentSpec`, one pydantic model with a model per section
+(`orchestrator.specs.sections`), unknown keys rejected.
+
+It is a whole ablation grid: the datasets, backbone and setups, the label ratios and seeds, how each
+trial trains, what is searched, how trials are scheduled, and where results go. Reading a file is
+`orchestrator.specs.load`; the rules across fields are `orchestrator.specs.checks`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from trainables.config import DatasetConfig, FeatureConfig, Strict
+
+from orchestrator.specs.ood import LAPT_SETUP, OODSpec
+from orchestrator.specs.paths import STORAGE_SCHEMES, absolute, is_uri, resolve_tracking_uri, without_paths
+from orchestrator.specs.sections import (
+    LR_PARAM_PREFIX,
+    BackboneSpec,
+    GridSearch,
+    LossSpec,
+    NoScheduler,
+    Resources,
+    Scheduler,
+    Search,
+    SearchRange,
+    TrainingSpec,
+    _unique,
+)
+
+
+class ExperimentSpec(Strict):
+    """A whole experiment: the grid (datasets x setups x label ratios x seeds), how each trial
+    trains, what is searched, how trials are scheduled, and where results go."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Names the MLflow experiment and the results `<storage>/<name>`."""
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    """The multi-label datasets of the MLR setups."""
+    backbone: BackboneSpec = BackboneSpec()
+    features: FeatureConfig = FeatureConfig()
+    setups: list[str] = Field(min_length=1)
+    setup_options: dict[str, dict] = Field(default_factory=dict)
+    """Keyword options per setup name, passed to `trainables.setups.build`."""
+    label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
+    """The MLR setups' fractions of known labels (LAPT's are `ood.label_ratios`)."""
+    seeds: list[int] = Field(min_length=1)
+    training: TrainingSpec = TrainingSpec()
+    lr_per_setup: dict[str, dict[str, Annotated[float, Field(ge=0.0)]]] = Field(default_factory=dict)
+    """Learning rates of one setup's groups that replace `training.lr`'s for that setup's trials
+    (`{negative_coop: {prompt: 0.02}}`): each setup at the rates its own search found."""
+    loss: LossSpec = LossSpec()
+    search: Search = GridSearch()
+    scheduler: Scheduler = NoScheduler()
+    resources: Resources = Resources()
+    storage: str = Field("runs", validate_default=True)
+    """Where Ray Tune keeps results and checkpoints, `<storage>/<name>`: a folder (on a cluster, one
+    every node mounts at the same path) or an object store URI (`s3://bucket/prefix`; MinIO and
+    other S3 endpoints through AWS_ENDPOINT_URL, credentials as boto3 reads them, on every node)."""
+    state_dir: Path | None = Field(None, validate_default=True)
+    """The driver's own files: the Optuna database, the run's metadata, the trials MLflow missed.
+    Default: the results folder itself when `storage` is a folder, `runs/<name>` of the working
+    directory when it is a URI (keep it on a volume that outlives the driver to resume there)."""
+    data_dir: Path = Field(Path("runs/data"), validate_default=True)
+    """Where generated (synthetic) datasets are written."""
+    cache_dir: Path = Field(Path("runs/cache"), validate_default=True)
+    """The frozen-feature cache, shared by every trial."""
+    tracking_uri: str | None = Field(None, validate_default=True)
+    """MLflow tracking URI; default `sqlite:///<working dir>/mlflow.db`."""
+    ood: OODSpec | None = None
+    """What the `lapt` setup (the OOD-detection family) runs on; see `orchestrator.specs.ood`."""
+
+    @field_validator("setups")
+    @classmethod
+    def _known_setups(cls, value: list[str]) -> list[str]:
+        from trainables import setups
+
+        known = [*setups.names(), LAPT_SETUP]
+        unknown = [name for name in value if name not in known]
+        if unknown:
+            raise ValueError(f"unknown setup(s) {unknown}; known: {sorted(known)}")
+        return _unique(value)
+
+    @property
+    def mlr_setups(self) -> list[str]:
+        """The multi-label setups of `setups` (all but `lapt`)."""
+        return [name for name in self.setups if name != LAPT_SETUP]
+
+    @property
+    def runs_ood(self) -> bool:
+        return LAPT_SETUP in self.setups
+
+    @field_validator("label_ratios", "seeds")
+    @classmethod
+    def _no_duplicates(cls, value: list) -> list:
+        return _unique(value)
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_paths(cls, value: list[DatasetConfig]) -> list[DatasetConfig]:
+        _unique([d.name for d in value])
+        paths = ("root", "train_manifest", "test_manifest")
+        return [
+            d.model_copy(update={f: absolute(getattr(d, f)) for f in paths if getattr(d, f) is not None})
+            for d in value
+        ]
+
+    @field_validator("data_dir", "cache_dir")
+    @classmethod
+    def _absolute_path(cls, value: Path) -> Path:
+        return absolute(value)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        scheme = urlparse(value).scheme
+        if scheme in STORAGE_SCHEMES:
+            if not urlparse(value).netloc:
+                raise ValueError(f"'{value}' names no bucket: {scheme}://bucket/prefix")
+            return value.rstrip("/")
+        if "://" in value:
+            raise ValueError(f"'{value}': storage is a folder or a {'/'.join(STORAGE_SCHEMES)} URI")
+        return str(absolute(Path(value)))
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            return absolute(value)
+        if "storage" not in info.data or "name" not in info.data:
+            return None  # reported by their own validation
+        if is_uri(info.data["storage"]):
+            return absolute(Path("runs") / info.data["name"])
+        return Path(info.data["storage"]) / info.data["name"]
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking_uri(cls, value: str | None) -> str:
+        return resolve_tracking_uri(value)
+
+    @property
+    def results(self) -> str:
+        """Ray Tune's experiment folder or URI for this spec, `<storage>/<name>`."""
+        return f"{self.storage}/{self.name}"
+
+    def search_space(self, setup: str) -> dict[str, SearchRange]:
+        """What Optuna searches in `setup`'s cells, by parameter name: the loss ranges (`gamma_neg`)
+        and the ranges of the setup's own learning-rate groups (`lr.prompt`) that `lr_per_setup`
+        does not fix for it."""
+        from trainables import setups
+
+        fixed_here = self.lr_per_setup.get(setup, {})
+        lr = {
+            f"{LR_PARAM_PREFIX}{group}": interval
+            for group, interval in self.training.lr_ranges().items()
+            if group in setups.lr_groups(setup) and group not in fixed_here
+        }
+        return {**self.loss.ranges(), **lr}
+
+    def learning_rates(self, setup: str, sampled: dict[str, float] | None = None) -> dict[str, float]:
+        """The learning rate of each of `setup`'s groups: `lr_per_setup`, else the value Optuna
+        sampled (`{"lr.prompt": 0.01}`), else `training.lr`."""
+        from trainables import setups
+
+        sampled, own = sampled or {}, self.lr_per_setup.get(setup, {})
+        rates = {}
+        for group in setups.lr_groups(setup):
+            value = own.get(group, self.training.lr.get(group))
+            if isinstance(value, SearchRange):
+                value = sampled[f"{LR_PARAM_PREFIX}{group}"]
+            if value is not None:  # a missing group is reported by validation
+                rates[group] = value
+        return rates
+
+
+RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
+                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler", "ood")  # fmt: skip
+"""What decides the trials and their results; paths, resources and the tracking URI do not."""
+
+
+def spec_hash(spec: ExperimentSpec) -> str:
+    """A short stable hash of what decides the results; resuming with a different one is refused."""
+    payload = without_paths(spec.model_dump(mode="json", include=set(RESULT_FIELDS)))
+    if payload["ood"] is None:
+        del payload["ood"]  # specs without LAPT keep the hashes they had before the OOD family
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,234 @@
+"""The sections of an experiment spec: loss settings (a value, a grid axis or a search range), the
+backbone and training sections with their axes and ranges, the search, the scheduler, the resources.
+
+A numeric loss setting or learning rate may be a number, a list (a grid axis) or a `{low, high}`
+range (searched by Optuna); the union's tags (`~number`, `~list`, `~range`) steer pydantic's errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from trainables.config import BackboneConfig, LossConfig, Strict, TrainingConfig
+
+_TAG = "~"
+"""Prefix of the union tags below; pydantic puts tags in error locations, and the report drops them."""
+
+_ALL_GROUPS = frozenset({"prompt", "embedding", "projector"})
+"""Every learning-rate group a setup may have (docs/ARCHITECTURE.md); the default `training.lr` names all three."""
+
+# -- loss settings: a fixed value, a grid axis or a search range -----------------------------------
+
+
+class SearchRange(Strict):
+    """A continuous interval for Optuna (`{low: 0, high: 4}`; `log: true` samples on a log scale)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SearchRange":
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+def _axis_kind(value: Any) -> str:
+    if isinstance(value, (dict, SearchRange)):
+        return f"{_TAG}range"
+    if isinstance(value, (list, tuple)):
+        return f"{_TAG}list"
+    return f"{_TAG}number"
+
+
+def _loss_axis(name: str) -> Any:
+    """The type of a numeric loss setting, with the bounds `LossConfig` puts on that field."""
+    value = Annotated[float, *LossConfig.model_fields[name].metadata]
+    return Annotated[
+        Annotated[value, Tag(f"{_TAG}number")]
+        | Annotated[list[value], Field(min_length=1), Tag(f"{_TAG}list")]
+        | Annotated[SearchRange, Tag(f"{_TAG}range")],
+        Discriminator(_axis_kind),
+    ]
+
+
+def _loss_default(name: str) -> Any:
+    return LossConfig.model_fields[name].default
+
+
+NUMERIC_LOSS_FIELDS = ("gamma_neg", "gamma_pos", "clip", "eps", "weight")
+"""The loss settings that may be a grid axis (a list) or a search range; the rest are fixed."""
+
+
+class LossSpec(Strict):
+    """`LossConfig`'s fields; the numeric ones may also be a list (grid axis) or a range (Optuna)."""
+
+    activation: Literal["softmax", "sigmoid"] = _loss_default("activation")
+    gamma_neg: _loss_axis("gamma_neg") = _loss_default("gamma_neg")
+    gamma_pos: _loss_axis("gamma_pos") = _loss_default("gamma_pos")
+    clip: _loss_axis("clip") = _loss_default("clip")
+    eps: _loss_axis("eps") = _loss_default("eps")
+    reduction: Literal["sum", "mean"] = _loss_default("reduction")
+    weight: _loss_axis("weight") = _loss_default("weight")
+    detach_focal_weight: bool = _loss_default("detach_focal_weight")
+
+    def axes(self) -> dict[str, list[float]]:
+        """The grid axes: numeric settings given as lists."""
+        return {f: getattr(self, f) for f in NUMERIC_LOSS_FIELDS if isinstance(getattr(self, f), list)}
+
+    def ranges(self) -> dict[str, SearchRange]:
+        """The Optuna search space: numeric settings given as ranges."""
+        return {f: getattr(self, f) for f in NUMERIC_LOSS_FIELDS if isinstance(getattr(self, f), SearchRange)}
+
+    def fixed(self) -> dict[str, Any]:
+        """Every setting given as a single value."""
+        return {
+            f: getattr(self, f)
+            for f in LossSpec.model_fields
+            if not isinstance(getattr(self, f), (list, SearchRange))
+        }
+
+
+LearningRate = Annotated[
+    Annotated[Annotated[float, Field(ge=0.0)], Tag(f"{_TAG}number")] | Annotated[SearchRange, Tag(f"{_TAG}range")],
+    Discriminator(_axis_kind),
+]
+
+NegationRate = Annotated[float, Field(ge=0.0, le=1.0)]
+PretrainingSeed = Annotated[int, Field(ge=0)]
+
+
+class BackboneSpec(BackboneConfig):
+    """`BackboneConfig`, where `synthetic_negation_rate` and `synthetic_seed` may also be lists:
+    grid axes of synthetic backbones, one pre-trained checkpoint per (rate, seed) (the negation
+    testbed; several pre-training seeds separate the rate's effect from one checkpoint's draw)."""
+
+    synthetic_negation_rate: NegationRate | Annotated[list[NegationRate], Field(min_length=1)] = 0.0
+    synthetic_seed: PretrainingSeed | Annotated[list[PretrainingSeed], Field(min_length=1)] = 0
+
+    @field_validator("synthetic_negation_rate", "synthetic_seed")
+    @classmethod
+    def _distinct(cls, value: float | list) -> float | list:
+        return _unique(value) if isinstance(value, list) else value
+
+    @property
+    def negation_rates(self) -> list[float]:
+        rate = self.synthetic_negation_rate
+        return list(rate) if isinstance(rate, list) else [rate]
+
+    @property
+    def pretraining_seeds(self) -> list[int]:
+        seed = self.synthetic_seed
+        return list(seed) if isinstance(seed, list) else [seed]
+
+    def configs(self) -> list[BackboneConfig]:
+        """One `BackboneConfig` per (negation rate, pre-training seed), rates outermost."""
+        fields = self.model_dump(exclude={"synthetic_negation_rate", "synthetic_seed"})
+        return [
+            BackboneConfig(**fields, synthetic_negation_rate=rate, synthetic_seed=seed)
+            for rate, seed in itertools.product(self.negation_rates, self.pretraining_seeds)
+        ]
+
+
+class TrainingSpec(TrainingConfig):
+    """`TrainingConfig`, where a learning-rate group may also be a search range for Optuna
+    (`lr: {prompt: {low: 1e-5, high: 1e-1, log: true}}`)."""
+
+    lr: dict[str, LearningRate] = Field(default_factory=lambda: dict(TrainingConfig().lr))
+
+    def lr_ranges(self) -> dict[str, SearchRange]:
+        """The learning-rate groups Optuna searches."""
+        return {group: value for group, value in self.lr.items() if isinstance(value, SearchRange)}
+
+    def config(self, lr: dict[str, float]) -> TrainingConfig:
+        """The trial's `TrainingConfig`, with `lr` (every group, searched ones sampled)."""
+        return TrainingConfig(**{**self.model_dump(exclude={"lr"}), "lr": lr})
+
+
+LR_PARAM_PREFIX = "lr."
+"""Optuna parameter names of learning-rate groups (`lr.prompt`); loss settings are named by field (`gamma_neg`)."""
+
+
+# -- search, scheduler, resources ------------------------------------------------------------------
+
+
+def _kind_of(value: Any) -> str | None:
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return f"{_TAG}{kind}" if kind is not None else None
+
+
+class GridSearch(Strict):
+    """Every trial of every cell is given by the spec (list axes of the loss, if any)."""
+
+    kind: Literal["grid"] = "grid"
+
+
+class OptunaSearch(Strict):
+    """One Optuna study per cell over the loss and learning-rate ranges; `num_samples` trials per cell."""
+
+    kind: Literal["optuna"]
+    sampler: Literal["tpe", "random", "cmaes"] = "tpe"
+    num_samples: int = Field(ge=1)
+    metric: Literal["best_mAP", "mAP"] = "best_mAP"
+    """What a finished trial tells its study: the best epoch's mAP, or the last epoch's (`mAP`)."""
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+
+
+class NoScheduler(Strict):
+    kind: Literal["none"] = "none"
+
+
+class AshaScheduler(Strict):
+    """Asynchronous successive halving on the per-epoch mAP, within each cell (max_t = epochs)."""
+
+    kind: Literal["asha"]
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+Search = Annotated[
+    Annotated[GridSearch, Tag(f"{_TAG}grid")] | Annotated[OptunaSearch, Tag(f"{_TAG}optuna")],
+    Discriminator(_kind_of, custom_error_type="invalid_kind", custom_error_message="kind must be grid or optuna"),
+]
+Scheduler = Annotated[
+    Annotated[NoScheduler, Tag(f"{_TAG}none")] | Annotated[AshaScheduler, Tag(f"{_TAG}asha")],
+    Discriminator(_kind_of, custom_error_type="invalid_kind", custom_error_message="kind must be none or asha"),
+]
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    """A fraction (0.5) packs several trials on one GPU; above 1 it must be a whole number."""
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    """None: as many as the cluster's CPUs and GPUs allow."""
+    max_failures: int = Field(0, ge=0)
+    """How often Ray restarts a failed trial from its last checkpoint, on any node: set it on a
+    cluster whose nodes can go away. Every failure counts, a diverged (NaN) trial's too."""
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not value.is_integer():
+            raise ValueError("above 1, gpus_per_trial must be a whole number")
+        return value
+
+    @property
+    def gpu_share(self) -> float:
+        """The fraction of one GPU a trial holds (1 with a GPU or more, or none)."""
+        return self.gpus_per_trial if 0 < self.gpus_per_trial < 1 else 1.0
+
+
+def _unique(values: list) -> list:
+    duplicates = [value for value, count in Counter(values).items() if count > 1]
+    if duplicates:
+        raise ValueError(f"duplicate values {duplicates}")
+    return values

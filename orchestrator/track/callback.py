@@ -1,0 +1,296 @@
+"""MLflow: the driver is the one writer; every run is keyed by tags and looked up before it is made.
+
+Run tree in one experiment per spec (docs/ARCHITECTURE.md): a launch run keyed by the spec hash,
+a run per cell under it, and a run per trial under its cell. The Tune callback here writes the
+cell and trial runs as trials start, report and end; the driver writes the launch run and closes
+whatever is still RUNNING when it exits, so a crash never leaves a run RUNNING for long: the next
+launch marks leftovers FAILED before resuming, and a resumed trial sets its run back to RUNNING.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import Callback
+
+from trainables.config import TrialConfig
+from trainables.errors import UserInputError
+from trainables.ood.config import OODTrialConfig
+from trainables.tasks import family_of
+
+from orchestrator.track.outage import PROBE_INTERVAL_S, Undelivered, is_unreachable
+from orchestrator.track.schema import (
+    CELL_KEY_TAG,
+    CELL_ROLE,
+    CONFIG_HASH_TAG,
+    EPOCH_METRICS,
+    ERROR_FILE_TAG,
+    ERROR_TAG,
+    FAMILY_TAG,
+    FINAL_METRICS,
+    GIT_COMMIT_TAG,
+    LAST_FAILURE_TAG,
+    LAST_MAP,
+    LAUNCH_ROLE,
+    OOD_FINAL_METRICS,
+    OOD_UNLOGGED,
+    PARENT_RUN_TAG,
+    RAY_NODE_TAG,
+    RESOLVED_PARAM_PREFIX,
+    RETRIES_TAG,
+    ROLE_TAG,
+    SPEC_HASH_TAG,
+    STUDY_TAG,
+    TRIAL_KEY_TAG,
+    TRIAL_ROLE,
+)
+from orchestrator.track.store import TrackingStore, backbone_tag, check_reachable, flatten, git_commit
+from orchestrator.track.trial_errors import error_path, error_summary, traceback_text
+
+
+def _unless_unreachable(handler):
+    """Run a trial event's handler unless the server is down or the trial already missed an
+    event: then list the trial as undelivered (its run is rebuilt later from Ray's results)."""
+
+    @functools.wraps(handler)
+    def guarded(self, iteration: int, trials: list, trial, *args, **info) -> None:
+        if self.results_dir is None:
+            return handler(self, iteration, trials, trial, *args, **info)
+        undelivered = Undelivered(self.results_dir)
+        if trial.trial_id in undelivered.trials() or not self._server_answers():
+            undelivered.add(trial.trial_id, self.tune_location)
+            return None
+        try:
+            return handler(self, iteration, trials, trial, *args, **info)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._down_until = time.monotonic() + PROBE_INTERVAL_S
+            undelivered.add(trial.trial_id, self.tune_location)
+            print(f"MLflow at {self.tracking_uri} does not answer; trial results are kept in {self.results_dir} "
+                  "and delivered when it does", file=sys.stderr, flush=True)  # fmt: skip
+            return None
+
+    return guarded
+
+
+class MlflowCallback(Callback):
+    """Writes the cell and trial runs of one spec from the Tune driver (no trial talks to MLflow).
+
+    Not Ray's MLflowLoggerCallback, which duplicates runs after `Tuner.restore`: here a trial's run
+    is looked up by its `orchestrator.trial_key` tag before one is made, and a resumed trial
+    continues logging after the last epoch its run already has.
+    """
+
+    def __init__(
+        self, tracking_uri: str, experiment_name: str, spec_hash: str, results_dir: Path | None = None,
+        tune_location: str | None = None,
+    ):  # fmt: skip
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.spec_hash = spec_hash
+        self.results_dir = results_dir
+        """The driver's folder (`ExperimentSpec.state_dir`): where the trials that MLflow missed are listed (`Undelivered`)."""
+        self.tune_location = tune_location
+        """Where the Tune experiment of this launch keeps its trials' results (to deliver them from)."""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._store: TrackingStore | None = None
+        self._commit = "unknown"
+        self._launch_run: str | None = None
+        self._cell_runs: dict[str, str] = {}
+        self._trial_runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self._logged_up_to: dict[str, int] = {}  # Ray trial id -> last epoch its run holds
+        self._final_logged: set[str] = set()  # Ray trial ids whose run already has its final metrics
+        self._nodes: dict[str, str] = {}  # Ray trial id -> the node its run's tag names
+        self._train_sets: dict[str, object] = {}
+        self._down_until = 0.0  # while the server does not answer: when to ask it again
+
+    def __getstate__(self) -> dict:
+        # Pickled into Tune's experiment state: configuration only, never a client or a dataset.
+        return {"tracking_uri": self.tracking_uri, "experiment_name": self.experiment_name, "spec_hash": self.spec_hash,
+                "results_dir": self.results_dir, "tune_location": self.tune_location}  # fmt: skip
+
+    def __setstate__(self, state: dict) -> None:
+        self.results_dir = self.tune_location = None  # in states pickled before they existed
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def store(self) -> TrackingStore:
+        if self._store is None:
+            self._store = TrackingStore(self.tracking_uri, self.experiment_name)
+        return self._store
+
+    def setup(self, **info) -> None:
+        self._commit = git_commit()
+
+    def _server_answers(self) -> bool:
+        """False while a server that stopped answering has not been asked again (every PROBE_INTERVAL_S)."""
+        if time.monotonic() >= self._down_until:
+            return True
+        try:
+            check_reachable(self.tracking_uri, timeout_s=2.0)
+        except UserInputError:
+            self._down_until = time.monotonic() + PROBE_INTERVAL_S
+            return False
+        self._down_until = 0.0
+        return True
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def _launch(self) -> str:
+        if self._launch_run is None:
+            run = self.store.find(**{ROLE_TAG: LAUNCH_ROLE, SPEC_HASH_TAG: self.spec_hash})
+            if run is None:
+                raise RuntimeError("the driver creates the launch run before Tune starts")
+            self._launch_run = run.info.run_id
+        return self._launch_run
+
+    def _tags(self, config: TrialConfig | OODTrialConfig, cell_key: str, setup: str) -> dict[str, str]:
+        """The tags of a cell's runs: its key, the key tags (`schema.KEY_TAGS`), the family, the spec hash and the commit."""
+        ood = isinstance(config, OODTrialConfig)
+        return {
+            CELL_KEY_TAG: cell_key,
+            FAMILY_TAG: "ood" if ood else "mlr",
+            "setup": setup,
+            "dataset": config.id_dataset.name if ood else config.dataset.name,
+            "backbone": backbone_tag(config),
+            "label_ratio": f"{config.label_ratio:g}",
+            "seed": str(config.seed),
+            SPEC_HASH_TAG: self.spec_hash,
+            GIT_COMMIT_TAG: self._commit,
+        }
+
+    def _cell_run(self, config: TrialConfig | OODTrialConfig, cell_key: str, setup: str) -> str:
+        if cell_key not in self._cell_runs:
+            tags = {**self._tags(config, cell_key, setup), ROLE_TAG: CELL_ROLE, PARENT_RUN_TAG: self._launch()}
+            run_id, created = self.store.find_or_create(cell_key, tags, (ROLE_TAG, CELL_KEY_TAG, SPEC_HASH_TAG))
+            if created and isinstance(config, TrialConfig):
+                self._log_partial_labels(run_id, config)
+            self._cell_runs[cell_key] = run_id
+        return self._cell_runs[cell_key]
+
+    def _log_partial_labels(self, run_id: str, config: TrialConfig) -> None:
+        """The cell's partial-label mask, as every trial of the cell draws it (cheap, deterministic)."""
+        from trainables import data
+
+        dataset_key = config.dataset.model_dump_json()
+        if dataset_key not in self._train_sets:
+            self._train_sets[dataset_key] = data.build_dataset(config.dataset, "train", config.data_dir)
+        train = self._train_sets[dataset_key]
+        mask = data.dataset_partial_labels(train, config.label_ratio, config.seed)
+        self.store.log_file(
+            run_id,
+            "partial_labels.npz",
+            lambda path: data.save_partial_labels(
+                path, mask, train.labels, ratio=config.label_ratio, seed=config.seed, key=data.dataset_key(train)
+            ),
+        )
+        self.store.log(run_id, {"kept_fraction": data.kept_fraction(mask, train.labels)})
+
+    @_unless_unreachable
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        family = family_of(trial.config)
+        config = family.config.model_validate(trial.config["trial_config"])
+        cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
+        setup = trial.config.get("setup", config.setup)  # configs made before the OOD family name no setup
+        existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
+        if existing is not None and trial.checkpoint is None and existing.data.metrics:
+            # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
+            # knows of): a clean run, so that its history holds each epoch once.
+            self.store.client.delete_run(existing.info.run_id)
+            existing = None
+        if existing is None:
+            tags = {**self._tags(config, cell_key, setup), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
+                    PARENT_RUN_TAG: self._cell_run(config, cell_key, setup)}  # fmt: skip
+            if "config_hash" in trial.config:  # configs made before trials carried it have none
+                tags[CONFIG_HASH_TAG] = trial.config["config_hash"]
+            if "study" in trial.config:
+                tags[STUDY_TAG] = trial.config["study"]
+            run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=trial.config["trial_name"])
+            run_id = run.info.run_id
+            self.store.log(run_id, params=flatten(trial.config["trial_config"]))
+            self._logged_up_to[trial.trial_id] = 0
+        else:
+            run_id = existing.info.run_id
+            self.store.client.update_run(run_id, status="RUNNING")
+            self._cell_run(config, cell_key, setup)  # a cell run left FAILED by a crash is RUNNING again
+            self._logged_up_to[trial.trial_id] = self.store.max_step(run_id, family.metric)
+            if f"best_{family.metric}" in existing.data.metrics:
+                # It finished just before a crash that kept Tune from recording it: Tune resumes
+                # it from its last checkpoint, and it ends at once without a new epoch.
+                self._final_logged.add(trial.trial_id)
+        self._trial_runs[trial.trial_id] = run_id
+
+    @_unless_unreachable
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        epoch = int(result["epoch"])
+        if epoch <= self._logged_up_to.get(trial.trial_id, 0):
+            return  # already logged before a restart from an older checkpoint
+        if family_of(trial.config).name == "ood":
+            metrics = {k: v for k, v in result.items() if k not in OOD_UNLOGGED and isinstance(v, (int, float))}
+        else:
+            metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
+        # What the trial's `auto` settings became on its device (the same at every epoch).
+        resolved = flatten(result.get("resolved", {}), RESOLVED_PARAM_PREFIX)
+        run_id = self._trial_runs[trial.trial_id]
+        self.store.log(run_id, metrics, step=epoch, params=resolved)
+        self._logged_up_to[trial.trial_id] = epoch
+        node = f"{result['node_id']} ({result['hostname']})"
+        if self._nodes.get(trial.trial_id) != node:  # a trial restarted elsewhere moves on
+            self.store.client.set_tag(run_id, RAY_NODE_TAG, node)
+            self._nodes[trial.trial_id] = node
+
+    @_unless_unreachable
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id = self._trial_runs[trial.trial_id]
+        result = trial.last_result
+        if trial.trial_id in self._final_logged:
+            self.store.end(run_id, "FINISHED")
+        elif "epoch" in result and family_of(trial.config).name == "ood":
+            self.store.log(run_id, {k: result[k] for k in OOD_FINAL_METRICS}, step=int(result["epoch"]))
+            labels = "\n".join(result["negative_labels"]) + "\n"
+            self.store.log_file(run_id, "negative_labels.txt", lambda path: Path(path).write_text(labels))
+            self.store.end(run_id, "FINISHED")
+        elif "epoch" in result:
+            final = {k: result[k] for k in FINAL_METRICS if k != LAST_MAP}
+            final[LAST_MAP] = result["mAP"]
+            self.store.log(run_id, final, step=int(result["epoch"]))
+            per_class = pd.DataFrame({"class": result["classnames"], "ap": result["best_per_class_ap"]})
+            self.store.log_file(run_id, "per_class_ap.csv", lambda path: per_class.to_csv(path, index=False))
+            self.store.end(run_id, "FINISHED")
+        else:
+            self.store.end(run_id, "FAILED")  # stopped before its first epoch
+
+    @_unless_unreachable
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        """A failed trial: its run FAILED, the reason as a tag, the traceback as `error.txt`."""
+        run_id = self._trial_runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        tags = {ERROR_TAG: error_summary(trial)}
+        path = error_path(trial)
+        if path is not None:
+            tags[ERROR_FILE_TAG] = str(path)
+        for name, value in tags.items():
+            self.store.client.set_tag(run_id, name, value)
+        traceback = traceback_text(trial)
+        if traceback:
+            self.store.log_file(run_id, "error.txt", lambda file: Path(file).write_text(traceback))
+        self.store.end(run_id, "FAILED")
+
+    @_unless_unreachable
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """Ray restarts a failed trial from its last checkpoint (`FailureConfig.max_failures`): say why on its run."""
+        run_id = self._trial_runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        retries = int(self.store.client.get_run(run_id).data.tags.get(RETRIES_TAG, "0")) + 1
+        self.store.client.set_tag(run_id, RETRIES_TAG, str(retries))
+        self.store.client.set_tag(run_id, LAST_FAILURE_TAG, error_summary(trial))

@@ -1,0 +1,59 @@
+"""While the tracking server does not answer: which trials MLflow missed, kept beside the results.
+
+The callback lists them (`Undelivered`) instead of failing the launch; a later launch delivers them
+from Ray's results (`orchestrator.track.replay`).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+PROBE_INTERVAL_S = 30.0
+"""While the tracking server is down, how often the driver asks it again."""
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether an MLflow call failed because the server did not answer (not because it refused)."""
+    if isinstance(error, (ConnectionError, TimeoutError, urllib.error.URLError)):
+        return True
+    if isinstance(error, MlflowException):
+        text = str(error)
+        return error.get_http_status_code() in (502, 503, 504) or "Max retries exceeded" in text or "Connection" in text
+    return type(error).__module__.startswith(("requests", "urllib3")) and "Connection" in type(error).__name__
+
+
+class Undelivered:
+    """The trials whose MLflow logging an unreachable server interrupted, listed in the driver's
+    folder (`mlflow-undelivered.json` in `ExperimentSpec.state_dir`) by the Tune experiment that
+    holds their results, so that a later launch delivers them from there."""
+
+    FILE = "mlflow-undelivered.json"
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / self.FILE
+
+    def by_location(self) -> dict[str, list[str]]:
+        """Ray trial ids by their Tune experiment's location ("": the experiment's own folder, where
+        Tune kept them before each spec had its own; a list written then reads so)."""
+        if not self.path.is_file():
+            return {}
+        listed = json.loads(self.path.read_text())
+        return {"": listed} if isinstance(listed, list) else listed
+
+    def trials(self) -> list[str]:
+        """Ray trial ids, sorted."""
+        return sorted(trial for trials in self.by_location().values() for trial in trials)
+
+    def add(self, trial_id: str, location: str | None) -> None:
+        """List `trial_id` under its Tune experiment's location (None: the experiment's own folder)."""
+        listed = self.by_location()
+        listed[location or ""] = sorted({*listed.get(location or "", []), trial_id})
+        self.path.write_text(json.dumps(listed))
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
