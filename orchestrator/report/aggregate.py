@@ -19,15 +19,6 @@ import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.experiment import (
-    current_membership,
-    experiment_id,
-    in_current_spec,
-    launch_run,
-    open_store,
-    resolve_target,
-    spec_source,
-)
 from orchestrator.report.render import FORMATS
 from orchestrator.track.schema import LAUNCH_ROLE, RANKING_METRICS, ROLE_TAG
 
@@ -173,20 +164,26 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.report import negation_table, ood_table
     from orchestrator.report.comparison_table import build_table, load_reference
     from orchestrator.report.comparison_text import print_rich, render
-    from orchestrator.report.reader import read_trials
+    from orchestrator.report.experiment import (
+        experiment_id,
+        launch_run,
+        open_store,
+        resolve_target,
+        spec_source,
+        trials_of_spec,
+    )
 
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
     experiment = experiment_id(client, target)
-    all_trials = read_trials(client, experiment)
-    if all_trials.empty:
-        raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
     launch = launch_run(client, experiment)
-    current = in_current_spec(all_trials, current_membership(client, launch))
-    if not current.all():
-        print(f"{(~current).sum()} trial run(s) of earlier versions of the spec, not in its grid now, are left out "
+    all_trials, left_out = trials_of_spec(client, experiment, launch)
+    if all_trials.empty and not left_out:
+        raise UserInputError(f"MLflow experiment '{target.experiment_name}' has no trial runs")
+    if left_out:
+        print(f"{left_out} trial run(s) of earlier versions of the spec, not in its grid now, are left out "
               "(they stay in MLflow)", file=sys.stderr)  # fmt: skip
-    all_trials = trials = all_trials[current]
+    trials = all_trials
     ood_trials = ood_table.read_ood_trials(client, experiment)
     if not ood_trials.empty:
         ood_trials = ood_trials[ood_trials["run_id"].isin(all_trials["run_id"])]

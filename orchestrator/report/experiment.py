@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from trainables.errors import UserInputError
 
+from orchestrator.report.reader import read_trials
 from orchestrator.specs import read_yaml, require_existing_store, resolve_spec_path, resolve_tracking_uri
 from orchestrator.specs.grid import Membership
 from orchestrator.track.schema import LAUNCH_ROLE, LAUNCHED_AT_TAG, PLAN_ARTIFACT, SPEC_PATH_TAG, role_filter
@@ -108,6 +109,16 @@ def in_current_spec(trials: pd.DataFrame, membership: Membership | None) -> pd.S
         return trials["run_id"].notna()
     return trials.apply(lambda row: membership.contains(row["cell_key"], row["config_hash"], row["trial_key"], row["study"]), axis=1).astype(bool)
 
+
+
+def trials_of_spec(client: MlflowClient, experiment_id: str, launch: Run | None) -> tuple[pd.DataFrame, int]:
+    """The trial runs of the spec as last launched (`read_trials`), and how many runs of earlier
+    versions of the spec (a grid since shrunk or edited) that leaves out."""
+    everything = read_trials(client, experiment_id)
+    if everything.empty:
+        return everything, 0
+    current = in_current_spec(everything, current_membership(client, launch))
+    return everything[current], int((~current).sum())
 
 def spec_source(client: MlflowClient, target: Target, launch: Run | None) -> tuple[str, dict | None]:
     """The spec to name in a rerun command, and its contents when readable.

@@ -14,15 +14,7 @@ import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.experiment import (
-    current_membership,
-    experiment_id,
-    in_current_spec,
-    launch_run,
-    open_store,
-    resolve_target,
-)
-from orchestrator.report.reader import read_trials
+from orchestrator.report.experiment import experiment_id, launch_run, open_store, resolve_target, trials_of_spec
 from orchestrator.specs import ExperimentSpec, grid
 from orchestrator.track.schema import EPOCH_METRICS
 
@@ -42,9 +34,7 @@ def expected_trials(client, launch) -> int | None:
 
 def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> str:
     launch = launch_run(client, experiment_id)
-    everything = read_trials(client, experiment_id)
-    current = in_current_spec(everything, current_membership(client, launch)) if len(everything) else []
-    trials = everything[current] if len(everything) else everything
+    trials, left_out = trials_of_spec(client, experiment_id, launch)
     counts = trials["status"].value_counts()
     running, failed = trials[trials["status"] == "RUNNING"], trials[trials["status"].isin(["FAILED", "KILLED"])]
     expected = expected_trials(client, launch)
@@ -53,8 +43,8 @@ def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> s
     parts = [f"{counts.get('FINISHED', 0)} finished", f"{len(running)} running", f"{len(failed)} failed"]
     parts.append(f"{pending} pending" if pending is not None else "pending unknown (the launch run has no spec.yaml)")
     lines = [f"Experiment '{name}' ({tracking_uri}): {total} trials: {', '.join(parts)}"]
-    if len(trials) < len(everything):
-        lines.append(f"  {len(everything) - len(trials)} trial run(s) of earlier versions of the spec are not in it now "
+    if left_out:
+        lines.append(f"  {left_out} trial run(s) of earlier versions of the spec are not in it now "
                      "(kept in MLflow, left out of `table`)")  # fmt: skip
     if launch is not None and launch.info.status == "RUNNING" and len(running):
         lines.append("  (RUNNING as last logged: if the driver was killed, `run` the spec again to resume)")
