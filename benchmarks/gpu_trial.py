@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from trainables import cache_fill
 from trainables import clip as clip_lib
-from trainables import features, setups
+from trainables import setups
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig, TrialConfig
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.train import MLRTrial
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"manifest: {args.train} + {args.test} JPEGs in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     base = trial_config(args, "baseline", False, workdir)
     started = time.perf_counter()
-    features.fill(base.dataset, base.backbone, base.features, cache_dir=base.cache_dir, data_dir=base.data_dir,
+    cache_fill.fill(base.dataset, base.backbone, base.features, cache_dir=base.cache_dir, data_dir=base.data_dir,
                   batch_size=args.eval_batch, num_workers=args.workers, progress=False)  # fmt: skip
     fill_rate = (args.train + args.test) / (time.perf_counter() - started)
 

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import trainables.data as data
+from trainables.cache_fill import fill
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.errors import UserInputError
-from trainables.features import FeatureCache, fill
+from trainables.features import FeatureCache
 
 SHAPES = DatasetConfig(
     name="shapes", kind="synthetic", synthetic_num_train=10, synthetic_num_test=8, synthetic_num_classes=4, synthetic_image_size=48

@@ -1,7 +1,7 @@
 """Filling the frozen-feature cache before any trial starts, where the GPUs are.
 
 Locally, and on a Ray cluster without any GPU, the driver encodes in its own process with every
-CPU it may use as image-decoding workers (`trainables.features.fill`), saying first how long that
+CPU it may use as image-decoding workers (`trainables.cache_fill`), saying first how long that
 will take on a CPU. On a cluster with GPU nodes the driver encodes nothing itself: one
 `ShardEncoder` actor per GPU (holding that GPU and its share of its node's CPUs as decoding
 workers) encodes the shards of every cache entry the trials will read, while the driver hands out
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from trainables import data, features
+from trainables import cache_fill, data, features
 from trainables.config import BackboneConfig, DatasetConfig
 from trainables.ood.config import IDDatasetConfig, ImageSetConfig, OODTrialConfig
 from trainables.ood.train import image_sets, open_image_set
@@ -99,7 +99,7 @@ def fill_locally(plan: grid.Plan) -> None:
         for sets, members in by_dataset.items():
             kind = spec.features.mode if members[0].encoding == "dense" else "global embeddings"
             print(f"Feature cache for dataset '{sets}' ({members[0].label}, {kind}):", flush=True)
-            summary = features.encode_all(
+            summary = cache_fill.encode_all(
                 clip, [(entry.open(spec.data_dir), entry.view, entry.encoding) for entry in members],
                 features.FeatureCache(spec.cache_dir), batch_size=spec.training.eval_batch_size,
                 report=lambda line: print(f"  {line}", flush=True),
