@@ -87,7 +87,7 @@ class Pending:
     finished: frozenset[str]
     """Config hashes of the fixed trials that finished runs hold."""
     studies: dict[str, str]
-    """The study of each searched cell (`search.study_names`)."""
+    """The study of each searched cell (`run.search.study_names`)."""
     budgets: dict[str, int]
     """Samples each searched cell still needs."""
     reused: int

@@ -57,7 +57,7 @@ def completed(optuna_storage: str, study: str) -> int:
 
 
 SEARCH_KEY_ATTR = "orchestrator.search_key"
-"""A study's user attribute: the `grid.search_key` of the space it samples."""
+"""A study's user attribute: the `specs.grid.search_key` of the space it samples."""
 
 
 def _cell_seed(seed: int, cell: Cell) -> int:

@@ -1,5 +1,5 @@
-"""The MLflow schema: the tag names, role values and metric names that the writer (`tracking`, run by
-the Tune driver) and the readers (`tables`, `aggregate`) must agree on.
+"""The MLflow schema: the tag names, role values and metric names that the writer (`track.callback`,
+run by the Tune driver) and the readers (`report.reader`, `report.aggregate`) must agree on.
 
 Plain names (and the search filter built from them), so that the readers can import them without
 Ray. The run tree and what each run holds are described in docs/ARCHITECTURE.md ("Per-trial metrics").
@@ -14,13 +14,13 @@ ROLE_TAG = "orchestrator.role"
 TRIAL_KEY_TAG = "orchestrator.trial_key"
 """A trial run's stable key: a resumed trial finds its run by it."""
 CONFIG_HASH_TAG = "orchestrator.config_hash"
-"""A trial run's `grid.config_hash`: what it computes. A launch reuses a FINISHED run of the same
+"""A trial run's `specs.grid.config_hash`: what it computes. A launch reuses a FINISHED run of the same
 hash instead of running the trial again (runs made before it existed: the trial key's last 8 digits)."""
 STUDY_TAG = "orchestrator.study"
 """A searched trial's run: the Optuna study that sampled it (absent: the study named by its cell)."""
 LAUNCHED_AT_TAG = "orchestrator.launched_at"
 """On a launch run: when its spec was last launched (seconds since the epoch); the most recent is the
-spec as the experiment now stands, whose `plan.json` says which trials it has (`grid.Membership`)."""
+spec as the experiment now stands, whose `plan.json` says which trials it has (`specs.grid.Membership`)."""
 PLAN_ARTIFACT = "plan.json"
 CELL_KEY_TAG = "orchestrator.cell_key"
 """The cell (dataset, setup, label ratio, seed) of a cell or trial run."""

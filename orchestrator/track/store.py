@@ -256,7 +256,7 @@ class TrackingStore:
 
     def finished_trials(self) -> list[tuple[str | None, str | None, str | None]]:
         """(cell key, config hash, trial key) of the experiment's FINISHED trial runs: what a launch
-        does not run again (`grid.Plan.finished`)."""
+        does not run again (`specs.grid.Plan.finished`)."""
         return [
             (run.data.tags.get(CELL_KEY_TAG), run.data.tags.get(CONFIG_HASH_TAG), run.data.tags.get(TRIAL_KEY_TAG))
             for run in self.runs(f"{role_filter(TRIAL_ROLE)} and attributes.status = 'FINISHED'")
