@@ -11,8 +11,6 @@ from typing import TextIO
 
 import numpy as np
 import pandas as pd
-import rich.console
-import rich.measure
 import rich.table
 import rich.text
 from tabulate import tabulate

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
