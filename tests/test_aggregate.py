@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from trainables.errors import UserInputError
 
 from orchestrator import cli
+from orchestrator.families.mlr import tables as mlr_tables
 from orchestrator.report import aggregate
 from orchestrator.report.experiment import Target, launch_run, read_spec, spec_source
 from orchestrator.report.reader import check_metric
@@ -142,7 +143,7 @@ def test_rerun_command_picks_the_cells_dataset_from_a_multi_dataset_spec(tmp_pat
     spec_path.write_text(SPEC.replace("  - {name: shapes, kind: synthetic}", two_datasets) % (tmp_path / "mlflow.db"))
     best = pd.Series({"setup": "baseline", "dataset": "dots", "label_ratio": 0.5, "seed": 1, "cell_key": "baseline-dots-r0.5-s1",
                       "params.loss.gamma_neg": "1.25"})
-    command = aggregate.rerun_command(best, ["params.loss.gamma_neg"], str(spec_path), read_spec(spec_path), SEARCH_NAME)
+    command = mlr_tables.rerun_command(best, ["params.loss.gamma_neg"], str(spec_path), read_spec(spec_path), SEARCH_NAME)
     words = shlex.split(command)
     overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
     spec = load_spec(words[4], overrides, check_data=False).spec

@@ -6,6 +6,7 @@ import pytest
 
 from trainables.config import TrialConfig
 
+from orchestrator.families.mlr import trials as mlr_trials
 from orchestrator.specs import grid
 
 GRID = {
@@ -47,7 +48,7 @@ def test_cells_are_the_product_of_datasets_setups_ratios_seeds(make_spec):
 
 def test_one_trial_per_cell_without_loss_axes(make_spec):
     spec = make_spec()
-    assert grid.trials_per_cell(spec) == 1
+    assert mlr_trials.trials_per_cell(spec) == 1
     trials = [t for cell in grid.cells(spec) for t in grid.grid_trials(spec, cell)]
     assert len(trials) == 48
     assert all(t.trial_name == t.cell_key for t in trials)
@@ -56,7 +57,7 @@ def test_one_trial_per_cell_without_loss_axes(make_spec):
 
 def test_loss_lists_are_grid_axes_within_each_cell(make_spec):
     spec = make_spec(loss={"gamma_neg": [0, 2, 4], "clip": [0.0, 0.05], "gamma_pos": 1})
-    assert grid.trials_per_cell(spec) == 3 * 2
+    assert mlr_trials.trials_per_cell(spec) == 3 * 2
     cell = grid.cells(spec)[0]
     trials = grid.grid_trials(spec, cell)
     settings = {(t.trial_config["loss"]["gamma_neg"], t.trial_config["loss"]["clip"]) for t in trials}
@@ -68,7 +69,7 @@ def test_loss_lists_are_grid_axes_within_each_cell(make_spec):
 
 def test_optuna_trials_per_cell_is_num_samples(make_spec):
     spec = make_spec(loss={"gamma_neg": {"low": 0, "high": 4}}, search={"kind": "optuna", "num_samples": 5})
-    assert grid.trials_per_cell(spec) == 5
+    assert mlr_trials.trials_per_cell(spec) == 5
 
 
 def test_trial_config_is_the_resolved_trial_config(make_spec, tmp_path):

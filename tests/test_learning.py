@@ -11,6 +11,7 @@ from trainables.backbones import load_backbone
 from trainables.config import LossConfig
 from trainables.losses import AsymmetricLoss
 
+from orchestrator.families.mlr import trials as mlr_trials
 from orchestrator.specs import SEARCH_SPACES_DIR, load_spec
 
 STEPS = 30
@@ -40,7 +41,7 @@ def _demo_setup_and_optimizer(demo, name: str):
     spec, frozen, _, _, classnames = demo
     torch.manual_seed(spec.seeds[0])
     setup = setups.build(name, classnames, frozen, **spec.setup_options.get(name, {}))
-    rates, momentum = spec.learning_rates(name), spec.training.optimizer.momentum
+    rates, momentum = mlr_trials.learning_rates(spec, name), spec.training.optimizer.momentum
     groups = [{"params": params, "lr": rates[group]} for group, params in setup.parameter_groups().items()]
     return setup, torch.optim.SGD(groups, momentum=momentum, weight_decay=spec.training.optimizer.weight_decay)
 

@@ -153,8 +153,8 @@ def test_a_grown_grid_hands_out_only_the_trials_no_finished_run_holds(make_spec)
 
 
 def test_a_cell_keeps_its_study_while_its_search_space_stays(make_spec, tmp_path):
+    from orchestrator.families.mlr.trials import search_key
     from orchestrator.run.search import completed, study_names
-    from orchestrator.specs.grid import search_key
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     searched = {"search": {"kind": "optuna", "num_samples": 2}, "setups": ["baseline"], "label_ratios": [0.5]}

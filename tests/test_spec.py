@@ -12,6 +12,7 @@ import pytest
 from trainables.errors import UserInputError
 
 from orchestrator.cli import main
+from orchestrator.families.mlr import trials as mlr_trials
 from orchestrator.specs import SEARCH_SPACES_DIR, SpecError, apply_override, load_spec, resolve_spec_path, spec_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,7 +121,7 @@ def test_narrowing_setups_keeps_the_other_setups_settings(write_spec, minimal_sp
     )
     spec = load_spec(path, ["setups=[baseline]"]).spec
     assert spec.setups == ["baseline"]
-    assert spec.learning_rates("baseline") == {"projector": spec.training.lr["projector"]}
+    assert mlr_trials.learning_rates(spec, "baseline") == {"projector": spec.training.lr["projector"]}
 
 
 def test_overrides_set_nested_fields_list_items_and_yaml_values(write_spec, minimal_spec):

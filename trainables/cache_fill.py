@@ -19,7 +19,8 @@ from trainables import clip as clip_lib
 from trainables import data
 from trainables.backbones import load_backbone
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
-from trainables.features import Encoding, FeatureCache, View, fill_views, view_transform
+from trainables.encoding import Encoding, View, fill_views, view_transform
+from trainables.features import FeatureCache
 
 
 def _activation(clip: clip_lib.FrozenCLIP) -> str:

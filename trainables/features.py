@@ -16,9 +16,7 @@ temporary file, which is renamed into place last, after the sidecar (`trainables
 only temporary files, which no reader opens and the next writer deletes. Readers need no lock: a
 rename is atomic, so they see either no file or a complete one.
 
-Views: `"test"` is the resize-only transform (the test split, and the train split in `cached`
-mode); `("train", v)` is augmented view v, where view v of image i is seeded by
-(augmentation_seed, v, i), so it is the same array in every process.
+What an entry holds (its view and encoding) and how its images are encoded is `trainables.encoding`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +38,7 @@ from tqdm.auto import tqdm
 from trainables import atomic
 from trainables import clip as clip_lib
 from trainables import data
-from trainables.config import FeatureConfig
+from trainables.encoding import Encoding, View, encode_rows, view_transform
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -52,14 +50,6 @@ SHARD_IMAGES = 2048
 """Images per shard: encoded and stored one shard at a time (by a trial, the driver or the cluster's
 GPUs in parallel), so an interrupted fill resumes with the shards it stored."""
 
-View = Literal["test"] | tuple[Literal["train"], int]
-
-
-Encoding = Literal["dense", "global"]
-"""`dense`: per-location features [N, L, d] (the MLR setups); `global`: CLIP's image embedding,
-stored as [N, 1, d] (LAPT)."""
-
-
 class DenseFeatures(NamedTuple):
     """Dense features of a dataset split and which rows hold a real image."""
 
@@ -67,15 +57,6 @@ class DenseFeatures(NamedTuple):
     """float16 [N, L, d], a read-only memory map."""
     valid: np.ndarray
     """bool [N]: False for images skipped as unreadable (their rows are zeros)."""
-
-
-def view_transform(view: View, image_size: int) -> tuple[Callable, int | None]:
-    if view == "test":
-        return data.test_transform(image_size), None
-    kind, index = view
-    if kind != "train" or not isinstance(index, int) or index < 0:
-        raise ValueError(f'a view is "test" or ("train", view_index >= 0), got {view!r}')
-    return data.train_transform(image_size), index
 
 
 class FeatureCache:
@@ -228,7 +209,9 @@ class FeatureCache:
             atomic.clear_leftovers(sidecar_path)
 
             def encode(temporary: Path) -> None:
-                skipped = self._encode(clip, dataset, view, encoding, rows, temporary, batch_size, device, num_workers, on_batch)
+                skipped = encode_rows(
+                    clip, dataset, view, encoding, rows, temporary, self.augmentation_seed, batch_size, device, num_workers, on_batch
+                )
                 sidecar = json.dumps({"rows": [rows.start, rows.stop], "skipped": skipped}) + "\n"
                 atomic.replace(sidecar_path, lambda path: path.write_text(sidecar))
 
@@ -318,56 +301,3 @@ class FeatureCache:
         finally:
             lock.release()
         return self.assemble(clip, dataset, view, encoding)
-
-    def _encode(
-        self,
-        clip: clip_lib.FrozenCLIP,
-        dataset: data.MultiLabelDataset,
-        view: View,
-        encoding: Encoding,
-        rows: range,
-        path: Path,
-        batch_size: int,
-        device: torch.device | str | None,
-        num_workers: int,
-        on_batch: Callable[[int], None] | None,
-    ) -> list[dict]:
-        """Encode the images at `rows` into a new .npy file at `path`, synced to disk; the skipped images."""
-        transform, view_index = view_transform(view, clip.image_size)
-        images = data.ImageTensors(dataset, transform, clip.image_size, view_index, self.augmentation_seed)
-        subset = torch.utils.data.Subset(images, list(rows))
-        loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
-        device = torch.device(device) if device is not None else next(clip.parameters()).device
-        features = None
-        skipped = []
-        for batch, indices, valid in data.batches_of(loader):
-            with torch.no_grad():
-                pixels = batch.to(device)
-                encoded = clip.encode_dense(pixels) if encoding == "dense" else clip.encode_image(pixels).unsqueeze(1)
-                encoded = encoded.to(torch.float16).cpu().numpy()
-            encoded[~valid.numpy()] = 0
-            if features is None:  # (L, d) are known once the first batch is encoded
-                features = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(rows), *encoded.shape[1:]))
-            features[indices.numpy() - rows.start] = encoded
-            skipped += [{"index": i, "path": str(dataset.image_paths[i])} for i in indices[~valid].tolist()]
-            if on_batch is not None:
-                on_batch(len(indices))
-        features.flush()
-        del features
-        with open(path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        return skipped
-
-
-def train_views(features: FeatureConfig) -> list[View]:
-    """The train-split views a trial reads: none (online), the resize-only one, or K augmented ones."""
-    if features.mode == "online":
-        return []
-    if features.mode == "cached":
-        return ["test"]
-    return [("train", v) for v in range(features.views)]
-
-
-def fill_views(features: FeatureConfig) -> list[tuple[data.Split, View]]:
-    """(split, view) of every entry a trial reads: the train split's views, then the test split."""
-    return [("train", view) for view in train_views(features)] + [("test", "test")]

@@ -1,5 +1,6 @@
-"""The task families: what a trial trains and how its loop reports. Adding a family is one module
-(its config and its `run_epochs`) and one entry in `FAMILIES`.
+"""The task families: what a trial trains and how its loop reports. Adding a family is one package
+(its config and its loop) and one entry in `FAMILIES`; a family from outside (a test, a notebook)
+is added to `FAMILIES` by the orchestrator, and a Ray worker imports it by its `source`.
 
 Both loops share one contract: `run(config, state) -> Iterator[(metrics, state)]`, one item per
 epoch, resumable from any yielded state; `metrics` holds `epoch`, `train_loss`, the family's
@@ -8,6 +9,7 @@ per-epoch `metric` (maximised) and `best_<metric>`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -26,6 +28,9 @@ class TaskFamily:
     run: Callable[..., Iterator[tuple[dict, dict]]]
     metric: str
     """The per-epoch metric trials are ranked by (maximised): `best_<metric>` is its best epoch's."""
+    source: str | None = None
+    """`module:attribute` naming this object, for a family outside `BUILTIN`: Ray workers import
+    `trainables` only, and find such a family through its trials' configs (`family_source`)."""
 
 
 FAMILIES = {
@@ -33,7 +38,13 @@ FAMILIES = {
     "ood": TaskFamily("ood", OODTrialConfig, run_ood_epochs, "auroc"),
 }
 
+BUILTIN = tuple(FAMILIES)
+
 
 def family_of(ray_config: dict) -> TaskFamily:
     """The family of a trial's Ray config; configs made before the OOD family name none: `mlr`."""
-    return FAMILIES[ray_config.get("family", "mlr")]
+    name = ray_config.get("family", "mlr")
+    if name not in FAMILIES and "family_source" in ray_config:
+        module, attribute = ray_config["family_source"].split(":")
+        FAMILIES[name] = getattr(importlib.import_module(module), attribute)
+    return FAMILIES[name]

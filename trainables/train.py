@@ -22,13 +22,14 @@ import torch
 
 from trainables import clip as clip_lib
 from trainables import data, loader, negation, precision, setups
+from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
 from trainables.config import TrainingConfig, TrialConfig
+from trainables.encoding import train_views
 from trainables.errors import UserInputError
-from trainables.features import FeatureCache, train_views
+from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss
 from trainables.metrics import map_summary
 from trainables.precision import autocast
-from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
 from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 

@@ -1,21 +1,21 @@
 """The `table` command: compare the setups of one experiment, from its MLflow runs (never from logs).
 
-Prints the comparison table (rich by default), the best configuration of every searched cell with the
-command that reruns it, writes every format and the plots with `--out DIR`, and logs them as
-artifacts (`tables/`, `plots/`) of the experiment's launch run so they sit next to the runs in the
-MLflow UI.
+Reads the spec's trial runs once and asks each task family for its tables (`Family.tables`: the MLR
+comparison with the best configuration of every searched cell and the command that reruns it, the
+OOD table, ...); prints them (rich by default), writes every format and the plots with `--out DIR`,
+and logs them as artifacts (`tables/`, `plots/`) of the experiment's launch run so they sit next to
+the runs in the MLflow UI.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import yaml
 
 from trainables.errors import UserInputError
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.report.comparison_table import ComparisonTable
+    from orchestrator.report.experiment import Target
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -58,92 +58,35 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict | None, experiment_name: str) -> str:
-    """`python -m orchestrator run SPEC --set ...` training one cell with its best searched values, as a new experiment.
+@dataclass(frozen=True)
+class Report:
+    """What the `table` command read, for the families to tabulate: the store, the experiment and
+    its launch run, the spec's trial runs (`report.reader.read_trials`), and the options."""
 
-    A new name keeps the original experiment intact (the same name with other settings would need
-    --fresh); the search and the scheduler are switched off so that the one configuration trains fully.
-    """
-    cell_key = best["cell_key"]
-    overrides = [
-        f"name={experiment_name}-best-{cell_key}",
-        f"setups=[{best['setup']}]",
-        f"label_ratios=[{best['label_ratio']:g}]",
-        f"seeds=[{best['seed']}]",
-        "search={kind: grid}",
-        "scheduler={kind: none}",
-    ]
-    for axis in ("synthetic_negation_rate", "synthetic_seed"):  # one point of a backbone axis
-        if isinstance(((spec_raw or {}).get("backbone") or {}).get(axis), list):
-            overrides.append(f"backbone.{axis}={best[f'params.backbone.{axis}']}")
-    datasets = (spec_raw or {}).get("datasets") or []
-    chosen = [dataset for dataset in datasets if isinstance(dataset, dict) and dataset.get("name") == best["dataset"]]
-    if len(datasets) > 1 and chosen:
-        overrides.append("datasets=" + yaml.safe_dump(chosen, default_flow_style=True, width=10**6).strip())
-    overrides += [f"{param.removeprefix('params.')}={best[param]}" for param in params if isinstance(best[param], str)]
-    command = ["python", "-m", "orchestrator", "run", spec]
-    for override in overrides:
-        command += ["--set", override]
-    return shlex.join(command)
+    client: MlflowClient
+    experiment: str
+    target: Target
+    launch: Run | None
+    trials: pd.DataFrame
+    metric: str
+    reference: str
+
+    def trials_of(self, family: str) -> pd.DataFrame:
+        return self.trials[self.trials["family"] == family]
 
 
-def best_configs(
-    trials: pd.DataFrame, metric: str, spec: str, spec_raw: dict | None, experiment_name: str
-) -> pd.DataFrame:
-    """The best trial of every searched cell, its searched params and the command that reruns it."""
-    from orchestrator.report.comparison_table import best_search_configs
-    from orchestrator.report.reader import CELL, searched_params
+@dataclass(frozen=True)
+class TablePart:
+    """One table of the output: `show(fmt)` prints it (`rich` to the console, any other format as a
+    clean document on stdout), `write(out_dir)` writes it in every format (and its plots)."""
 
+    show: Callable[[str], None]
+    write: Callable[[Path], list[Path]]
 
-    best = best_search_configs(trials, metric)
-    if best.empty:
-        return best
-    params = searched_params(trials)
-    commands = best.apply(lambda row: rerun_command(row, params, spec, spec_raw, experiment_name), axis=1)
-    columns = [*CELL, metric, "trials_in_cell", "run_id", *params]
-    return best[columns].assign(command=commands)
-
-
-def describe_best(configs: pd.DataFrame, metric: str) -> str:
-    from orchestrator.report.comparison_table import SETUP_LABELS, ratio_label
-
-    params = [column for column in configs.columns if column.startswith("params.")]
-    lines = [f"Best configuration per setup and searched cell (by {metric}):"]
-    for _, row in configs.iterrows():
-        # A param the setup does not have (the baseline's prompt learning rate) is NaN: left out.
-        values = ", ".join(f"{param.removeprefix('params.')}={row[param]}" for param in params if isinstance(row[param], str))
-        lines.append(
-            f"  {SETUP_LABELS.get(row['setup'], row['setup'])} · {row['dataset']} ({row['backbone']}) · "
-            f"{ratio_label(row['label_ratio'])} · seed {row['seed']}: {metric} {row[metric]:.2f}"
-            f" (best of {row['trials_in_cell']} trials) with {values}"
-        )
-        lines.append(f"    {row['command']}")
-    return "\n".join(lines)
-
-
-def write_outputs(
-    table: ComparisonTable, trials: pd.DataFrame, configs: pd.DataFrame, metric: str, title: str, out_dir: Path
-) -> list[Path]:
-    """Every table format under `out_dir/tables`, the plots under `out_dir/plots`."""
-    from orchestrator.report import plots
-    from orchestrator.report.comparison_text import render
-    from orchestrator.report.render import write_formats
-
-    written = write_formats(out_dir, "comparison", lambda fmt: render(table, fmt, title=title))
-    if not configs.empty:
-        configs.to_csv(out_dir / "tables" / "best_configs.csv", index=False)
-        written.append(out_dir / "tables" / "best_configs.csv")
-    written += plots.plot_map_vs_ratio(trials, metric, out_dir / "plots")
-    written += plots.plot_search(trials, metric, out_dir / "plots")
-    return written
-
-
-def write_ood_outputs(table: pd.DataFrame, title: str, out_dir: Path) -> list[Path]:
-    """The OOD table in every format under `out_dir/tables` (`ood_detection.*`)."""
-    from orchestrator.report import ood_table
-    from orchestrator.report.render import write_formats
-
-    return write_formats(out_dir, "ood_detection", lambda fmt: ood_table.render(table, fmt, title))
+    @classmethod
+    def of_document(cls, document: Callable[[str], str], write: Callable[[Path], list[Path]]) -> "TablePart":
+        """A table whose every format, rich included, is a text (`document(fmt)`)."""
+        return cls(lambda fmt: sys.stdout.write(document(fmt)), write)
 
 
 def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_dir: Path) -> str:
@@ -161,17 +104,8 @@ def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_d
 
 def run(args: argparse.Namespace) -> int:
     """The `table` command; returns the exit code."""
-    from orchestrator.report import negation_table, ood_table
-    from orchestrator.report.comparison_table import build_table, load_reference
-    from orchestrator.report.comparison_text import print_rich, render
-    from orchestrator.report.experiment import (
-        experiment_id,
-        launch_run,
-        open_store,
-        resolve_target,
-        spec_source,
-        trials_of_spec,
-    )
+    from orchestrator.family import registered
+    from orchestrator.report.experiment import experiment_id, launch_run, open_store, resolve_target, trials_of_spec
 
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)
@@ -183,43 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if left_out:
         print(f"{left_out} trial run(s) of earlier versions of the spec, not in its grid now, are left out "
               "(they stay in MLflow)", file=sys.stderr)  # fmt: skip
-    trials = all_trials
-    ood_trials = ood_table.read_ood_trials(client, experiment)
-    if not ood_trials.empty:
-        ood_trials = ood_trials[ood_trials["run_id"].isin(all_trials["run_id"])]
-    trials = trials[trials["family"] != "ood"]
-    table = configs = ood = negation = None
-    if not trials.empty:
-        reference = load_reference() if args.reference == "paper" else None
-        table = build_table(trials, args.metric, reference)
-        spec, spec_raw = spec_source(client, target, launch)
-        configs = best_configs(trials, args.metric, spec, spec_raw, target.experiment_name)
-        if negation_table.applies(trials):
-            negation = negation_table.comparisons(trials, args.metric)
-    if not ood_trials.empty:
-        ood = ood_table.build_ood_table(ood_trials, ood_table.load_reference() if args.reference == "paper" else None)
-    title = f"{target.experiment_name}: {args.metric}"
-    ood_title = f"{target.experiment_name}: OOD detection"
-    negation_title = f"{target.experiment_name}: {args.metric} difference against the negation rate of pre-training"
-
-    if args.format == "rich":
-        if table is not None:
-            print_rich(table, title)
-            if not configs.empty:
-                print(describe_best(configs, args.metric))
-        if negation is not None and not negation.empty:
-            print(negation_table.render(negation, "rich", negation_title), end="")
-        if ood is not None:
-            print(ood_table.render(ood, "rich", ood_title), end="")
-    else:
-        if table is not None:
-            sys.stdout.write(render(table, args.format, title=title))
-            if not configs.empty:  # stdout stays a clean document of the chosen format
-                print(describe_best(configs, args.metric), file=sys.stderr)
-        if negation is not None and not negation.empty:
-            sys.stdout.write(negation_table.render(negation, args.format, negation_title))
-        if ood is not None:
-            sys.stdout.write(ood_table.render(ood, args.format, ood_title))
+    report = Report(client, experiment, target, launch, all_trials, args.metric, args.reference)
+    parts = [part for family in registered() if not all_trials.empty for part in family.tables(report)]
+    for part in parts:
+        part.show(args.format)
 
     failed = all_trials[all_trials["status"] == "FAILED"]
     if not failed.empty:  # the table shows their cells as missing or with fewer seeds (†); here is why
@@ -231,12 +132,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="orchestrator-table-") as scratch:
         out_dir = args.out if args.out is not None else Path(scratch)
-        if table is not None:
-            write_outputs(table, trials, configs, args.metric, title, out_dir)
-        if negation is not None and not negation.empty:
-            negation_table.write(negation, negation_title, out_dir)
-        if ood is not None:
-            write_ood_outputs(ood, ood_title, out_dir)
+        for part in parts:
+            part.write(out_dir)
         if args.out is not None:
             print(f"Wrote tables to {out_dir / 'tables'} and plots to {out_dir / 'plots'}", file=sys.stderr)
         if not args.no_log:

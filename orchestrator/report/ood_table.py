@@ -3,7 +3,7 @@
 Like the LAPT paper's tables: columns FPR95 (lower is better; OpenOOD's convention, OOD as the
 positive class: `fpr95_ood_pos`) and AUROC for each OOD set, their near-OOD and far-OOD averages,
 and the ID top-1 accuracy; each value the mean over seeds of the trials' last-epoch metrics (%).
-Rows: the variants of `orchestrator.specs.ood.VARIANTS` (and a label ratio when several were run);
+Rows: the variants of `orchestrator.families.ood.VARIANTS` (and a label ratio when several were run);
 `--reference paper` adds the rows of `reference/lapt_ood.csv`.
 """
 
@@ -18,25 +18,26 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.report.reader import trial_runs
 from orchestrator.report.render import MISSING, render_marked
-from orchestrator.specs.ood import VARIANTS
 from orchestrator.track.schema import FAMILY_TAG
 
 METRICS = (("fpr95_ood_pos", "FPR95↓"), ("auroc", "AUROC↑"))
 GROUPS = ("near", "far")
 VARIANT_LABELS = {
-    "zero_shot": "Zero-shot (MSP)",
-    "neglabel": "NegLabel (untuned)",
     "lapt": "LAPT",
     "lapt_no_cross_modal": "LAPT w/o cross-modal mixing",
     "lapt_no_cross_distribution": "LAPT w/o cross-distribution mixing",
     "lapt_no_mixing": "LAPT w/o mixing",
+    "neglabel": "NegLabel (untuned)",
+    "zero_shot": "Zero-shot (MSP)",
 }
+"""Each variant's row label, in the rows' order."""
 
 
-def read_ood_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
-    """One row per FINISHED OOD trial run: variant, label_ratio, seed, every metric, and the OOD sets in order."""
+def read_ood_trials(client: MlflowClient, experiment_id: str, family: str) -> pd.DataFrame:
+    """One row per FINISHED trial run of `family` (its `family` tag): variant, label_ratio, seed,
+    every metric, and the OOD sets in order."""
     rows = []
-    for run in trial_runs(client, experiment_id, f"tags.`{FAMILY_TAG}` = 'ood' and attributes.status = 'FINISHED'"):
+    for run in trial_runs(client, experiment_id, f"tags.`{FAMILY_TAG}` = '{family}' and attributes.status = 'FINISHED'"):
         # The trial's config param `ood_sets`: its list of sets as JSON (`tracking.flatten`).
         sets = [(entry["name"], entry["group"]) for entry in json.loads(run.data.params["ood_sets"])]
         rows.append({"run_id": run.info.run_id, "variant": run.data.tags["setup"], "label_ratio": float(run.data.tags["label_ratio"]),
@@ -64,7 +65,7 @@ def build_ood_table(trials: pd.DataFrame, reference: pd.DataFrame | None = None)
     sets = list(dict.fromkeys(s for run_sets in trials["sets"] for s in run_sets))
     columns = _columns(sets)
     several_ratios = trials.groupby("variant")["label_ratio"].nunique()
-    order = {variant: i for i, variant in enumerate(VARIANTS)}
+    order = {variant: i for i, variant in enumerate(VARIANT_LABELS)}
     groups = sorted(trials.groupby(["variant", "label_ratio"]), key=lambda kv: (order.get(kv[0][0], len(order)), -kv[0][1]))
     rows, labels = [], []
     for (variant, ratio), runs in groups:

@@ -61,8 +61,8 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     """One row per trial run of the experiment, whatever its status.
 
     Columns: `run_id`, `run_name`, `status`, `error` (a failed run's reason, else None), `start_time`, the key tags (`label_ratio` as float, `seed` as int),
-    `cell_key`, `trial_key`, every final metric (NaN where not logged) and every param as
-    `params.<dotted name>` (strings, as MLflow stores them).
+    `cell_key`, `family`, `trial_key`, every metric the run holds (its last value; the MLR final
+    metrics NaN where not logged) and every param as `params.<dotted name>` (strings, as MLflow stores them).
     """
     rows = []
     for run in trial_runs(client, experiment_id):
@@ -83,7 +83,8 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
                 "trial_key": tags.get(TRIAL_KEY_TAG),
                 "config_hash": tags.get(CONFIG_HASH_TAG),
                 "study": tags.get(STUDY_TAG),
-                **{metric: run.data.metrics.get(metric, math.nan) for metric in FINAL_METRICS},
+                **{metric: math.nan for metric in FINAL_METRICS},
+                **run.data.metrics,
                 **{f"params.{name}": value for name, value in run.data.params.items()},
             }
         )

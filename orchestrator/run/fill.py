@@ -15,7 +15,6 @@ when each has its own disk there, each node's actors fill that node's cache.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import uuid
 from collections import deque
@@ -25,63 +24,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from trainables import cache_fill, data, features
-from trainables.config import BackboneConfig, DatasetConfig
-from trainables.ood.config import IDDatasetConfig, ImageSetConfig, OODTrialConfig
-from trainables.ood.train import image_sets, open_image_set
 
+from orchestrator.run.entries import Entry, entries
 from orchestrator.specs import ExperimentSpec, grid
-from orchestrator.specs.grid import synthetic_variant
 from orchestrator.track.trial_errors import user_error_cause
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One cache entry the trials read: a split of an MLR dataset at a view (dense features), or an
-    image set of the OOD family (CLIP's global embedding), on a backbone."""
-
-    dataset: DatasetConfig | IDDatasetConfig | ImageSetConfig
-    backbone: BackboneConfig
-    split: data.Split
-    view: features.View = "test"
-    encoding: features.Encoding = "dense"
-
-    def open(self, data_dir: Path) -> data.MultiLabelDataset:
-        if isinstance(self.dataset, DatasetConfig):
-            data.check(self.dataset, data_dir)
-            return data.build_dataset(self.dataset, self.split, data_dir)
-        return open_image_set(self.dataset, self.split, data_dir)
-
-    @property
-    def dataset_key(self) -> str:
-        """What tells the datasets of entries apart (configs holding lists are not hashable)."""
-        return f"{type(self.dataset).__name__}:{self.dataset.model_dump_json()}:{self.split}"
-
-    @property
-    def key(self) -> str:
-        """What tells entries apart."""
-        return f"{self.dataset_key}:{self.view}:{self.encoding}:{self.backbone.model_dump_json()}"
-
-    @property
-    def label(self) -> str:
-        backbone = self.backbone
-        return f"{backbone.model}{synthetic_variant(backbone.synthetic_negation_rate, backbone.synthetic_seed)}"
-
-
-def entries(plan: grid.Plan) -> list[Entry]:
-    """Every cache entry the plan's trials read, each once: the MLR datasets' train views and test
-    splits on each backbone, then the image sets of the OOD cells."""
-    spec = plan.spec
-    found = [
-        Entry(dataset, backbone, split, view)
-        for dataset, backbone in itertools.product(spec.datasets, spec.backbone.configs())
-        for split, view in features.fill_views(spec.features)
-    ]
-    for trials in plan.fixed_trials.values():
-        for trial in trials:
-            if trial.family == "ood":
-                config = OODTrialConfig.model_validate(trial.trial_config)
-                found += [Entry(s, config.backbone, split, encoding="global") for s, split in image_sets(config)]
-    return list({entry.key: entry for entry in found}.values())
 
 
 def fill_locally(plan: grid.Plan) -> None:

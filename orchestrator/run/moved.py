@@ -15,7 +15,7 @@ import sys
 MOVED = {
     "orchestrator.spec": "orchestrator.specs",
     "orchestrator.grid": "orchestrator.specs.grid",
-    "orchestrator.ood_spec": "orchestrator.specs.ood",
+    "orchestrator.ood_spec": "orchestrator.families.ood",
     "orchestrator.progress": "orchestrator.run.progress",
     "orchestrator.scheduling": "orchestrator.run.scheduling",
     "orchestrator.search": "orchestrator.run.search",

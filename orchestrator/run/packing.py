@@ -105,25 +105,18 @@ def device_memory(device: torch.device) -> int:
 
 
 def heaviest_trial(loaded: LoadedSpec):
-    """The trial config of the spec's costliest MLR cell: its setup with the most trainable
-    parameters (DualCoOp's two prompts before one prompt), on its largest dataset, at its first ratio
-    and seed."""
-    from trainables import backbones, data, setups
+    """The trial config of the spec's costliest cell, as its task family picks it (`Family.heaviest_trial`)."""
+    from trainables.errors import UserInputError
+
+    from orchestrator.family import in_spec
 
     spec = loaded.spec
     plan = grid.Plan.of(spec)
-    cells = [cell for cell in plan.cells if cell.family == "mlr"]
-    if not cells:
-        from trainables.errors import UserInputError
-
-        raise UserInputError(f"spec {spec.name} has no multi-label setup to measure (tune-packing measures MLR trials)")
-    sizes = {d.name: len(data.build_dataset(d, "train", spec.data_dir)) for d in spec.datasets}
-    largest = max(spec.datasets, key=lambda d: sizes[d.name])
-    backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size)  # random weights: only the count matters
-    names = data.classnames(largest, spec.data_dir)
-    cost = {name: setups.count_trainable(setups.build(name, names, backbone, **spec.setup_options.get(name, {}))) for name in spec.mlr_setups}
-    cell = max(cells, key=lambda c: (cost[c.setup], sizes[c.dataset.name]))
-    return grid.resolve(spec, cell, spec.loss.fixed(), {name: r.low for name, r in spec.search_space(cell.setup).items()})
+    for family in in_spec(spec):
+        config = family.heaviest_trial(plan)
+        if config is not None:
+            return config
+    raise UserInputError(f"spec {spec.name} has no trials tune-packing can measure (it measures multi-label setups' trials)")
 
 
 def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:

@@ -20,13 +20,14 @@ from orchestrator.track.trial_errors import error_path, trial_exception, user_er
 _ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
 
 
-def _epochs(trial) -> int:
-    return trial.config["trial_config"]["training"]["epochs"]
+def _epochs(trial) -> int | str:
+    """The epochs a trial runs, where its config says (`training.epochs`, as every family's does), else `?`."""
+    return trial.config["trial_config"].get("training", {}).get("epochs", "?")
 
 
 def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(name, status, epoch/epochs, "best <metric> <value>") per trial: running first, then by name.
-    The metric is the trial's family's (`mAP`, or `auroc` for the OOD family)."""
+    The metric is the trial's family's (`mAP`, `auroc`, ...)."""
     rows = []
     for trial in sorted(trials, key=lambda t: (_ORDER.get(statuses[t.trial_id], 9), t.config["trial_name"])):
         result = trial.last_result or {}

@@ -21,8 +21,9 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
+from orchestrator.family import named
 from orchestrator.run import moved
-from orchestrator.specs.grid import Cell, Plan, make_trial, search_key
+from orchestrator.specs.grid import Cell, Plan
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial as RayTrial
@@ -43,7 +44,7 @@ def study_names(plan: Plan, optuna_storage: str) -> dict[str, str]:
     for cell in plan.cells:
         if cell.key in plan.fixed_trials:
             continue
-        key = search_key(plan.spec, cell)
+        key = named(cell.family).search_key(plan.spec, cell)
         first = cell.key in existing and optuna.load_study(study_name=cell.key, storage=optuna_storage).user_attrs.get(SEARCH_KEY_ATTR)
         names[cell.key] = cell.key if first in (False, None, key) else f"{cell.key}~{key}"
     return names
@@ -57,7 +58,7 @@ def completed(optuna_storage: str, study: str) -> int:
 
 
 SEARCH_KEY_ATTR = "orchestrator.search_key"
-"""A study's user attribute: the `specs.grid.search_key` of the space it samples."""
+"""A study's user attribute: the search key (`Family.search_key`) of the space it samples."""
 
 
 def _cell_seed(seed: int, cell: Cell) -> int:
@@ -69,7 +70,7 @@ class CellSearcher(Searcher):
     """Serves every cell of `spec` from one Tuner; returns each trial's full Ray config.
 
     Grid search: each cell's trials as the spec lists them. Optuna: one study per cell (named by
-    the cell key) in `optuna_storage` over `spec.search_space(setup)` (loss settings and learning
+    the cell key) in `optuna_storage` over its family's `search_space` (loss settings and learning
     rates), `num_samples` trials each, told the trial's final
     `search.metric`; the Ray trial id is stored in the Optuna trial's user attributes.
     """
@@ -159,13 +160,14 @@ class CellSearcher(Searcher):
     # -- Optuna ------------------------------------------------------------------------------
 
     def _sample(self, cell: Cell, trial_id: str) -> dict:
+        family = named(cell.family)
         study = self._study(cell.key)
         optuna_trial = study.ask()
         sampled = {
             name: optuna_trial.suggest_float(name, interval.low, interval.high, log=interval.log)
-            for name, interval in self._spec.search_space(cell.setup).items()
+            for name, interval in family.search_space(self._spec, cell.setup).items()
         }
-        trial = make_trial(self._spec, cell, self._spec.loss.fixed(), optuna_trial.number + 1, sampled, study.study_name)
+        trial = family.sampled_trial(self._spec, cell, sampled, optuna_trial.number + 1, study.study_name)
         optuna_trial.set_user_attr("ray_trial_id", trial_id)
         optuna_trial.set_user_attr("trial_key", trial.trial_key)
         self._optuna_trials[trial_id] = (cell.key, optuna_trial.number)
@@ -191,7 +193,7 @@ class CellSearcher(Searcher):
                 load_if_exists=True,
             )
             if self._optuna_storage is not None and SEARCH_KEY_ATTR not in study.user_attrs:
-                study.set_user_attr(SEARCH_KEY_ATTR, search_key(self._spec, cell))
+                study.set_user_attr(SEARCH_KEY_ATTR, named(cell.family).search_key(self._spec, cell))
             if self._reconcile:
                 self._fail_orphans(study, cell_key)
             self._studies[cell_key] = study

@@ -2,24 +2,23 @@
 once: `Plan.of(spec)` is what `run`, `validate`, `describe` and the searcher read.
 
 A cell is one point of the paper's grid; its trials differ only in the loss setting (a loss grid,
-or Optuna's samples). The OOD family's cells (`orchestrator.specs.ood`) are (LAPT variant x ID set x
-label ratio x seed), one trial each. Every trial gets a readable name and a deterministic key, so a restarted
-driver finds the MLflow run it already made instead of making a second one.
+or Optuna's samples). Each task family (`orchestrator.family`) says what its cells and their trials
+are. Every trial gets a readable name and a deterministic key, so a restarted driver finds the MLflow
+run it already made instead of making a second one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
-from trainables.config import BackboneConfig, DatasetConfig, TrialConfig
-from trainables.ood.config import IDDatasetConfig
+from trainables.config import BackboneConfig
 
+from orchestrator.family import in_spec, named
 from orchestrator.specs.models import ExperimentSpec
-from orchestrator.specs.ood import UNTUNED, variant_config
 from orchestrator.specs.paths import without_paths
 
 MACHINE_FIELDS = ("cache_dir", "data_dir", "device")
@@ -34,9 +33,10 @@ def synthetic_variant(negation_rate: float, pretraining_seed: int) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    dataset: DatasetConfig | IDDatasetConfig
+    dataset: Any
+    """What the cell's trials learn from (a config with a `name`: an MLR dataset, an OOD family's ID set)."""
     setup: str
-    """An MLR setup, or a LAPT variant (`lapt`, `neglabel`, ...) in the OOD family."""
+    """A setup of the cell's family (an MLR setup; a LAPT variant, `lapt`, `neglabel`, ...)."""
     label_ratio: float
     seed: int
     backbone: BackboneConfig
@@ -60,7 +60,7 @@ class Trial:
     trial_config: dict
     """The resolved config of the family (`TrialConfig`, `OODTrialConfig`), JSON-able (what the trainable validates and runs)."""
     setup: str
-    """The cell's setup (an MLR setup or a LAPT variant): the `setup` tag of its runs."""
+    """The cell's setup: the `setup` tag of its runs."""
     family: str = "mlr"
     study: str | None = None
     """The Optuna study that sampled it (a searched cell's trial)."""
@@ -71,6 +71,9 @@ class Trial:
 
     def as_config(self) -> dict:
         """The Ray Tune config of this trial, as `trainables.trainable.run_trial` receives it."""
+        from trainables.tasks import FAMILIES
+
+        source = FAMILIES[self.family].source
         return {
             "family": self.family,
             "setup": self.setup,
@@ -80,64 +83,18 @@ class Trial:
             "cell_key": self.cell_key,
             "trial_name": self.trial_name,
             **({"study": self.study} if self.study is not None else {}),
+            **({"family_source": source} if source is not None else {}),
         }
 
 
 def cells(spec: ExperimentSpec) -> list[Cell]:
-    """Every cell: the MLR ones (datasets outermost, then backbones, seeds innermost), then the OOD
-    family's (an untuned variant once, at ratio 1 and the first seed: it learns nothing that either
-    changes; validation allows it one backbone)."""
-    backbones = spec.backbone.configs()
-    mlr = [
-        Cell(dataset, setup, ratio, seed, backbone)
-        for dataset, backbone, setup, ratio, seed in itertools.product(
-            spec.datasets, backbones, spec.mlr_setups, spec.label_ratios, spec.seeds
-        )
-    ]
-    if not spec.runs_ood or spec.ood is None:
-        return mlr
-    ood = []
-    for variant in spec.ood.variants:
-        grid = [(1.0, spec.seeds[0])] if variant in UNTUNED else itertools.product(spec.ood.label_ratios, spec.seeds)
-        ood += [Cell(spec.ood.id_dataset, variant, ratio, seed, backbones[0], family="ood") for ratio, seed in grid]
-    return mlr + ood
+    """Every cell, family by family (`orchestrator.family.registered`: the MLR cells before the OOD ones)."""
+    return [cell for family in in_spec(spec) for cell in family.cells(spec)]
 
 
-def loss_grid(spec: ExperimentSpec) -> list[dict]:
-    """The complete loss settings of a grid search: the product of the list axes over the fixed values."""
-    fixed, axes = spec.loss.fixed(), spec.loss.axes()
-    return [{**fixed, **dict(zip(axes, values))} for values in itertools.product(*axes.values())]
-
-
-def trials_per_cell(spec: ExperimentSpec, cell: Cell | None = None) -> int:
-    """Trials of an MLR cell (of `cell`, when given: an OOD cell has one)."""
-    if cell is not None and cell.family == "ood":
-        return 1
-    if spec.search.kind == "optuna":
-        return spec.search.num_samples
-    return len(loss_grid(spec))
-
-
-def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled: dict[str, float] | None = None) -> TrialConfig:
-    """The validated config of one trial of `cell`: the loss setting `loss` (a grid point, or the
-    fixed values) completed by Optuna's sample (`{"gamma_neg": 2.1, "lr.prompt": 0.01}`; none in a grid
-    search), whose learning-rate entries go to the setup's groups."""
-    sampled = sampled or {}
-    loss = {**loss, **{name: value for name, value in sampled.items() if name in spec.loss.ranges()}}
-    return TrialConfig(
-        setup=cell.setup,
-        setup_options=spec.setup_options.get(cell.setup, {}),
-        dataset=cell.dataset,
-        backbone=cell.backbone,
-        features=spec.features,
-        training=spec.training.config(spec.learning_rates(cell.setup, sampled)),
-        loss=loss,
-        label_ratio=cell.label_ratio,
-        seed=cell.seed,
-        cache_dir=spec.cache_dir,
-        data_dir=spec.data_dir,
-        gpu_share=spec.resources.gpu_share,
-    )
+def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial] | None:
+    """Every trial of `cell` when they are known in advance (a grid search, an OOD cell); None when Optuna samples them."""
+    return named(cell.family).fixed_trials(spec, cell)
 
 
 def config_hash(trial_config: dict) -> str:
@@ -160,40 +117,6 @@ def trial_key(trial_name: str, trial_config: dict) -> str:
     return f"{trial_name}-{config_hash(trial_config)[:8]}"
 
 
-def make_trial(
-    spec: ExperimentSpec, cell: Cell, loss: dict, number: int, sampled: dict[str, float] | None = None, study: str | None = None
-) -> Trial:
-    """Trial `number` (1-based) of `cell` (arguments as `resolve`'s; `study`: the Optuna study that
-    sampled it); the name gets `-t<number>` when the cell has several trials."""
-    config = resolve(spec, cell, loss, sampled).model_dump(mode="json")
-    name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
-    return Trial(cell.key, name, trial_key(name, config), config, cell.setup, study=study)
-
-
-def search_key(spec: ExperimentSpec, cell: Cell) -> str:
-    """What an Optuna study of `cell` samples over and for: its search space, the metric and
-    direction, and the trial config its samples complete (each range at its lower end). A launch
-    with the same key continues the cell's study; another key starts a new one."""
-    space = spec.search_space(cell.setup)
-    template = resolve(spec, cell, spec.loss.fixed(), {name: interval.low for name, interval in space.items()})
-    what = {
-        "space": {name: interval.model_dump() for name, interval in sorted(space.items())},
-        "metric": [spec.search.metric, spec.search.mode],
-        "trial": config_hash(template.model_dump(mode="json")),
-    }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:
-    """Every trial of `cell` in a grid search, in loss-grid order; an OOD cell's one trial."""
-    if cell.family == "ood":
-        config = variant_config(
-            spec.ood, cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
-        ).model_dump(mode="json")
-        return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family="ood")]
-    return [make_trial(spec, cell, loss, number) for number, loss in enumerate(loss_grid(spec), start=1)]
-
-
 @dataclass(frozen=True)
 class Plan:
     """A spec resolved once: its cells (each with its task family), how many trials each gets, and
@@ -209,8 +132,9 @@ class Plan:
     @classmethod
     def of(cls, spec: ExperimentSpec) -> "Plan":
         every = tuple(cells(spec))
-        fixed = {c.key: tuple(grid_trials(spec, c)) for c in every if c.family == "ood" or spec.search.kind == "grid"}
-        return cls(spec, every, {c.key: trials_per_cell(spec, c) for c in every}, fixed)
+        fixed = {c.key: tuple(trials) for c in every if (trials := grid_trials(spec, c)) is not None}
+        per_cell = {c.key: named(c.family).trials_per_cell(spec) for c in every}
+        return cls(spec, every, per_cell, fixed)
 
     @property
     def total_trials(self) -> int:

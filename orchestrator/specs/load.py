@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from trainables.errors import UserInputError
 
+from orchestrator.family import sections as family_sections
 from orchestrator.specs.checks import semantic_problems
 from orchestrator.specs.models import ExperimentSpec
 from orchestrator.specs.sections import _TAG
@@ -109,6 +110,9 @@ def _field_type(annotation: Any, part: str | int) -> Any:
 def _valid_keys(loc: tuple) -> list[str]:
     """The field names of the section holding `loc`'s last key, for the unknown-key message."""
     annotation: Any = ExperimentSpec
+    sections = family_sections()
+    if len(loc) > 1 and loc[0] in sections:  # a task family's section is a model of its own
+        annotation, loc = sections[loc[0]], loc[1:]
     for part in loc[:-1]:
         annotation = _field_type(annotation, part)
     while typing.get_origin(annotation) is Annotated:

@@ -14,14 +14,24 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SerializationInfo,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainables.config import DatasetConfig, FeatureConfig, Strict
 
-from orchestrator.specs.ood import LAPT_SETUP, OODSpec
+from orchestrator.family import sections, setup_names
 from orchestrator.specs.paths import STORAGE_SCHEMES, absolute, is_uri, resolve_tracking_uri, without_paths
 from orchestrator.specs.sections import (
-    LR_PARAM_PREFIX,
     BackboneSpec,
     GridSearch,
     LossSpec,
@@ -29,7 +39,6 @@ from orchestrator.specs.sections import (
     Resources,
     Scheduler,
     Search,
-    SearchRange,
     TrainingSpec,
     _unique,
 )
@@ -73,28 +82,65 @@ class ExperimentSpec(Strict):
     """The frozen-feature cache, shared by every trial."""
     tracking_uri: str | None = Field(None, validate_default=True)
     """MLflow tracking URI; default `sqlite:///<working dir>/mlflow.db`."""
-    ood: OODSpec | None = None
-    """What the `lapt` setup (the OOD-detection family) runs on; see `orchestrator.specs.ood`."""
+    _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
+    """The task families' own sections (`ood:`), by key: `section(key)`."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _family_sections(cls, data, handler):
+        """A registered family's section key (`orchestrator.family.sections`) is a field of the spec,
+        validated by the family's model; its errors are reported under the key like any field's."""
+        if not isinstance(data, dict):
+            return handler(data)
+        models = sections()
+        errors: list[InitErrorDetails] = []
+        validated = {}
+        for key, value in data.items():
+            if key in models and value is not None:
+                try:
+                    validated[key] = models[key].model_validate(value)
+                except ValidationError as error:
+                    errors += [_under(key, detail) for detail in error.errors()]
+        spec = None
+        try:
+            spec = handler({key: value for key, value in data.items() if key not in models})
+        except ValidationError as error:
+            errors = [_under(None, detail) for detail in error.errors()] + errors
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        spec._sections = validated
+        return spec
+
+    @model_serializer(mode="wrap")
+    def _with_sections(self, handler, info: SerializationInfo) -> dict:
+        dumped = handler(self)
+        for key in sections():
+            if info.include is None or key in info.include:
+                section = self._sections.get(key)
+                dumped[key] = None if section is None else section.model_dump(mode=info.mode)
+        return dumped
+
+    def __setstate__(self, state: dict) -> None:
+        # A spec pickled before the families had sections of their own (in Tune's saved searcher
+        # state) holds its `ood` section as a field, and no private attributes.
+        fields = dict(state["__dict__"])
+        legacy = {key: fields.pop(key) for key in list(fields) if key not in type(self).model_fields}
+        private = state.get("__pydantic_private__") or {"_sections": {k: v for k, v in legacy.items() if v is not None}}
+        fields_set = set(state.get("__pydantic_fields_set__", ())) - set(legacy)
+        super().__setstate__({**state, "__dict__": fields, "__pydantic_private__": private, "__pydantic_fields_set__": fields_set})
+
+    def section(self, key: str) -> BaseModel | None:
+        """A task family's section (`ood`), None when the spec has none."""
+        return self._sections.get(key)
 
     @field_validator("setups")
     @classmethod
     def _known_setups(cls, value: list[str]) -> list[str]:
-        from trainables import setups
-
-        known = [*setups.names(), LAPT_SETUP]
+        known = setup_names()
         unknown = [name for name in value if name not in known]
         if unknown:
             raise ValueError(f"unknown setup(s) {unknown}; known: {sorted(known)}")
         return _unique(value)
-
-    @property
-    def mlr_setups(self) -> list[str]:
-        """The multi-label setups of `setups` (all but `lapt`)."""
-        return [name for name in self.setups if name != LAPT_SETUP]
-
-    @property
-    def runs_ood(self) -> bool:
-        return LAPT_SETUP in self.setups
 
     @field_validator("label_ratios", "seeds")
     @classmethod
@@ -149,45 +195,24 @@ class ExperimentSpec(Strict):
         """Ray Tune's experiment folder or URI for this spec, `<storage>/<name>`."""
         return f"{self.storage}/{self.name}"
 
-    def search_space(self, setup: str) -> dict[str, SearchRange]:
-        """What Optuna searches in `setup`'s cells, by parameter name: the loss ranges (`gamma_neg`)
-        and the ranges of the setup's own learning-rate groups (`lr.prompt`) that `lr_per_setup`
-        does not fix for it."""
-        from trainables import setups
-
-        fixed_here = self.lr_per_setup.get(setup, {})
-        lr = {
-            f"{LR_PARAM_PREFIX}{group}": interval
-            for group, interval in self.training.lr_ranges().items()
-            if group in setups.lr_groups(setup) and group not in fixed_here
-        }
-        return {**self.loss.ranges(), **lr}
-
-    def learning_rates(self, setup: str, sampled: dict[str, float] | None = None) -> dict[str, float]:
-        """The learning rate of each of `setup`'s groups: `lr_per_setup`, else the value Optuna
-        sampled (`{"lr.prompt": 0.01}`), else `training.lr`."""
-        from trainables import setups
-
-        sampled, own = sampled or {}, self.lr_per_setup.get(setup, {})
-        rates = {}
-        for group in setups.lr_groups(setup):
-            value = own.get(group, self.training.lr.get(group))
-            if isinstance(value, SearchRange):
-                value = sampled[f"{LR_PARAM_PREFIX}{group}"]
-            if value is not None:  # a missing group is reported by validation
-                rates[group] = value
-        return rates
-
 
 RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
-                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler", "ood")  # fmt: skip
-"""What decides the trials and their results; paths, resources and the tracking URI do not."""
+                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler")  # fmt: skip
+"""What decides the trials and their results, with the families' sections; paths, resources and the
+tracking URI do not."""
+
+
+def _under(key: str | None, error: dict) -> InitErrorDetails:
+    """A pydantic error as raised again (its type and message as they were), its location under
+    `key` (a family's section)."""
+    loc = (key, *error["loc"]) if key else error["loc"]
+    return {"type": PydanticCustomError(error["type"], error["msg"]), "loc": loc, "input": error["input"]}
 
 
 def spec_hash(spec: ExperimentSpec) -> str:
     """A short stable hash of what decides the results; resuming with a different one is refused."""
     payload = without_paths(spec.model_dump(mode="json", include=set(RESULT_FIELDS)))
-    if payload["ood"] is None:
-        del payload["ood"]  # specs without LAPT keep the hashes they had before the OOD family
+    # A family's section counts when the spec has it: specs without one keep the hashes they had before the family.
+    payload |= without_paths({key: section.model_dump(mode="json") for key, section in spec._sections.items()})
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]

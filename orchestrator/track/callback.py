@@ -14,30 +14,23 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 from ray.tune import Callback
 
-from trainables.config import TrialConfig
 from trainables.errors import UserInputError
-from trainables.ood.config import OODTrialConfig
 from trainables.tasks import family_of
 
+from orchestrator.family import Family, named
 from orchestrator.track.outage import PROBE_INTERVAL_S, Undelivered, is_unreachable
 from orchestrator.track.schema import (
     CELL_KEY_TAG,
     CELL_ROLE,
     CONFIG_HASH_TAG,
-    EPOCH_METRICS,
     ERROR_FILE_TAG,
     ERROR_TAG,
     FAMILY_TAG,
-    FINAL_METRICS,
     GIT_COMMIT_TAG,
     LAST_FAILURE_TAG,
-    LAST_MAP,
     LAUNCH_ROLE,
-    OOD_FINAL_METRICS,
-    OOD_UNLOGGED,
     PARENT_RUN_TAG,
     RAY_NODE_TAG,
     RESOLVED_PARAM_PREFIX,
@@ -78,6 +71,11 @@ def _unless_unreachable(handler):
     return guarded
 
 
+def _family(trial) -> Family:
+    """The task family of a Ray trial, which says what its runs are tagged with and log."""
+    return named(family_of(trial.config).name)
+
+
 class MlflowCallback(Callback):
     """Writes the cell and trial runs of one spec from the Tune driver (no trial talks to MLflow).
 
@@ -108,7 +106,6 @@ class MlflowCallback(Callback):
         self._logged_up_to: dict[str, int] = {}  # Ray trial id -> last epoch its run holds
         self._final_logged: set[str] = set()  # Ray trial ids whose run already has its final metrics
         self._nodes: dict[str, str] = {}  # Ray trial id -> the node its run's tag names
-        self._train_sets: dict[str, object] = {}
         self._down_until = 0.0  # while the server does not answer: when to ask it again
 
     def __getstate__(self) -> dict:
@@ -152,52 +149,31 @@ class MlflowCallback(Callback):
             self._launch_run = run.info.run_id
         return self._launch_run
 
-    def _tags(self, config: TrialConfig | OODTrialConfig, cell_key: str, setup: str) -> dict[str, str]:
+    def _tags(self, family: Family, config, cell_key: str, setup: str) -> dict[str, str]:
         """The tags of a cell's runs: its key, the key tags (`schema.KEY_TAGS`), the family, the spec hash and the commit."""
-        ood = isinstance(config, OODTrialConfig)
         return {
             CELL_KEY_TAG: cell_key,
-            FAMILY_TAG: "ood" if ood else "mlr",
+            FAMILY_TAG: family.name,
             "setup": setup,
-            "dataset": config.id_dataset.name if ood else config.dataset.name,
             "backbone": backbone_tag(config),
-            "label_ratio": f"{config.label_ratio:g}",
-            "seed": str(config.seed),
+            **family.run_tags(config),
             SPEC_HASH_TAG: self.spec_hash,
             GIT_COMMIT_TAG: self._commit,
         }
 
-    def _cell_run(self, config: TrialConfig | OODTrialConfig, cell_key: str, setup: str) -> str:
+    def _cell_run(self, family: Family, config, cell_key: str, setup: str) -> str:
         if cell_key not in self._cell_runs:
-            tags = {**self._tags(config, cell_key, setup), ROLE_TAG: CELL_ROLE, PARENT_RUN_TAG: self._launch()}
+            tags = {**self._tags(family, config, cell_key, setup), ROLE_TAG: CELL_ROLE, PARENT_RUN_TAG: self._launch()}
             run_id, created = self.store.find_or_create(cell_key, tags, (ROLE_TAG, CELL_KEY_TAG, SPEC_HASH_TAG))
-            if created and isinstance(config, TrialConfig):
-                self._log_partial_labels(run_id, config)
+            if created:
+                family.log_cell(self.store, run_id, config)
             self._cell_runs[cell_key] = run_id
         return self._cell_runs[cell_key]
 
-    def _log_partial_labels(self, run_id: str, config: TrialConfig) -> None:
-        """The cell's partial-label mask, as every trial of the cell draws it (cheap, deterministic)."""
-        from trainables import data
-
-        dataset_key = config.dataset.model_dump_json()
-        if dataset_key not in self._train_sets:
-            self._train_sets[dataset_key] = data.build_dataset(config.dataset, "train", config.data_dir)
-        train = self._train_sets[dataset_key]
-        mask = data.dataset_partial_labels(train, config.label_ratio, config.seed)
-        self.store.log_file(
-            run_id,
-            "partial_labels.npz",
-            lambda path: data.save_partial_labels(
-                path, mask, train.labels, ratio=config.label_ratio, seed=config.seed, key=data.dataset_key(train)
-            ),
-        )
-        self.store.log(run_id, {"kept_fraction": data.kept_fraction(mask, train.labels)})
-
     @_unless_unreachable
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        family = family_of(trial.config)
-        config = family.config.model_validate(trial.config["trial_config"])
+        family = _family(trial)
+        config = family.task.config.model_validate(trial.config["trial_config"])
         cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
         setup = trial.config.get("setup", config.setup)  # configs made before the OOD family name no setup
         existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
@@ -207,8 +183,8 @@ class MlflowCallback(Callback):
             self.store.client.delete_run(existing.info.run_id)
             existing = None
         if existing is None:
-            tags = {**self._tags(config, cell_key, setup), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
-                    PARENT_RUN_TAG: self._cell_run(config, cell_key, setup)}  # fmt: skip
+            tags = {**self._tags(family, config, cell_key, setup), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
+                    PARENT_RUN_TAG: self._cell_run(family, config, cell_key, setup)}  # fmt: skip
             if "config_hash" in trial.config:  # configs made before trials carried it have none
                 tags[CONFIG_HASH_TAG] = trial.config["config_hash"]
             if "study" in trial.config:
@@ -220,9 +196,9 @@ class MlflowCallback(Callback):
         else:
             run_id = existing.info.run_id
             self.store.client.update_run(run_id, status="RUNNING")
-            self._cell_run(config, cell_key, setup)  # a cell run left FAILED by a crash is RUNNING again
-            self._logged_up_to[trial.trial_id] = self.store.max_step(run_id, family.metric)
-            if f"best_{family.metric}" in existing.data.metrics:
+            self._cell_run(family, config, cell_key, setup)  # a cell run left FAILED by a crash is RUNNING again
+            self._logged_up_to[trial.trial_id] = self.store.max_step(run_id, family.task.metric)
+            if f"best_{family.task.metric}" in existing.data.metrics:
                 # It finished just before a crash that kept Tune from recording it: Tune resumes
                 # it from its last checkpoint, and it ends at once without a new epoch.
                 self._final_logged.add(trial.trial_id)
@@ -233,10 +209,7 @@ class MlflowCallback(Callback):
         epoch = int(result["epoch"])
         if epoch <= self._logged_up_to.get(trial.trial_id, 0):
             return  # already logged before a restart from an older checkpoint
-        if family_of(trial.config).name == "ood":
-            metrics = {k: v for k, v in result.items() if k not in OOD_UNLOGGED and isinstance(v, (int, float))}
-        else:
-            metrics = {k: v for k, v in result.items() if k in EPOCH_METRICS or k.startswith("lr_")}
+        metrics = _family(trial).epoch_metrics(result)
         # What the trial's `auto` settings became on its device (the same at every epoch).
         resolved = flatten(result.get("resolved", {}), RESOLVED_PARAM_PREFIX)
         run_id = self._trial_runs[trial.trial_id]
@@ -253,17 +226,8 @@ class MlflowCallback(Callback):
         result = trial.last_result
         if trial.trial_id in self._final_logged:
             self.store.end(run_id, "FINISHED")
-        elif "epoch" in result and family_of(trial.config).name == "ood":
-            self.store.log(run_id, {k: result[k] for k in OOD_FINAL_METRICS}, step=int(result["epoch"]))
-            labels = "\n".join(result["negative_labels"]) + "\n"
-            self.store.log_file(run_id, "negative_labels.txt", lambda path: Path(path).write_text(labels))
-            self.store.end(run_id, "FINISHED")
         elif "epoch" in result:
-            final = {k: result[k] for k in FINAL_METRICS if k != LAST_MAP}
-            final[LAST_MAP] = result["mAP"]
-            self.store.log(run_id, final, step=int(result["epoch"]))
-            per_class = pd.DataFrame({"class": result["classnames"], "ap": result["best_per_class_ap"]})
-            self.store.log_file(run_id, "per_class_ap.csv", lambda path: per_class.to_csv(path, index=False))
+            _family(trial).log_final(self.store, run_id, result)
             self.store.end(run_id, "FINISHED")
         else:
             self.store.end(run_id, "FAILED")  # stopped before its first epoch

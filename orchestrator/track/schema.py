@@ -85,13 +85,7 @@ RANKING_METRICS = ("best_mAP", LAST_MAP)
 """The final metrics a trial can be judged by: which trial is a cell's best, and a table cell's value."""
 
 FAMILY_TAG = "family"
-"""A trial run's task family: `mlr` or `ood` (absent on runs made before the OOD family: `mlr`)."""
-OOD_FINAL_METRICS = ("best_auroc", "best_epoch", "trainable_params", "train_seconds", "num_negative_labels")
-"""Logged by an OOD trial run when the trial ends; its per-epoch metrics (`auroc`, `auroc.near`,
-`fpr95_ood_pos.<set>`, `id_accuracy`, ... in percent) keep the last epoch's values."""
-OOD_UNLOGGED = ("epoch", "negative_labels", *OOD_FINAL_METRICS)
-"""Keys of an OOD trial's result that are not per-epoch metrics."""
-
+"""A trial run's task family (`orchestrator.families`: `mlr`, `ood`, ...; absent on runs made before the OOD family: `mlr`)."""
 
 def runs_page(ui_address: str, experiment_id: str) -> str:
     """The MLflow UI's runs view of an experiment, opened on the saved trials view (`experiment_tags`)."""

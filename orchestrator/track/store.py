@@ -24,9 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from trainables.config import TrialConfig
 from trainables.errors import UserInputError
-from trainables.ood.config import OODTrialConfig
 
 from orchestrator.specs.grid import Membership, synthetic_variant
 from orchestrator.track.schema import (
@@ -100,8 +98,8 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def backbone_tag(config: TrialConfig | OODTrialConfig) -> str:
-    """`RN101/openai@448`: model, weights (`random` without, a checkpoint by file name; synthetic
+def backbone_tag(config) -> str:
+    """`RN101/openai@448`, of a trial config's `backbone`: model, weights (`random` without, a checkpoint by file name; synthetic
     ones off the plain recipe with their negation rate and pre-training seed, `synthetic-neg0.05-p1`),
     input size."""
     weights = config.backbone.pretrained

@@ -1,0 +1,78 @@
+"""What `describe` says of the MLR cells: their grid, how they train, and each setup's trainable
+parameters and peak tensor memory on each dataset."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from orchestrator.specs import LoadedSpec
+
+
+def per_setup_and_dataset(loaded: LoadedSpec, setups: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], str]:
+    """({setup: {dataset: trainable parameters}}, {setup: {dataset: peak bytes of a trial}}, where
+    the bytes were measured) on the spec's backbone and each dataset's classes.
+
+    The backbone is built with random weights on this machine's device: neither count depends on
+    the weights, and no weights need to be present to describe a spec.
+    """
+    from trainables import backbones, clip, data, memory, precision
+    from trainables import setups as registry
+
+    spec = loaded.spec
+    device = clip.resolve_device("auto")
+    backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
+    chosen, _ = precision.resolve(spec.training.precision, device)
+    classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
+    params: dict[str, dict[str, int]] = {}
+    peaks: dict[str, dict[str, int]] = {}
+    for name in setups:
+        params[name], peaks[name] = {}, {}
+        for dataset, names in classnames.items():
+            setup = registry.build(name, names, backbone, **spec.setup_options.get(name, {}))
+            params[name][dataset] = registry.count_trainable(setup)
+            peaks[name][dataset] = memory.mlr_trial_bytes(
+                setup, backbone, spec.training.batch_size, spec.training.eval_batch_size, chosen
+            )
+    return params, peaks, f"{device.type}, {chosen}"
+
+
+def _packing(gpus_per_trial: float, largest_bytes: int) -> list[str]:
+    """What a fractional `gpus_per_trial` asks of one GPU, at the largest trial's peak."""
+    if not 0 < gpus_per_trial < 1:
+        return []
+    sharing = int(1 / gpus_per_trial)
+    return [
+        f"At gpus_per_trial {gpus_per_trial:g}, up to {sharing} trials share a GPU: at most "
+        f"{sharing} x {largest_bytes / 2**30:.2f} = {sharing * largest_bytes / 2**30:.1f} GiB of tensors plus {sharing} CUDA contexts"
+    ]
+
+
+def lines(loaded: LoadedSpec, setups: list[str], cells: list) -> dict[str, list[str]]:
+    spec, backbone, resources = loaded.spec, loaded.spec.backbone, loaded.spec.resources
+    counts, peaks, measured_on = per_setup_and_dataset(loaded, setups)
+    table = tabulate(
+        [
+            [setup, *(f"{n:,}" for n in counts[setup].values()), *(f"{b / 2**30:.2f}" for b in peaks[setup].values())]
+            for setup in counts
+        ],
+        headers=["setup", *(f"{d.name} params" for d in spec.datasets), *(f"{d.name} GiB/trial" for d in spec.datasets)],
+        colalign=("left", *("right" for _ in range(2 * len(spec.datasets)))),
+    )
+    axes = {"negation rates": backbone.negation_rates, "pre-training seeds": backbone.pretraining_seeds}
+    varying = [f"{name} {', '.join(f'{v:g}' for v in values)}" for name, values in axes.items() if len(values) > 1]
+    backbones = f"{len(backbone.configs())} backbones ({'; '.join(varying)}) x " if varying else ""
+    return {
+        "cells": [
+            f"Cells: {len(cells)} = {len(spec.datasets)} datasets x {backbones}{len(setups)} setups x "
+            f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
+        ],
+        "training": [f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}"],
+        "details": [
+            f"Trainable parameters and peak tensor memory of one trial on {backbone.model} at {backbone.image_size} px "
+            f"(measured here: {measured_on}; batch {spec.training.batch_size}, eval batch {spec.training.eval_batch_size}; "
+            "a GPU process adds its CUDA context):",
+            table,
+            *_packing(resources.gpus_per_trial, max(b for by_dataset in peaks.values() for b in by_dataset.values())),
+            "",
+        ],
+    }
