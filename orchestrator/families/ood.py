@@ -220,8 +220,7 @@ class OOD(Family):
         from orchestrator.report.aggregate import TablePart
         from orchestrator.report.render import write_formats
 
-        trials = ood_table.read_ood_trials(report.client, report.experiment, self.name)
-        trials = trials[trials["run_id"].isin(report.trials["run_id"])] if not trials.empty else trials
+        trials = ood_table.ood_trials(report.trials_of(self.name))
         if trials.empty:
             return []
         table = ood_table.build_ood_table(trials, ood_table.load_reference() if report.reference == "paper" else None)

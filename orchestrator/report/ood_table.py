@@ -14,11 +14,8 @@ import math
 from importlib import resources
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
-from orchestrator.report.reader import trial_runs
 from orchestrator.report.render import MISSING, render_marked
-from orchestrator.track.schema import FAMILY_TAG
 
 METRICS = (("fpr95_ood_pos", "FPR95↓"), ("auroc", "AUROC↑"))
 GROUPS = ("near", "far")
@@ -33,16 +30,15 @@ VARIANT_LABELS = {
 """Each variant's row label, in the rows' order."""
 
 
-def read_ood_trials(client: MlflowClient, experiment_id: str, family: str) -> pd.DataFrame:
-    """One row per FINISHED trial run of `family` (its `family` tag): variant, label_ratio, seed,
-    every metric, and the OOD sets in order."""
-    rows = []
-    for run in trial_runs(client, experiment_id, f"tags.`{FAMILY_TAG}` = '{family}' and attributes.status = 'FINISHED'"):
-        # The trial's config param `ood_sets`: its list of sets as JSON (`tracking.flatten`).
-        sets = [(entry["name"], entry["group"]) for entry in json.loads(run.data.params["ood_sets"])]
-        rows.append({"run_id": run.info.run_id, "variant": run.data.tags["setup"], "label_ratio": float(run.data.tags["label_ratio"]),
-                     "seed": int(run.data.tags["seed"]), "sets": tuple(sets), **run.data.metrics})  # fmt: skip
-    return pd.DataFrame(rows)
+def ood_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The FINISHED rows of `report.reader.read_trials`'s frame for an OOD family's runs, with the
+    columns the table reads: `variant` (the setup), and `sets`, the OOD sets in order (from the
+    trial's config param `ood_sets`, its list of sets as JSON, `track.store.flatten`)."""
+    finished = trials[trials["status"] == "FINISHED"]
+    if finished.empty:
+        return finished
+    sets = finished["params.ood_sets"].map(lambda text: tuple((entry["name"], entry["group"]) for entry in json.loads(text)))
+    return finished.assign(variant=finished["setup"], sets=sets)
 
 
 def load_reference() -> pd.DataFrame:

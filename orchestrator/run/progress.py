@@ -20,9 +20,9 @@ from orchestrator.track.trial_errors import error_path, trial_exception, user_er
 _ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
 
 
-def _epochs(trial) -> int | str:
-    """The epochs a trial runs, where its config says (`training.epochs`, as every family's does), else `?`."""
-    return trial.config["trial_config"].get("training", {}).get("epochs", "?")
+def _epochs(trial) -> int:
+    """The epochs a trial runs: its config's `training.epochs`, as every family's config has it."""
+    return trial.config["trial_config"]["training"]["epochs"]
 
 
 def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, str, str]]:
