@@ -39,9 +39,9 @@ import torch
 from PIL import Image
 
 from trainables import cache_fill
-from trainables import clip as clip_lib
 from trainables import setups
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig, TrialConfig
+from trainables.devices import trial_device
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.train import MLRTrial
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
                   batch_size=args.eval_batch, num_workers=args.workers, progress=False)  # fmt: skip
     fill_rate = (args.train + args.test) / (time.perf_counter() - started)
 
-    device = clip_lib.resolve_device("auto")
+    device = trial_device("auto")
     modes = [False, True] if device.type == "cuda" else [False]
     rows = []
     for name in args.setups.split(","):

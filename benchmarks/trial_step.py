@@ -36,6 +36,7 @@ import torch
 from trainables import backbones
 from trainables import clip as clip_lib
 from trainables import precision, setups
+from trainables.devices import trial_device
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.losses import AsymmetricLoss
 from trainables.prompts import PromptLearner
@@ -89,7 +90,7 @@ def measure(
     name: str, path: str, model: str, image_size: int, batch: int, classes: int, steps: int, requested: str, blocks: int = 1
 ) -> dict:
     """Seconds per training step (median of `steps` after one warm-up), the first loss and peak memory."""
-    device = clip_lib.resolve_device("auto")
+    device = trial_device("auto")
     frozen = backbones.load(model, None, image_size=image_size, device=str(device))
     setup = build(name, frozen, classes, path)
     images, targets = make_batch(frozen, batch, classes)
@@ -203,7 +204,7 @@ def main() -> None:
 
     rows = []
     for name in args.setups.split(","):
-        for path in paths(clip_lib.resolve_device("auto")):
+        for path in paths(trial_device("auto")):
             rows.append(measure_in_child(
                 name, path, args.model, args.image_size, args.batch, args.classes, args.steps, args.precision, args.blocks
             ))  # fmt: skip

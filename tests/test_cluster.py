@@ -34,7 +34,9 @@ SPEC = {
     "label_ratios": [0.1, 0.5],
     "seeds": [1],
     "training": {"epochs": 2},
-    "resources": {"cpus_per_trial": 1},
+    # The worker node says it has a GPU this machine does not have: its actors are told to use the CPU
+    # (under `auto`, an actor Ray gives a GPU that torch cannot use stops in one line).
+    "resources": {"cpus_per_trial": 1, "device": "cpu"},
 }
 # Ray 2.60 sends its auth token to an explicit address only when told to (STACK-NOTES.md).
 ENV = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -112,6 +112,9 @@ def test_images_manifests_and_lock_agree_on_versions():
     lock = dict(line.split("==") for line in (DOCKER / "requirements.lock").read_text().splitlines() if "==" in line)
     for package in ("ray", "torch", "mlflow", "optuna", "open_clip_torch"):
         assert lock[package] == metadata.version(package), package  # the lock is what the tests ran with
+    # The image's torch comes from PyTorch's index for a CUDA 12 build (drivers >= 525.60), with its own CUDA runtime.
+    assert not [name for name in lock if name.startswith(("nvidia-", "cuda-"))]
+    assert "ARG TORCH_CUDA=cu12" in (DOCKER / "Dockerfile").read_text()
     ray_version = lock["ray"]
     assert f"rayproject/ray:{ray_version}-py311-gpu" in (DOCKER / "Dockerfile").read_text()
     assert f'"mlflow[auth]=={lock["mlflow"]}"' in (DOCKER / "mlflow.Dockerfile").read_text()

@@ -40,3 +40,33 @@ def test_tune_packing_measures_trials_sharing_the_device_and_recommends(write_sp
     rows = [line.split() for line in printed.splitlines() if re.fullmatch(r"\s*\d+\s+\d+\s+[\d.]+x\s+[\d.]+\s+[\d.]+", line)]
     assert [row[0] for row in rows] == ["1", "2"] and all(float(row[1]) > 0 for row in rows)
     assert re.search(r"Use: [12] trials at once on this machine", printed)
+
+
+@pytest.mark.parametrize(
+    ("listed", "expected"),
+    [
+        ("{pid}, 1536\n999999, 40000\n", 1536 * 2**20),  # nvidia-smi's MiB of this process, less its (empty) pool
+        ("999999, 40000\n", None),  # not listed (a container's own PID namespace): the estimate
+        (None, None),  # no nvidia-smi at all
+    ],
+)
+def test_packing_counts_what_a_process_holds_beside_its_allocator(monkeypatch, listed, expected):
+    """The CUDA context and the libraries' workspaces belong in each packed process's memory."""
+    import os
+
+    import torch
+
+    from orchestrator.run import packing
+
+    def nvidia_smi(*args, **kwargs):
+        if listed is None:
+            raise FileNotFoundError("nvidia-smi")
+        return subprocess.CompletedProcess(args, 0, stdout=listed.format(pid=os.getpid()), stderr="")
+
+    monkeypatch.setattr(packing.subprocess, "run", nvidia_smi)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    assert packing.context_bytes(torch.device("cuda")) == (packing.CONTEXT_ESTIMATE if expected is None else expected)
+    # A K whose processes fit on their pools alone, but not with their contexts, is not chosen.
+    gib = 2**30
+    measured = [packing.Packed(1, 100.0, 10 * gib), packing.Packed(2, 190.0, 10 * gib + 5 * gib)]
+    assert packing.recommend(measured, device_bytes=32 * gib).processes == 1

@@ -215,3 +215,49 @@ def test_fill(tmp_path: Path, features: FeatureConfig, train_entries: int) -> No
     assert summary == {"encoded": train_entries + 1, "reused": 0, "skipped_images": 0, "activation": gelu}
     assert len(list((tmp_path / "cache" / "features").glob("*.npy"))) == train_entries + 1
     assert fill_once() == {"encoded": 0, "reused": train_entries + 1, "skipped_images": 0, "activation": gelu}
+
+
+def test_one_set_of_decoding_workers_serves_every_shard_of_an_entry(tiny_rn, train_set, tmp_path, monkeypatch):
+    """Workers are started once per entry, not once per shard (each start costs a fork and imports),
+    and the shards they encode are what one batch-by-batch pass gives."""
+    from trainables import features
+
+    monkeypatch.setattr(features, "SHARD_IMAGES", 3)  # 8 images: 3 shards
+    started = []
+    real_iter = torch.utils.data.dataloader._MultiProcessingDataLoaderIter.__init__
+
+    def count_starts(self, loader):
+        started.append(loader)
+        real_iter(self, loader)
+
+    monkeypatch.setattr(torch.utils.data.dataloader._MultiProcessingDataLoaderIter, "__init__", count_starts)
+    stored = FeatureCache(tmp_path / "sharded").dense_features(tiny_rn, train_set, "test", batch_size=2, num_workers=2)
+    assert len(started) == 1
+    monkeypatch.setattr(features, "SHARD_IMAGES", 2048)
+    whole = FeatureCache(tmp_path / "whole").dense_features(tiny_rn, train_set, "test", batch_size=2)
+    # Other batch compositions (shards of 3 in batches of 2): the same features up to fp16 rounding.
+    np.testing.assert_allclose(np.asarray(stored.features, np.float32), np.asarray(whole.features, np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_a_local_fill_for_gpu_trials_runs_in_a_process_of_its_own(make_spec, monkeypatch):
+    """On a GPU the driver must not keep a CUDA context and the encoder's memory on the GPU its trials
+    share: the fill runs in a spawned process, whose errors come back as themselves (one line)."""
+    from trainables import backbones
+
+    from orchestrator.run import fill
+    from orchestrator.specs import grid
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver loaded a backbone")
+
+    monkeypatch.setattr(fill, "own_process", lambda device: True)
+    monkeypatch.setattr(backbones, "load_backbone", not_here)
+    spec = make_spec(features={"mode": "cached"})
+    fill.fill_locally(grid.Plan.of(spec))
+    assert len(list((spec.cache_dir / "features").glob("*.npy"))) == 2  # the train and test splits
+
+    Path("broken.jpg").write_bytes(b"not a JPEG")
+    Path("list.csv").write_text("image,labels\nbroken.jpg,cat\n")
+    broken = make_spec(datasets=[{"name": "mine", "kind": "manifest", "train_manifest": "list.csv", "test_manifest": "list.csv"}])
+    with pytest.raises(UserInputError, match=r"^dataset 'mine': cannot read image .*broken.jpg"):
+        fill.fill_locally(grid.Plan.of(broken))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
-from trainables.ood.score import group_permutation, grouped_score
+from trainables.ood.score import group_permutation, grouped_score, ood_scores
 
 
 def _auroc_by_pairs(id_scores, ood_scores) -> float:
@@ -149,3 +152,63 @@ def test_group_permutation_is_seeded_and_drops_the_remainder():
     assert sorted(first.flatten().tolist()) == list(range(9))
     with pytest.raises(ValueError, match="groups must be between 1"):
         group_permutation(5, 6)
+
+
+# -- scoring a large test set in batches -----------------------------------------------------------
+
+
+class LiveBytes(TorchDispatchMode):
+    """The most bytes the tensors made under it held at once (on any device, `meta` included); a
+    view holds none of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:
+            return out
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                size = tensor.untyped_storage().nbytes()
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(tensor, self._free, size)
+        return out
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+
+def _unit(rows: int, dim: int, device: str = "cpu", seed: int = 0) -> torch.Tensor:
+    if device == "meta":
+        return torch.empty(rows, dim, device="meta")
+    return F.normalize(torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+@pytest.mark.parametrize(("rule", "groups"), [("grouped", 1), ("grouped", 7), ("msp", 1)])
+def test_scores_in_batches_equal_the_scores_of_one_call(rule, groups):
+    images, text, num_id = _unit(530, 32, seed=1), _unit(10 + 70, 32, seed=2), 10
+    cosines = images @ text.T
+    if rule == "msp":
+        whole = torch.softmax(100.0 * cosines[:, :num_id], dim=-1).max(dim=-1).values
+    else:
+        whole = grouped_score(cosines[:, :num_id], cosines[:, num_id:], groups)
+    batched = ood_scores(images, text, num_id, rule=rule, groups=groups, batch_size=64)
+    torch.testing.assert_close(batched, whole, rtol=0, atol=1e-6)
+
+
+def test_scoring_imagenet_scale_takes_one_batchs_memory_not_the_whole_sets():
+    """50,000 test images x (1,000 ID + 10,000 negative labels) at 100 groups: one call builds a
+    [50,000, 100, 1,100] fp32 tensor (20.5 GiB, and its softmax as much again); in batches of 256
+    the peak is a batch's. Measured on the meta device: shapes and sizes, no memory."""
+    images, text = _unit(50_000, 512, "meta"), _unit(11_000, 512, "meta")
+    one_call = 50_000 * 100 * 1_100 * 4
+    tracked = LiveBytes()
+    with tracked:
+        scores = ood_scores(images, text, 1_000, rule="grouped", groups=100, batch_size=256)
+    assert scores.shape == (50_000,)
+    batch = 256 * 100 * 1_100 * 4  # one batch's [256, 100, 1,100] fp32 tensor: 113 MB
+    assert batch < tracked.peak <= 5 * batch  # the batch, its softmax and a few of its neighbours
+    assert one_call / tracked.peak > 35

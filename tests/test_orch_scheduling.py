@@ -81,6 +81,6 @@ def test_trials_fit_per_node_not_on_the_cluster_totals(monkeypatch):
     # Per node: min(4 // 1, 1 // 0.25) = 4, twice; min(4 // 2, 1 // 1) = 1, twice.
     assert cluster.trials_that_fit(Resources(cpus_per_trial=1, gpus_per_trial=0.25)) == 8
     assert cluster.trials_that_fit(Resources(cpus_per_trial=2, gpus_per_trial=1)) == 2
-    # 2 GPUs in all, but never on one node: refused before anything is scheduled.
-    with pytest.raises(UserInputError, match=r"needs 1 CPUs and 2 GPUs on one node .* 2 Ray node\(s\) have 4 CPUs and 1 GPUs"):
-        cluster.trials_that_fit(Resources(cpus_per_trial=1, gpus_per_trial=2))
+    # 8 CPUs in all, but never on one node: refused before anything is scheduled.
+    with pytest.raises(UserInputError, match=r"needs 8 CPUs and 1 GPUs on one node .* 2 Ray node\(s\) have 4 CPUs and 1 GPUs"):
+        cluster.trials_that_fit(Resources(cpus_per_trial=8, gpus_per_trial=1))

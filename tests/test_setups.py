@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainables import backbones, clip, setups
 from trainables.errors import UserInputError
@@ -333,3 +334,38 @@ def test_trainable_parameter_counts_on_rn101(rn101, num_classes, expected):
     assert expected["baseline"] == d * 2 * k + 2 * k
     assert expected["positive_coop"] == k * n_ctx * width + k * d
     assert expected["dual_coop"] == 2 * k * n_ctx * width
+
+
+# -- initialisation ------------------------------------------------------------------------------
+
+
+class RandomDraws(TorchDispatchMode):
+    """Records the device of every random draw (what a seed's generator decides)."""
+
+    RANDOM = ("normal", "uniform", "randn", "rand", "random", "randint", "randperm", "bernoulli", "exponential")
+
+    def __init__(self):
+        super().__init__()
+        self.devices: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.__name__.split(".")[0].rstrip("_") in self.RANDOM:
+            self.devices.append(out.device.type)
+        return out
+
+
+@pytest.mark.parametrize("name", ["baseline", *PROMPT_SETUPS, "lapt"])
+def test_initial_weights_are_drawn_on_the_cpu_whatever_the_backbones_device(tiny_rn, monkeypatch, name):
+    """A seed's GPU and CPU runs share a trial key, so they must start from the same weights: drawn by
+    the CPU generator, then moved (the CUDA generator gives other numbers for the same seed). The
+    backbone here says it is on `meta`, a device that is not the CPU and holds no values."""
+    from trainables.ood.lapt import LAPTPrompts
+
+    monkeypatch.setattr(type(tiny_rn), "device", property(lambda self: torch.device("meta")))
+    monkeypatch.setattr(type(tiny_rn), "tokenize", lambda self, texts: self._tokenizer(texts))  # the weights stay on the CPU
+    draws = RandomDraws()
+    with draws:
+        built = LAPTPrompts(CLASSNAMES, ["stone", "cloud"], tiny_rn, n_ctx=4) if name == "lapt" else setups.build(name, CLASSNAMES, tiny_rn)
+    assert draws.devices and set(draws.devices) == {"cpu"}
+    assert {p.device.type for p in built.parameters()} == {"meta"}  # then moved to the backbone's device

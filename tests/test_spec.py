@@ -54,7 +54,8 @@ def test_object_store_results_keep_the_drivers_state_in_the_working_directory(ma
         ({"training": {"epocs": 3}}, "training.epocs", "unknown key; expected one of: epochs, batch_size"),
         ({"seeds": [1, 1]}, "seeds", "duplicate values [1]"),
         ({"search": {"kind": "bayes"}}, "search", "kind must be grid or optuna"),
-        ({"resources": {"gpus_per_trial": 1.5}}, "resources.gpus_per_trial", "whole number"),
+        ({"resources": {"gpus_per_trial": 1.5}}, "resources.gpus_per_trial", "a trial computes on one GPU: use 1, or a fraction"),
+        ({"resources": {"gpus_per_trial": 2}}, "resources.gpus_per_trial", "gpus_per_trial is 2, but a trial computes on one GPU"),
         ({"tracking_uri": "mlflow.db"}, "tracking_uri", "is not a tracking URI"),
     ],
 )

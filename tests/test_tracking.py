@@ -23,7 +23,9 @@ from trainables.errors import UserInputError
 from orchestrator.run.launch import finalize
 from orchestrator.specs import grid
 from orchestrator.track.callback import MlflowCallback
-from orchestrator.track.schema import CELL_KEY_TAG, PARENT_RUN_TAG, RAY_NODE_TAG, ROLE_TAG, TRIAL_KEY_TAG, role_filter
+from orchestrator.track.schema import (
+    CELL_KEY_TAG, PARENT_RUN_TAG, RAY_NODE_TAG, ROLE_TAG, TRIAL_KEY_TAG, WARNING_TAG_PREFIX, role_filter,
+)  # fmt: skip
 from orchestrator.track.store import TrackingStore, check_reachable, flatten, git_commit
 
 
@@ -361,3 +363,17 @@ def test_two_processes_making_a_new_sqlite_store_at_once_both_open_it(tmp_path):
         assert "Traceback" not in stderr
     store = TrackingStore(uri, "shared")
     assert [e.name for e in store.client.search_experiments() if e.name == "shared"] == ["shared"]
+
+
+def test_a_trials_warning_becomes_a_tag_of_its_run(started, store, monkeypatch):
+    """A graph asked for that could not be captured (the trial stepped eagerly) is said on the run, once."""
+    logger, trial = started
+    warning = "the step could not be captured as a CUDA graph, so it ran eagerly: operation not permitted"
+    set_tags = []
+    real_set_tag = store.client.set_tag
+    monkeypatch.setattr(logger.store.client, "set_tag", lambda *args: set_tags.append(args[1:]) or real_set_tag(*args))
+    for epoch in (1, 2):
+        logger.on_trial_result(0, [], trial, {**epoch_result(epoch, 10.0 * epoch), "warnings": {"training.cuda_graph": warning}})
+    (run,) = trial_runs(store)
+    assert run.data.tags[WARNING_TAG_PREFIX + "training.cuda_graph"] == warning
+    assert [tag for tag in set_tags if tag[0].startswith(WARNING_TAG_PREFIX)] == [(WARNING_TAG_PREFIX + "training.cuda_graph", warning)]

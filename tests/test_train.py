@@ -98,3 +98,51 @@ def test_augmented_feature_modes_train(tmp_path, features):
     stored = list((tmp_path / "cache" / "features").glob("*.npy"))
     # online: only the test split is cached; cached_views: the test split and one file per view.
     assert len(stored) == (1 if features["mode"] == "online" else 3)
+
+
+# -- the online feature mode -----------------------------------------------------------------------
+
+
+def _online(tmp_path, workers: int | None, **changes) -> TrialConfig:
+    config = _config(tmp_path, **changes).model_copy(update={"features": FeatureConfig(mode="online")})
+    return config.model_copy(update={"training": config.training.model_copy(update={"num_workers": workers})})
+
+
+def _epoch_batches(config: TrialConfig, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    from trainables.train import MLRTrial
+
+    trial = MLRTrial(config)
+    return [(feats.clone(), targets.clone()) for feats, targets in trial.train_batches(epoch)]
+
+
+def test_online_batches_do_not_depend_on_the_decoding_workers(tmp_path):
+    """Image i of epoch e is augmented under the seed (trial seed, e, i), whichever worker decodes it."""
+    for epoch in (0, 1):
+        alone, workers = _epoch_batches(_online(tmp_path, 0), epoch), _epoch_batches(_online(tmp_path, 2), epoch)
+        assert len(alone) == len(workers) == 3
+        for (f0, t0), (f2, t2) in zip(alone, workers):
+            assert torch.equal(f0, f2) and torch.equal(t0, t2)
+    first, second = _epoch_batches(_online(tmp_path, 0), 0), _epoch_batches(_online(tmp_path, 0), 1)
+    assert not torch.equal(first[0][0], second[0][0])  # another epoch: another order and other draws
+
+
+def test_a_resumed_online_trial_sees_the_augmentations_it_would_have_seen(tmp_path):
+    config = _online(tmp_path, 2, setup="positive_coop", epochs=2)
+    straight = list(run_epochs(config))
+    (_, after_one), = [next(iter(run_epochs(config)))]
+    resumed = list(run_epochs(config, after_one))
+    for name, value in straight[-1][1]["setup"].items():
+        assert torch.equal(resumed[-1][1]["setup"][name], value)
+    assert resumed[-1][0]["mAP"] == straight[-1][0]["mAP"]
+
+
+def test_uint8_pixels_normalised_on_the_device_are_the_transforms_own(tmp_path):
+    """`normalise` computes what ToTensor and CLIP's Normalize compute, bit for bit on a CPU."""
+    dataset = data.build_dataset(DatasetConfig(name="shapes", kind="synthetic", synthetic_num_train=8), "train", tmp_path)
+    image = dataset.load_image(0)
+    torch.manual_seed(3)
+    expected = data.train_transform(64)(image)
+    torch.manual_seed(3)
+    pixels = data.train_transform(64, normalised=False)(image)
+    assert pixels.dtype == torch.uint8
+    assert torch.equal(data.normalise(pixels.unsqueeze(0))[0], expected)

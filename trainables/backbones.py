@@ -90,7 +90,11 @@ def load(
     if state_dict is not None:
         _load_weights(clip_model, state_dict, checkpoint)
     identity = f"{model}/{weights}@{image_size}"
-    return clip.FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
+    frozen = clip.FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
+    if torch.device(device).type == "cuda":
+        # cuDNN's fastest convolutions take NHWC; the weights are converted once, each batch by the first conv.
+        frozen.model.visual.to(memory_format=torch.channels_last)
+    return frozen
 
 
 def resolve_quick_gelu(

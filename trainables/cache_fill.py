@@ -8,7 +8,6 @@ process with one progress bar, after saying how long that takes on a CPU (measur
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from trainables import clip as clip_lib
 from trainables import data
 from trainables.backbones import load_backbone
+from trainables.devices import default_workers, trial_device
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.encoding import Encoding, View, fill_views, view_transform
 from trainables.features import FeatureCache
@@ -25,11 +25,6 @@ from trainables.features import FeatureCache
 
 def _activation(clip: clip_lib.FrozenCLIP) -> str:
     return f"{'QuickGELU' if clip.quick_gelu else 'GELU'} ({clip.quick_gelu_reason})"
-
-
-def default_workers() -> int:
-    """Image-decoding workers of a fill: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def encoding_rate(
@@ -105,7 +100,7 @@ def fill(
     The features depend on (dataset, backbone, feature mode) only, so one call covers every setup,
     label ratio, seed and loss setting on that dataset. Returns counts for a report.
     """
-    clip = load_backbone(backbone, data_dir, clip_lib.resolve_device(device))
+    clip = load_backbone(backbone, data_dir, trial_device(device))
     data.check(dataset_config, data_dir)
     jobs = [(data.build_dataset(dataset_config, split, data_dir), view, "dense") for split, view in fill_views(features)]
     return encode_all(

@@ -215,20 +215,6 @@ def _sequence_first_text_transformer(clip_model: open_clip.CLIP) -> None:
         block.attn.batch_first = False
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto`: the GPU when there is one, else the CPU; any other name as torch reads it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    """`cuda:0 (NVIDIA H200)` or `cpu`: what a trial ran on, for its run."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
-
-
 def supported_models() -> list[str]:
     """open_clip model names with a ModifiedResNet or standard ViT image tower and the built-in text tower."""
     return [name for name in open_clip.list_models() if _unsupported_reason(open_clip.get_model_config(name)) is None]

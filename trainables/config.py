@@ -106,7 +106,10 @@ class TrainingConfig(Strict):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`bf16`: autocast the text encoder and aggregation; `auto`: bf16 where the device computes it
     natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32 (`trainables.precision`)."""
-    num_workers: int = Field(0, ge=0)
+    num_workers: int | None = Field(None, ge=0)
+    """Image-decoding worker processes of the `online` feature mode (kept for the whole trial). None:
+    the CPUs the trial holds (`TrialConfig.cpus`). The augmentation of an image is seeded by (trial
+    seed, epoch, image), so the number changes nothing a trial computes."""
     cuda_graph: Literal["auto"] | bool = "auto"
     """Run each training step as one CUDA graph (`trainables.step`): `auto` on CUDA devices, off
     elsewhere; `true` on a device without CUDA fails the trial."""
@@ -146,3 +149,6 @@ class TrialConfig(Strict):
     gpu_share: float = Field(1.0, gt=0.0, le=1.0)
     """The fraction of its GPU the trial holds (`resources.gpus_per_trial` below 1), for the
     default budget of resident features."""
+    cpus: float | None = Field(None, gt=0.0)
+    """The CPUs the trial holds (`resources.cpus_per_trial`), for its image-decoding workers. None:
+    the CPUs this process may use."""

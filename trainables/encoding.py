@@ -9,7 +9,9 @@ mode); `("train", v)` is augmented view v, where view v of image i is seeded by
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from trainables import clip as clip_lib
-from trainables import data
+from trainables import data, precision
 from trainables.config import FeatureConfig
 
 View = Literal["test"] | tuple[Literal["train"], int]
@@ -51,31 +53,80 @@ def fill_views(features: FeatureConfig) -> list[tuple[data.Split, View]]:
     return [("train", view) for view in train_views(features)] + [("test", "test")]
 
 
+def exit_with_parent(_worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: end the worker at once when the process that started it
+    dies. A killed fill actor or trial otherwise leaves its workers running for a while, holding
+    what they inherited at the fork, the encoding shard's file lock among them, so the shard's next
+    encoder waits for them. `os._exit`: no exit handlers, which may block on a queue nobody reads."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+PARENT_POLL_S = 0.2
+
+
+class RowBatches(torch.utils.data.Sampler):
+    """A batch sampler over whichever rows are set (`rows`) before each pass: one loader, and its
+    persistent workers, serves every shard of an entry."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.rows: Sequence[int] = range(0)
+
+    def __iter__(self):
+        for start in range(0, len(self.rows), self.batch_size):
+            yield list(self.rows[start : start + self.batch_size])
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+
+class EntryLoader:
+    """The images of one cache entry (a dataset at a view), decoded by `num_workers` workers that are
+    started once and kept for every shard; pinned for a CUDA encoder, whose copies then overlap."""
+
+    def __init__(
+        self, dataset: data.MultiLabelDataset, view: View, image_size: int, augmentation_seed: int, batch_size: int,
+        num_workers: int, device: torch.device,
+    ) -> None:  # fmt: skip
+        transform, view_index = view_transform(view, image_size)
+        self.sampler = RowBatches(batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            data.ImageTensors(dataset, transform, image_size, view_index, augmentation_seed),
+            batch_sampler=self.sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
+            pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent if num_workers else None,
+        )  # fmt: skip
+
+    def batches(self, rows: Sequence[int]) -> Iterator:
+        """(images, indices, valid) batches of `rows`, in order."""
+        self.sampler.rows = rows
+        return data.batches_of(self.loader)
+
+
 def encode_rows(
     clip: clip_lib.FrozenCLIP,
-    dataset: data.MultiLabelDataset,
-    view: View,
+    images: EntryLoader,
     encoding: Encoding,
     rows: range,
     path: Path,
-    augmentation_seed: int,
-    batch_size: int,
-    device: torch.device | str | None,
-    num_workers: int,
+    dataset: data.MultiLabelDataset,
     on_batch: Callable[[int], None] | None,
 ) -> list[dict]:
-    """Encode the images of `dataset` at `rows`, seen in `view`, into a new .npy file at `path`, synced
-    to disk; the skipped (unreadable) images."""
-    transform, view_index = view_transform(view, clip.image_size)
-    images = data.ImageTensors(dataset, transform, clip.image_size, view_index, augmentation_seed)
-    subset = torch.utils.data.Subset(images, list(rows))
-    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, num_workers=num_workers)
-    device = torch.device(device) if device is not None else next(clip.parameters()).device
+    """Encode the images of `dataset` at `rows` (read through `images`) into a new .npy file at
+    `path`, synced to disk; the skipped (unreadable) images. On CUDA the encoder computes in
+    `precision.encoder_precision` and the copies in do not wait."""
+    device = clip.device
     features = None
     skipped = []
-    for batch, indices, valid in data.batches_of(loader):
-        with torch.no_grad():
-            pixels = batch.to(device)
+    for batch, indices, valid in images.batches(rows):
+        with torch.no_grad(), precision.autocast(precision.encoder_precision(device), device):
+            pixels = batch.to(device, non_blocking=True)
             encoded = clip.encode_dense(pixels) if encoding == "dense" else clip.encode_image(pixels).unsqueeze(1)
             encoded = encoded.to(torch.float16).cpu().numpy()
         encoded[~valid.numpy()] = 0
@@ -90,5 +141,3 @@ def encode_rows(
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
     return skipped
-
-

@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from trainables import atomic
+from trainables import atomic, precision
 from trainables import clip as clip_lib
 from trainables import data
-from trainables.encoding import Encoding, View, encode_rows, view_transform
+from trainables.encoding import Encoding, EntryLoader, View, encode_rows, view_transform
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,11 @@ class FeatureCache:
     ) -> dict:
         """Everything the features depend on, as JSON-able values (dense keys predate `encoding`)."""
         transform, view_index = view_transform(view, clip.image_size)
-        return ({} if encoding == "dense" else {"encoding": encoding}) | {
+        # Keys made before an input existed keep it out at its old value: fp32, dense.
+        computed = precision.encoder_precision(clip.device)
+        return (
+            ({} if encoding == "dense" else {"encoding": encoding}) | ({} if computed == "fp32" else {"encoder_precision": computed})
+        ) | {
             "format": FORMAT_VERSION,
             "backbone": clip.identity,
             "image_size": clip.image_size,
@@ -81,7 +84,7 @@ class FeatureCache:
             "transform": repr(transform),
             "view": view_index,
             "augmentation_seed": None if view_index is None else self.augmentation_seed,
-        }
+        }  # fmt: skip
 
     def key(
         self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
@@ -132,16 +135,15 @@ class FeatureCache:
         view: View = "test",
         *,
         batch_size: int = 32,
-        device: torch.device | str | None = None,
         num_workers: int = 0,
         progress: bool = False,
         encoding: Encoding = "dense",
     ) -> DenseFeatures:
-        """Read the features of (clip, dataset, view), encoding them first if no process has yet."""
+        """Read the features of (clip, dataset, view), encoding them first on the clip's device if no process has yet."""
         key = self.key(clip, dataset, view, encoding)
         stored = self._read(key, len(dataset))
         if stored is None:
-            stored = self._write(clip, dataset, view, encoding, key, batch_size, device, num_workers, progress)
+            stored = self._write(clip, dataset, view, encoding, key, batch_size, num_workers, progress)
         skipped = np.flatnonzero(~stored.valid)
         if len(skipped) and not dataset.skip_corrupt_images:
             # Encoded by a trial that skipped unreadable images; this one was not told to.
@@ -188,13 +190,15 @@ class FeatureCache:
         index: int,
         *,
         encoding: Encoding = "dense",
+        images: EntryLoader | None = None,
         batch_size: int = 32,
-        device: torch.device | str | None = None,
         num_workers: int = 0,
         on_batch: Callable[[int], None] | None = None,
     ) -> bool:
         """Encode shard `index` of (clip, dataset, view) and store it, under its own lock; False when
-        another process stored it first. `on_batch(images)` is called as batches are encoded.
+        another process stored it first. `images`: the entry's loader (`entry_loader`), kept by a
+        caller that encodes several shards; else one is made of `batch_size` and `num_workers`.
+        `on_batch(images)` is called as batches are encoded.
 
         Shards are written like entries: into a temporary file named by host and process, renamed
         into place after their sidecar, so a killed writer leaves nothing that is read."""
@@ -208,15 +212,21 @@ class FeatureCache:
             atomic.clear_leftovers(array_path)
             atomic.clear_leftovers(sidecar_path)
 
+            loader = images or self.entry_loader(clip, dataset, view, batch_size, num_workers)
+
             def encode(temporary: Path) -> None:
-                skipped = encode_rows(
-                    clip, dataset, view, encoding, rows, temporary, self.augmentation_seed, batch_size, device, num_workers, on_batch
-                )
+                skipped = encode_rows(clip, loader, encoding, rows, temporary, dataset, on_batch)
                 sidecar = json.dumps({"rows": [rows.start, rows.stop], "skipped": skipped}) + "\n"
                 atomic.replace(sidecar_path, lambda path: path.write_text(sidecar))
 
             atomic.replace(array_path, encode)
         return True
+
+    def entry_loader(
+        self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, batch_size: int, num_workers: int
+    ) -> EntryLoader:
+        """The loader of (dataset, view) for `encode_shard`: one set of decoding workers for every shard."""
+        return EntryLoader(dataset, view, clip.image_size, self.augmentation_seed, batch_size, num_workers, clip.device)
 
     def assemble(
         self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
@@ -274,7 +284,6 @@ class FeatureCache:
         encoding: Encoding,
         key: str,
         batch_size: int,
-        device: torch.device | str | None,
         num_workers: int,
         progress: bool,
     ) -> DenseFeatures:
@@ -292,12 +301,10 @@ class FeatureCache:
             missing = self.missing_shards(key, len(dataset))
             label = "test transform" if view == "test" else f"train view {view[1]}"
             total = sum(map(len, missing.values()))
+            images = self.entry_loader(clip, dataset, view, batch_size, num_workers) if missing else None
             with tqdm(total=total, unit="img", desc=f"{dataset.name}/{dataset.split} {label}", disable=None if progress else True) as bar:  # None: off when not a terminal
                 for index in missing:
-                    self.encode_shard(
-                        clip, dataset, view, index, encoding=encoding, batch_size=batch_size, device=device,
-                        num_workers=num_workers, on_batch=bar.update,
-                    )  # fmt: skip
+                    self.encode_shard(clip, dataset, view, index, encoding=encoding, images=images, on_batch=bar.update)
         finally:
             lock.release()
         return self.assemble(clip, dataset, view, encoding)

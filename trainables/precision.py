@@ -46,6 +46,13 @@ def resolve(requested: Precision, device: torch.device) -> tuple[Literal["fp32",
     return requested, f"precision {requested} on {device}, as the spec says"
 
 
+def encoder_precision(device: torch.device) -> Literal["fp32", "bf16"]:
+    """What the frozen image encoder computes in, filling the cache or encoding online: bf16 on a CUDA
+    device that supports it (its features are stored in fp16 either way), fp32 everywhere else, so
+    that a CPU's features stay what they were. The cache's keys tell the two apart."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def autocast(chosen: Literal["fp32", "bf16"], device: torch.device) -> AbstractContextManager:
     """The region where a setup computes in the chosen precision: bf16 autocast, or nothing for fp32.
 

@@ -74,8 +74,9 @@ class PromptLearner(nn.Module):
             if self.n_ctx < 1:
                 raise UserInputError(f"setup option n_ctx must be at least 1, got {self.n_ctx}")
             shape = (num_classes, self.n_ctx, width) if csc else (self.n_ctx, width)
-            ctx = torch.empty(shape, device=clip.device)
-            nn.init.normal_(ctx, std=CTX_INIT_STD)
+            ctx = torch.empty(shape)
+            nn.init.normal_(ctx, std=CTX_INIT_STD)  # by the CPU generator: a seed starts alike on every device
+            ctx = ctx.to(clip.device)
             prompt_prefix = " ".join([PLACEHOLDER] * self.n_ctx)
         self.ctx = nn.Parameter(ctx)
 

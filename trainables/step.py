@@ -6,25 +6,31 @@ and never waits for the device: the learning rates are device tensors (changed w
 recapture), and the sum of the losses and the first non-finite step are kept on the device and
 read once per epoch by `end_epoch`, which raises `FloatingPointError` naming the first bad step.
 
-On CUDA with `graphed=True` the whole step is one CUDA graph: the first `WARMUP_STEPS` calls run
-eagerly on a side stream (real training steps: they also create the optimiser's momentum buffers,
-which the captured update then changes in place), the next call is captured with static input
-buffers and replayed, and every later call with inputs of the captured shapes copies them into
-those buffers and replays. A call of other shapes (an epoch's last, shorter batch) runs eagerly,
-so no batch is dropped. The capture wraps the step, not a setup: any loss function of tensors is
-captured, so every setup and family gets it without code of its own. The loss function must not
-synchronise (no `.item()`, no data-dependent Python branches) and should autocast with
-`cache_enabled=False` (`trainables.precision.autocast`).
+On CUDA with `graphed=True` the whole step is one CUDA graph: the first `WARMUP_STEPS` full
+batches run eagerly on a side stream (real training steps: they also create the optimiser's
+momentum buffers, which the captured update then changes in place), the next full batch is
+captured with static input buffers and replayed, and every later full batch is copied into those
+buffers and replayed. A call of another shape (an epoch's last, shorter batch) runs eagerly, so no
+batch is dropped, and never becomes the captured shape. Everything runs on the trial's device and
+its streams, whichever device is current. The capture wraps the step, not a setup: any loss
+function of tensors is captured, so every setup and family gets it without code of its own. The
+loss function should not synchronise (no `.item()`, no data-dependent shapes) and should autocast
+with `cache_enabled=False` (`trainables.precision.autocast`); one that does cannot be captured,
+and under `cuda_graph: auto` the trial then warns once and steps eagerly (`TrainingStep.fallback`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 import torch
 
 from trainables.errors import UserInputError
+
+log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3
 """Eager steps on a side stream before the capture (PyTorch's recipe for whole-network capture)."""
@@ -82,15 +88,32 @@ def snapshot(state: dict) -> dict:
 
 
 class TrainingStep:
-    """One optimiser step per call, on `loss_of(*inputs)`; see the module docstring."""
+    """One optimiser step per call, on `loss_of(*inputs)`; see the module docstring.
 
-    def __init__(self, loss_of: LossFunction, optimizer: torch.optim.SGD, device: torch.device, graphed: bool = False):
-        if graphed and device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+    `graphed`: capture the step as a CUDA graph (`use_cuda_graph`); `graph_required`: the spec said
+    `true`, so a capture that fails is the trial's one-line error instead of a warning and eager
+    steps; `full_rows`: the rows of a full batch (the first input's first dimension), the one shape
+    that is warmed up, captured and replayed.
+    """
+
+    def __init__(
+        self,
+        loss_of: LossFunction,
+        optimizer: torch.optim.SGD,
+        device: torch.device,
+        graphed: bool = False,
+        *,
+        graph_required: bool = False,
+        full_rows: int | None = None,
+    ):
         self.loss_of = loss_of
         self.optimizer = optimizer
         self.device = device
         self.graphed = graphed
+        self.graph_required = graph_required
+        self.full_rows = full_rows
+        self.fallback: str | None = None
+        """Why the step runs eagerly although a graph was asked for (`auto` and a capture that failed)."""
         self.learning_rates = [torch.tensor(float(g["lr"]), device=device) for g in optimizer.param_groups]
         # Read by `end_epoch` only: the steps of this epoch, their loss sum, the first non-finite one.
         self._steps = torch.zeros((), dtype=torch.int64, device=device)
@@ -98,7 +121,7 @@ class TrainingStep:
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
         self._first_bad_loss = torch.zeros((), dtype=torch.float32, device=device)
         self._warmup_left = WARMUP_STEPS
-        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph = None
         self._static_inputs: list[torch.Tensor] = []
 
     def set_learning_rates(self, values: Sequence[float]) -> None:
@@ -110,21 +133,25 @@ class TrainingStep:
     def __call__(self, *inputs: torch.Tensor) -> None:
         if not self.graphed:
             self._step(inputs)
-        elif self._graph is not None and self._fits(inputs):
-            for static, value in zip(self._static_inputs, inputs):
-                static.copy_(value, non_blocking=True)
-            self._graph.replay()
-        elif self._graph is not None:
-            self._step(inputs)  # other shapes than the captured ones: eager, after the graph's steps
-        elif self._warmup_left > 0:
-            self._warmup_left -= 1
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self._step(inputs)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-        else:
-            self._capture(inputs)
+            return
+        with self._on_device():
+            if self._graph is not None and self._fits(inputs):
+                for static, value in zip(self._static_inputs, inputs):
+                    static.copy_(value, non_blocking=True)
+                self._graph.replay()
+            elif self._graph is not None or not self._full(inputs):
+                self._step(inputs)  # another shape than the graph's (an epoch's last batch): eager
+            elif self._warmup_left > 0:
+                self._warmup_left -= 1
+                self._warm_up(inputs)
+            else:
+                self._capture(inputs)
+
+    def warnings(self) -> dict[str, str]:
+        """What a trial's run should carry as a warning: a graph asked for that could not be captured."""
+        if self.fallback is None:
+            return {}
+        return {"training.cuda_graph": f"the step could not be captured as a CUDA graph, so it ran eagerly: {self.fallback}"}
 
     def end_epoch(self, epoch: int) -> float:
         """The mean loss of this epoch's steps (the one host sync of an epoch); raises FloatingPointError
@@ -158,21 +185,62 @@ class TrainingStep:
             self._loss_sum.add_(loss.double())
             self._steps.add_(1)
 
+    def _full(self, inputs: Sequence[torch.Tensor]) -> bool:
+        """Whether `inputs` are a full batch: the shape to capture (any, where `full_rows` is not known)."""
+        return self.full_rows is None or (inputs[0].dim() > 0 and inputs[0].shape[0] == self.full_rows)
+
     def _fits(self, inputs: Sequence[torch.Tensor]) -> bool:
         return len(inputs) == len(self._static_inputs) and all(
             s.shape == x.shape and s.dtype == x.dtype for s, x in zip(self._static_inputs, inputs)
         )
 
+    # -- the graph: warm-up, capture, and the way back to eager steps ------------------------------
+
+    def _on_device(self) -> AbstractContextManager:
+        """The trial's device as the current one: warm-up, capture and replay use its streams, not cuda:0's."""
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
+
+    def _warm_up(self, inputs: Sequence[torch.Tensor]) -> None:
+        """A real step on a side stream of the trial's device (PyTorch's recipe before a capture)."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._step(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+
     def _capture(self, inputs: Sequence[torch.Tensor]) -> None:
-        """Capture one step on static copies of `inputs`, then replay it (capturing runs nothing)."""
+        """Capture one step of `inputs`' shapes and replay it; where the capture fails, run this and
+        every later step eagerly (`auto`: warned once) or fail the trial in one line (`true`)."""
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        try:
+            self._graph = self._record(inputs)
+        except Exception as error:  # what cannot be captured: a read-back, a data-dependent shape, ...
+            if stream is not None:
+                torch.cuda.set_stream(stream)  # a capture that fails to end leaves its own stream current
+            self._graph, self._static_inputs = None, []
+            self.optimizer.zero_grad(set_to_none=True)  # gradients the capture allocated in its pool
+            reason = " ".join(str(error).split()) or type(error).__name__
+            if self.graph_required:
+                raise UserInputError(
+                    f"training.cuda_graph is true, but this trial's step cannot be captured as a CUDA graph ({reason}); "
+                    "set training.cuda_graph to auto to run it eagerly"
+                ) from None
+            self.graphed, self.fallback = False, reason
+            log.warning("the training step cannot be captured as a CUDA graph (%s): running it eagerly", reason)
+            self._step(inputs)
+            return
+        self._graph.replay()  # capturing ran nothing: this replay is the step of `inputs`
+
+    def _record(self, inputs: Sequence[torch.Tensor]) -> torch.cuda.CUDAGraph:
+        """One step captured on static copies of `inputs`, on a stream of the trial's device."""
         self._static_inputs = [x.clone() for x in inputs]
         # Gradients allocated inside the capture belong to the graph's memory pool; every replay
         # writes them afresh, as backward does into a None gradient.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the loader's prefetch thread may allocate pinned memory meanwhile, which the
-        # default (global) mode would count against this capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # default (global) mode would count against this capture. The stream is the trial's device's:
+        # torch.cuda.graph's default one is made once per process, on whichever device was current.
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             self._step(self._static_inputs, zero_grad=False)
-        self._graph = graph
-        graph.replay()
+        return graph

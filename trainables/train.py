@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables import clip as clip_lib
 from trainables import data, loader, negation, precision, setups
 from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
 from trainables.config import TrainingConfig, TrialConfig
-from trainables.encoding import train_views
+from trainables.devices import default_workers, device_name, trial_device
+from trainables.encoding import RowBatches, exit_with_parent, train_views
 from trainables.errors import UserInputError
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss
@@ -47,18 +47,37 @@ def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - training.warmup_epochs) / training.epochs))
 
 
+class OnlineImages:
+    """The `online` mode's training images: decoded and augmented by the trial's workers (started
+    once, kept for every epoch), as uint8, pinned for a CUDA device; normalised there. Image i of
+    epoch e is augmented under the seed (trial seed, e, i), whichever worker decodes it, so a
+    resumed trial sees what it would have seen."""
+
+    def __init__(self, dataset: data.MultiLabelDataset, config: TrialConfig, device: torch.device):
+        size = config.backbone.image_size
+        workers = config.training.num_workers
+        if workers is None:
+            workers = max(1, int(config.cpus)) if config.cpus is not None else default_workers()
+        self.sampler = RowBatches(config.training.batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            data.ImageTensors(dataset, data.train_transform(size, normalised=False), size, augmentation_seed=config.seed, dtype=torch.uint8),
+            batch_sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent if workers else None,
+        )  # fmt: skip
+
+
 class MLRTrial:
     """Everything one trial builds once: backbone, data, features, setup, optimiser, loss, step."""
 
     def __init__(self, config: TrialConfig):
         self.config = config
-        self.device = clip_lib.resolve_device(config.device)
+        self.device = trial_device(config.device)
         self.precision, _ = precision.resolve(config.training.precision, self.device)
         graphed = use_cuda_graph(config.training.cuda_graph, self.device)
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
         self.resolved = {
             "training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu,
-            "training.cuda_graph": graphed, "device": clip_lib.device_name(self.device),
+            "training.cuda_graph": graphed, "device": device_name(self.device),
         }  # fmt: skip
         """What `auto` settings became on this device and these weights: logged with the trial's run."""
         if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe, and the recipe
@@ -81,9 +100,9 @@ class MLRTrial:
         # encode it once for every trial and epoch, whatever the training feature mode. What is read
         # most goes on the device first: the test split (every epoch), then the train views.
         cache = FeatureCache(config.cache_dir)
-        stored = [cache.dense_features(self.clip, test_set, "test", device=self.device)]
+        stored = [cache.dense_features(self.clip, test_set, "test")]
         views = train_views(config.features)
-        stored += [cache.dense_features(self.clip, self.train_set, view, device=self.device) for view in views]
+        stored += [cache.dense_features(self.clip, self.train_set, view) for view in views]
         budget = loader.memory_budget(self.device, config.features.device_memory, config.gpu_share)
         placed = loader.place([s.features for s in stored], self.device, budget)
         self.test_features, self.test_rows = placed[0], np.flatnonzero(stored[0].valid)
@@ -92,6 +111,9 @@ class MLRTrial:
         self.resolved["features.resident"] = ",".join(
             name for name, rows in zip(["test", *(f"train{i}" for i in range(len(views)))], placed) if rows.resident
         ) or "none"
+
+        if config.features.mode == "online":
+            self.online_images = OnlineImages(self.train_set, config, self.device)
 
         torch.manual_seed(config.seed)  # the setup's initialisation depends on the seed alone
         self.setup = setups.build(config.setup, self.train_set.classnames, self.clip, **config.setup_options).to(self.device)
@@ -111,7 +133,10 @@ class MLRTrial:
             nesterov=opt.nesterov,
         )
         self.loss = AsymmetricLoss.from_config(config.loss)
-        self.step = TrainingStep(self.loss_of, self.optimizer, self.device, graphed)
+        self.step = TrainingStep(
+            self.loss_of, self.optimizer, self.device, graphed, graph_required=config.training.cuda_graph is True,
+            full_rows=min(config.training.batch_size, len(self.train_set)),
+        )  # fmt: skip
 
     # -- features ---------------------------------------------------------------------------
 
@@ -121,12 +146,13 @@ class MLRTrial:
         dataset, size = self.train_set, cfg.training.batch_size
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         if cfg.features.mode == "online":
-            images = data.ImageTensors(dataset, data.train_transform(cfg.backbone.image_size), cfg.backbone.image_size)
             order = torch.randperm(len(dataset), generator=generator).tolist()
-            image_batches = torch.utils.data.DataLoader(images, batch_size=size, sampler=order, num_workers=cfg.training.num_workers)
-            for batch, idx, valid in data.batches_of(image_batches):
-                with torch.no_grad():
-                    feats = self.clip.encode_dense(batch[valid].to(self.device)).float()
+            self.online_images.sampler.rows = [(epoch, index) for index in order]  # image i's draws: (seed, epoch, i)
+            encoder_precision = precision.encoder_precision(self.device)
+            for batch, idx, valid in data.batches_of(self.online_images.loader):
+                with torch.no_grad(), autocast(encoder_precision, self.device):
+                    pixels = data.normalise(batch[valid].to(self.device, non_blocking=True))
+                    feats = self.clip.encode_dense(pixels).float()
                 yield feats, self.train_targets[idx[valid].to(self.device)]
             return
         features, rows = self.train_features[epoch % len(self.train_features)]  # `cached`: one view
@@ -213,6 +239,7 @@ def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple
             "gpu_seconds": seconds if on_gpu else 0.0,
             "kept_fraction": trial.kept_fraction,
             "resolved": trial.resolved,
+            "warnings": trial.step.warnings(),
             **trial.absence_cosines,
             **lrs,
         }

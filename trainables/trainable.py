@@ -15,6 +15,7 @@ import ray
 import torch
 from ray import tune
 
+from trainables.devices import trial_device
 from trainables.tasks import family_of
 
 _STATE_FILE = "state.pt"
@@ -23,6 +24,10 @@ _STATE_FILE = "state.pt"
 def run_trial(config: dict) -> None:
     family = family_of(config)
     trial_config = family.config.model_validate(config["trial_config"])
+    if "device" in type(trial_config).model_fields:
+        # `auto` on the GPUs Ray gave this trial, if any; a GPU it cannot use is a one-line error.
+        device = trial_device(trial_config.device, len(ray.get_gpu_ids()))
+        trial_config = trial_config.model_copy(update={"device": str(device)})
     state = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

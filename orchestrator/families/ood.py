@@ -79,7 +79,7 @@ class OODSpec(Strict):
 
 
 def variant_config(
-    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir
+    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir, device: str = "auto"
 ) -> OODTrialConfig:
     """The trial config of one variant's cell."""
     overrides = VARIANTS[variant]
@@ -98,6 +98,7 @@ def variant_config(
         seed=seed,
         cache_dir=cache_dir,
         data_dir=data_dir,
+        device=device,
     )
 
 
@@ -173,7 +174,8 @@ class OOD(Family):
 
     def fixed_trials(self, spec, cell):
         config = variant_config(
-            spec.section(self.section), cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir
+            spec.section(self.section), cell.setup, cell.backbone, cell.label_ratio, cell.seed, spec.cache_dir, spec.data_dir,
+            spec.resources.device,
         ).model_dump(mode="json")
         return [Trial(cell.key, cell.key, trial_key(cell.key, config), config, cell.setup, family=self.name)]
 

@@ -15,33 +15,67 @@ when each has its own disk there, each node's actors fill that node's cache.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import uuid
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from trainables import cache_fill, data, features
+from trainables.errors import UserInputError
 
 from orchestrator.run.entries import Entry, entries
 from orchestrator.specs import ExperimentSpec, grid
 from orchestrator.track.trial_errors import user_error_cause
 
 
+PLACEMENT_TIMEOUT_S = 120.0
+"""How long a fill actor may wait for its GPU before the fill goes on without it."""
+
+SHARD_TRIES = 3
+"""Actors a shard is given to (each new, each on a GPU of its own) before the fill fails naming it."""
+
+
+def local_trial_device(spec: ExperimentSpec) -> torch.device:
+    """The device this machine's trials compute on: `resources.device` where named; under `auto`, CUDA
+    where they ask for GPUs and torch sees one, else the CPU."""
+    if spec.resources.device != "auto":
+        return torch.device(spec.resources.device)
+    return torch.device("cuda" if spec.resources.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+
+
 def fill_locally(plan: grid.Plan) -> None:
-    """Encode everything the trials read (and pre-train a `synthetic` backbone) in this process,
-    a backbone at a time, with every CPU it may use as decoding workers."""
+    """Encode everything the trials read (and pre-train a `synthetic` backbone) on this machine,
+    on the device its trials use, a backbone at a time, with every CPU it may use as decoding workers.
+    On a GPU this runs in a process of its own: the driver must not keep a CUDA context and the
+    encoder's cached memory on the GPU its trials are about to share."""
+    device = local_trial_device(plan.spec)
+    if not own_process(device):
+        _fill(plan, str(device))
+        return
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as encoder:
+        encoder.submit(_fill, plan, str(device)).result()
+
+
+def own_process(device: torch.device) -> bool:
+    """Whether a local fill on `device` runs in a process of its own (on CUDA)."""
+    return device.type == "cuda"
+
+
+def _fill(plan: grid.Plan, device: str) -> None:
     from trainables.backbones import load_backbone
-    from trainables.clip import resolve_device
 
     spec = plan.spec
     by_backbone: dict[str, dict[str, list[Entry]]] = {}
     for entry in entries(plan):
         by_backbone.setdefault(entry.backbone.model_dump_json(), {}).setdefault(entry.dataset.name, []).append(entry)
     for by_dataset in by_backbone.values():
-        clip = load_backbone(next(iter(by_dataset.values()))[0].backbone, spec.data_dir, resolve_device("auto"))
+        clip = load_backbone(next(iter(by_dataset.values()))[0].backbone, spec.data_dir, torch.device(device))
         for sets, members in by_dataset.items():
             kind = spec.features.mode if members[0].encoding == "dense" else "global embeddings"
             print(f"Feature cache for dataset '{sets}' ({members[0].label}, {kind}):", flush=True)
@@ -59,7 +93,7 @@ def fill_locally(plan: grid.Plan) -> None:
 
 @dataclass
 class Report:
-    """What a cluster fill did: shards encoded (by node id), re-encoded after an actor died, already stored."""
+    """What a cluster fill did: shards encoded (by node id), re-encoded after an actor died or failed, already stored."""
 
     encoded_by_node: dict[str, int]
     retried: int
@@ -69,11 +103,15 @@ class Report:
 
 class ShardEncoder:
     """A Ray actor on one GPU (or none, where asked): encodes shards of cache entries and joins them.
-    Backbones and datasets are built once per actor."""
+    Backbones, datasets and each entry's image loader (its decoding workers) are made once per actor."""
 
-    def __init__(self, cache_dir: Path, data_dir: Path, workers: int, batch_size: int):
+    def __init__(self, cache_dir: Path, data_dir: Path, workers: int, batch_size: int, device: str):
         import ray
 
+        from trainables.devices import trial_device
+
+        # A GPU Ray gave this actor that torch cannot use is a one-line error, not a fill on the CPU.
+        self.device = trial_device(device, len(ray.get_gpu_ids()), who="feature-cache actor")
         self.cache = features.FeatureCache(cache_dir)
         self.data_dir = data_dir
         self.workers = workers
@@ -81,14 +119,18 @@ class ShardEncoder:
         self.node_id = ray.get_runtime_context().get_node_id()
         self._backbones: dict[str, object] = {}  # by the backbone config's JSON
         self._datasets: dict[str, data.MultiLabelDataset] = {}  # by `Entry.dataset_key`
+        self._loaders: dict[str, object] = {}  # by `Entry.key`
+
+    def ready(self) -> str:
+        """This actor's node id, once it has been placed and started."""
+        return self.node_id
 
     def _open(self, entry: Entry):
         from trainables.backbones import load_backbone
-        from trainables.clip import resolve_device
 
         backbone, dataset = entry.backbone.model_dump_json(), entry.dataset_key
         if backbone not in self._backbones:
-            self._backbones[backbone] = load_backbone(entry.backbone, self.data_dir, resolve_device("auto"))
+            self._backbones[backbone] = load_backbone(entry.backbone, self.data_dir, self.device)
         if dataset not in self._datasets:
             self._datasets[dataset] = entry.open(self.data_dir)
         return self._backbones[backbone], self._datasets[dataset]
@@ -103,10 +145,9 @@ class ShardEncoder:
     def encode(self, entry: Entry, index: int) -> str:
         """Encode shard `index` of `entry` (unless another process stored it); this actor's node id."""
         clip, dataset = self._open(entry)
-        self.cache.encode_shard(
-            clip, dataset, entry.view, index, encoding=entry.encoding, batch_size=self.batch_size, device=clip.device,
-            num_workers=self.workers,
-        )  # fmt: skip
+        if entry.key not in self._loaders:
+            self._loaders[entry.key] = self.cache.entry_loader(clip, dataset, entry.view, self.batch_size, self.workers)
+        self.cache.encode_shard(clip, dataset, entry.view, index, encoding=entry.encoding, images=self._loaders[entry.key])
         return self.node_id
 
     def assemble(self, entry: Entry) -> None:
@@ -156,28 +197,52 @@ def fill_on_cluster(plan: grid.Plan) -> Report | None:
 def _fill_group(
     spec: ExperimentSpec, entries: list[Entry], nodes: list[str], actor_count: int, workers: int, pinned: bool, report: Report
 ) -> None:
-    """Every entry's missing shards, encoded by `actor_count` actors on `nodes` (pinned there when
-    each node fills its own cache), then joined."""
+    """Every entry's missing shards, encoded by up to `actor_count` actors on `nodes` (pinned there
+    when each node fills its own cache), then joined. The actors that get a GPU within
+    `PLACEMENT_TIMEOUT_S` do the work; a shard whose actor dies or fails is handed to a new actor,
+    up to `SHARD_TRIES` times, then the fill fails naming the shard and the node."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import RayActorError, RayTaskError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actor_class = ray.remote(ShardEncoder)
     options = {"num_gpus": 1, "num_cpus": workers, "max_restarts": 0}
     if pinned:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(nodes[0], soft=False)
+    place = f" on node {nodes[0][:8]}" if pinned else ""
 
-    def start() -> object:
-        return actor_class.options(**options).remote(spec.cache_dir, spec.data_dir, workers, spec.training.eval_batch_size)
+    def start(count: int) -> list:
+        """Up to `count` new actors: those placed within the timeout (the others are killed)."""
+        started = [
+            actor_class.options(**options).remote(spec.cache_dir, spec.data_dir, workers, spec.training.eval_batch_size, spec.resources.device)
+            for _ in range(count)
+        ]  # fmt: skip
+        readiness = {actor.ready.remote(): actor for actor in started}
+        placed, _ = ray.wait(list(readiness), num_returns=len(readiness), timeout=PLACEMENT_TIMEOUT_S)
+        # An actor that started but cannot use its GPU raises here: one line naming the driver.
+        node_of.update((id(readiness[ref]), node) for ref, node in zip(placed, _get(placed)))
+        for ref, actor in readiness.items():
+            if ref not in placed:
+                ray.kill(actor)
+        return [readiness[ref] for ref in placed]
 
-    actors = [start() for _ in range(actor_count)]
+    node_of: dict[int, str] = {}  # id of a placed actor -> its node id
+
+    actors = start(actor_count)
+    if not actors:
+        raise UserInputError(
+            f"no feature-cache actor{place} got a GPU within {PLACEMENT_TIMEOUT_S:g} s (each asks for 1 GPU and "
+            f"{workers} CPUs): free a GPU, or fill the cache before other work takes them (`orchestrator cache SPEC --address ...`)"
+        )
+    if len(actors) < actor_count:
+        print(f"Feature cache{place}: {len(actors)} of {actor_count} GPU actors placed within {PLACEMENT_TIMEOUT_S:g} s; "
+              "going on with those", flush=True)  # fmt: skip
     try:
         plans = _get([actors[i % len(actors)].plan.remote(entry) for i, entry in enumerate(entries)])
         queue = deque((entry, index, size) for entry, sizes in zip(entries, plans) for index, size in enumerate(sizes) if size)
         report.reused_shards += sum(1 for sizes in plans for size in sizes if not size)
         total = sum(size for _, _, size in queue)
-        place = f" on node {nodes[0][:8]}" if pinned else ""
-        in_flight = {}
+        in_flight, tries = {}, {}
 
         def hand_out(actor) -> None:
             """The next shard to `actor`, if any is left."""
@@ -193,20 +258,41 @@ def _fill_group(
                 actor, task = in_flight.pop(done)
                 try:
                     node = _get(done)
-                except RayActorError:  # its process or node died: a new actor takes the shard again
+                except (RayActorError, RayTaskError) as error:  # its node died, or it failed (a CUDA error): a new actor
+                    entry, index, _ = task
+                    tries[entry.key, index] = tries.get((entry.key, index), 0) + 1
+                    if tries[entry.key, index] >= SHARD_TRIES:
+                        raise UserInputError(
+                            f"the feature cache's shard {index} of {entry.dataset.name}/{entry.split} failed on "
+                            f"{SHARD_TRIES} actors, the last on node {node_of[id(actor)][:8]}: {_last_line(error)}"
+                        ) from None
                     report.retried += 1
                     queue.appendleft(task)
                     actors.remove(actor)
-                    actor = start()
-                    actors.append(actor)
-                else:
-                    report.encoded_by_node[node] = report.encoded_by_node.get(node, 0) + 1
-                    bar.update(task[2])
+                    ray.kill(actor)
+                    replacement = start(1)
+                    actors.extend(replacement)
+                    for new in replacement:
+                        hand_out(new)
+                    if not actors:
+                        raise UserInputError(
+                            f"the feature cache lost its last actor, and no new one got a GPU within {PLACEMENT_TIMEOUT_S:g} s"
+                        ) from None
+                    continue
+                report.encoded_by_node[node] = report.encoded_by_node.get(node, 0) + 1
+                bar.update(task[2])
                 hand_out(actor)
         _get([actors[i % len(actors)].assemble.remote(entry) for i, entry in enumerate(entries)])
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of a remote error: its exception, without the traceback Ray prepends."""
+    cause = getattr(error, "cause", None)
+    text = str(cause if cause is not None else error).strip()
+    return text.splitlines()[-1] if text else type(error).__name__
 
 
 def _get(refs):

@@ -15,7 +15,6 @@ import sys
 import yaml
 
 from trainables import precision
-from trainables.clip import resolve_device
 from trainables.errors import UserInputError
 
 from orchestrator.run import cluster, fill, moved
@@ -142,7 +141,7 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
         # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
         # nothing else runs; on a cluster the GPU nodes do (below).
         fill.fill_locally(plan)
-        print(precision.resolve(spec.training.precision, resolve_device("auto"))[1].capitalize(), flush=True)
+        print(precision.resolve(spec.training.precision, fill.local_trial_device(spec))[1].capitalize(), flush=True)
     started_ray = start_ray(address)
     results, stopped = None, False
     # A batch system's SIGTERM ends the launch like a second Ctrl-C: runs closed, state kept.

@@ -59,15 +59,23 @@ def require_existing_store(tracking_uri: str, hint: str) -> None:
 PATH_FIELDS = frozenset({"root", "train_manifest", "test_manifest", "classnames_file", "wordnet_dir", "word_list"})
 """Where data lives: the same data may live elsewhere on another machine, so hashes and keys leave these out."""
 
-EXECUTION_FIELDS = frozenset({"cuda_graph", "device_memory", "gpu_share"})
+EXECUTION_FIELDS = frozenset({"cuda_graph", "device_memory", "gpu_share", "cpus"})
 """How a trial uses its device, not what it computes: hashes and keys leave these out too, so
 that tuning them neither reruns a finished trial nor changes the keys of runs made before them."""
 
+FORMER_DEFAULTS = {"num_workers": 0}
+"""Fields whose default became None (settled when the trial runs): None is hashed as the default
+every earlier key was made with, so those keys stay."""
+
 
 def without_paths(value: Any) -> Any:
-    """`value` (JSON-able) with every `PATH_FIELDS` and `EXECUTION_FIELDS` key dropped, at any depth."""
+    """`value` (JSON-able) with every `PATH_FIELDS` and `EXECUTION_FIELDS` key dropped, at any depth
+    (and `FORMER_DEFAULTS` in place of None)."""
     if isinstance(value, dict):
-        return {k: without_paths(v) for k, v in value.items() if k not in PATH_FIELDS | EXECUTION_FIELDS}
+        return {
+            k: FORMER_DEFAULTS[k] if v is None and k in FORMER_DEFAULTS else without_paths(v)
+            for k, v in value.items() if k not in PATH_FIELDS | EXECUTION_FIELDS
+        }  # fmt: skip
     if isinstance(value, list):
         return [without_paths(v) for v in value]
     return value

@@ -207,7 +207,11 @@ Scheduler = Annotated[
 class Resources(Strict):
     cpus_per_trial: float = Field(1.0, gt=0.0)
     gpus_per_trial: float = Field(0.0, ge=0.0)
-    """A fraction (0.5) packs several trials on one GPU; above 1 it must be a whole number."""
+    """A fraction (0.5) packs several trials on one GPU; at most 1: a trial computes on one device."""
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """Where trials and the feature cache's encoders compute: `auto`, the GPU Ray gives each (a GPU
+    it gives that torch cannot use is a one-line error), else the CPU; or a device named outright
+    (`cpu` runs on the CPU even on a node whose GPUs torch cannot use)."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """None: as many as the cluster's CPUs and GPUs allow."""
     max_failures: int = Field(0, ge=0)
@@ -216,9 +220,11 @@ class Resources(Strict):
 
     @field_validator("gpus_per_trial")
     @classmethod
-    def _whole_above_one(cls, value: float) -> float:
-        if value > 1 and not value.is_integer():
-            raise ValueError("above 1, gpus_per_trial must be a whole number")
+    def _one_gpu_at_most(cls, value: float) -> float:
+        if value > 1:
+            raise ValueError(
+                f"gpus_per_trial is {value:g}, but a trial computes on one GPU: use 1, or a fraction (0.5) to share a GPU"
+            )
         return value
 
     @property

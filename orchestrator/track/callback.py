@@ -40,6 +40,7 @@ from orchestrator.track.schema import (
     STUDY_TAG,
     TRIAL_KEY_TAG,
     TRIAL_ROLE,
+    WARNING_TAG_PREFIX,
 )
 from orchestrator.track.store import TrackingStore, backbone_tag, check_reachable, flatten, git_commit
 from orchestrator.track.trial_errors import error_path, error_summary, traceback_text
@@ -106,6 +107,7 @@ class MlflowCallback(Callback):
         self._logged_up_to: dict[str, int] = {}  # Ray trial id -> last epoch its run holds
         self._final_logged: set[str] = set()  # Ray trial ids whose run already has its final metrics
         self._nodes: dict[str, str] = {}  # Ray trial id -> the node its run's tag names
+        self._warned: set[tuple[str, str]] = set()  # (Ray trial id, setting) whose warning tag is set
         self._down_until = 0.0  # while the server does not answer: when to ask it again
 
     def __getstate__(self) -> dict:
@@ -215,6 +217,10 @@ class MlflowCallback(Callback):
         run_id = self._trial_runs[trial.trial_id]
         self.store.log(run_id, metrics, step=epoch, params=resolved)
         self._logged_up_to[trial.trial_id] = epoch
+        for setting, warning in result.get("warnings", {}).items():  # the same text each epoch: set once
+            if (trial.trial_id, setting) not in self._warned:
+                self.store.client.set_tag(run_id, WARNING_TAG_PREFIX + setting, warning)
+                self._warned.add((trial.trial_id, setting))
         node = f"{result['node_id']} ({result['hostname']})"
         if self._nodes.get(trial.trial_id) != node:  # a trial restarted elsewhere moves on
             self.store.client.set_tag(run_id, RAY_NODE_TAG, node)

@@ -16,9 +16,16 @@ _TERMINAL_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def user_error_cause(error: BaseException | None) -> UserInputError | None:
-    """The UserInputError a trial raised, unwrapped from Ray's task error; None for other failures."""
-    cause = getattr(error, "cause", error)  # RayTaskError keeps the trial's own exception as `cause`
-    return cause if isinstance(cause, UserInputError) else None
+    """The UserInputError a trial (or an actor's constructor) raised, unwrapped from Ray's errors;
+    None for other failures."""
+    # RayTaskError keeps the task's own exception as `cause` (and is an instance of its class too,
+    # with the remote traceback as its text); a dead actor's error keeps its creation task's.
+    for _ in range(4):
+        cause = getattr(error, "cause", None)
+        if cause is None:
+            return error if isinstance(error, UserInputError) else None
+        error = cause
+    return None
 
 
 def trial_exception(trial) -> BaseException | None:

@@ -21,7 +21,7 @@ from trainables.data.partial import (
     partial_labels,
     save_partial_labels,
 )
-from trainables.data.transforms import test_transform, train_transform
+from trainables.data.transforms import normalise, test_transform, train_transform
 
 Split = Literal["train", "test"]
 SPLITS = ("train", "test")
@@ -66,6 +66,7 @@ __all__ = [
     "dataset_partial_labels",
     "kept_fraction",
     "load_partial_labels",
+    "normalise",
     "partial_labels",
     "save_partial_labels",
     "test_transform",

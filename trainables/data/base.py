@@ -97,9 +97,11 @@ def view_seed(augmentation_seed: int, view: int, index: int) -> int:
 class ImageTensors(torch.utils.data.Dataset):
     """Transformed images for a DataLoader: item i is (image [3,S,S], i, valid).
 
-    `view=None` draws augmentations from torch's global generator (online training). With a `view`
-    number, image i's augmentation is seeded by (augmentation_seed, view, i), so view v of image i
-    is the same tensor in every process and every epoch (cached views).
+    `view=None` draws augmentations from torch's global generator. With a `view` number, image i's
+    augmentation is seeded by (augmentation_seed, view, i), so view v of image i is the same tensor
+    in every process and every epoch (cached views). An item may also be asked for as (view, i)
+    (online training: view = the epoch, augmentation_seed = the trial's seed), whatever the
+    DataLoader worker that decodes it.
     Unreadable images raise UserInputError, or, when the dataset skips them, come back as zeros
     with valid=False so the consumer can drop and count them.
     """
@@ -111,28 +113,32 @@ class ImageTensors(torch.utils.data.Dataset):
         image_size: int,
         view: int | None = None,
         augmentation_seed: int = 0,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.dataset = dataset
         self.transform = transform
         self.image_size = image_size
         self.view = view
         self.augmentation_seed = augmentation_seed
+        self.dtype = dtype
+        """What `transform` returns: the dtype of an unreadable image's zeros."""
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int, bool]:
+        view, index = item if isinstance(item, tuple) else (self.view, item)
         try:
             image = self.dataset.load_image(index)
         except UserInputError as error:
             if not self.dataset.skip_corrupt_images:
                 raise
             log.warning("skipping unreadable image: %s", error)
-            return torch.zeros(3, self.image_size, self.image_size), index, False
-        if self.view is None:
+            return torch.zeros(3, self.image_size, self.image_size, dtype=self.dtype), index, False
+        if view is None:
             return self.transform(image), index, True
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(view_seed(self.augmentation_seed, self.view, index))
+            torch.manual_seed(view_seed(self.augmentation_seed, view, index))
             return self.transform(image), index, True
 
 

@@ -57,8 +57,9 @@ def _normalise() -> T.Normalize:
     return T.Normalize(mean=CLIP_MEAN, std=CLIP_STD)
 
 
-def train_transform(size: int) -> T.Compose:
-    """PIL image -> normalised tensor [3, size, size] with the reference's augmentation.
+def train_transform(size: int, normalised: bool = True) -> T.Compose:
+    """PIL image -> normalised tensor [3, size, size] with the reference's augmentation (with
+    `normalised=False`: uint8 pixels, for `normalise` on the device; a quarter of the bytes to copy).
 
     RandAugment is torchvision's (num_ops=2 ops in sequence, each at the fixed magnitude 9 of 31
     bins, 14 ops including Identity). The reference uses PyPI `randaugment` 1.0.2 instead: it picks
@@ -70,10 +71,17 @@ def train_transform(size: int) -> T.Compose:
             T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
             CutoutPIL(CUTOUT_FACTOR),
             T.RandAugment(),
-            T.ToTensor(),
-            _normalise(),
+            *([T.ToTensor(), _normalise()] if normalised else [T.PILToTensor()]),
         ]
     )
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images [B, 3, S, S] on any device -> float32, as `ToTensor` then CLIP's `Normalize`
+    compute them (the same operations in the same order: bit for bit on a CPU)."""
+    mean = torch.tensor(CLIP_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=pixels.device).view(1, 3, 1, 1)
+    return pixels.float().div(255).sub(mean).div(std)
 
 
 def test_transform(size: int) -> T.Compose:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import clip as clip_lib
 from trainables import loader
 from trainables.features import FeatureCache
 from trainables.ood import collect, lapt, negatives
@@ -28,8 +27,9 @@ from trainables.ood.config import IDDatasetConfig, ImageSetConfig, NegativesConf
 from trainables.ood.data import id_dataset, ood_set
 from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, one_hot, soft_cross_entropy
 from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
-from trainables.ood.score import grouped_score
+from trainables.ood.score import ood_scores
 from trainables.backbones import load_backbone
+from trainables.devices import device_name, trial_device
 from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 PRIMARY_METRIC = "auroc"
@@ -80,17 +80,17 @@ class OODTrial:
 
     def __init__(self, config: OODTrialConfig):
         self.config = config
-        self.device = clip_lib.resolve_device(config.device)
+        self.device = trial_device(config.device)
         graphed = use_cuda_graph(config.training.cuda_graph, self.device)
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
-        self.resolved = {"training.cuda_graph": graphed, "device": clip_lib.device_name(self.device)}
+        self.resolved = {"training.cuda_graph": graphed, "device": device_name(self.device)}
         """What `auto` settings became on this device: logged with the trial's run."""
         self.scale = self.clip.logit_scale
         cache = FeatureCache(config.cache_dir)
 
         def features(dataset) -> tuple[torch.Tensor, np.ndarray]:
             """The unit image embeddings of `dataset` [N, d] (host memory), and which rows are real images."""
-            stored = cache.dense_features(self.clip, dataset, "test", device=self.device, encoding="global")
+            stored = cache.dense_features(self.clip, dataset, "test", encoding="global")
             return F.normalize(loader.read_all(stored.features[:, 0]), dim=-1), stored.valid
 
         train, test = id_dataset(config.id_dataset, "train", config.data_dir), id_dataset(config.id_dataset, "test", config.data_dir)
@@ -118,7 +118,10 @@ class OODTrial:
                 self.prompts.parameters(), lr=config.training.lr, momentum=opt.momentum,
                 weight_decay=opt.weight_decay, nesterov=opt.nesterov,
             )  # fmt: skip
-            self.step = TrainingStep(self.loss_of, self.optimizer, self.device, graphed)
+            self.step = TrainingStep(
+                self.loss_of, self.optimizer, self.device, graphed, graph_required=config.training.cuda_graph is True,
+                full_rows=min(config.training.batch_size, len(self.labels)),
+            )  # fmt: skip
 
     # -- training examples ------------------------------------------------------------------
 
@@ -245,18 +248,23 @@ class OODTrial:
         else:
             text = lapt.encode_prompts(self.clip, [lapt.ZERO_SHOT_TEMPLATE.format(n.replace("_", " ")) for n in self.id_names]).to(self.device)
 
-        def score(image_features: torch.Tensor) -> torch.Tensor:
-            cosines = image_features @ text.T
-            if options.variant == "zero_shot":  # the maximum softmax probability over the ID labels
-                return torch.softmax(self.scale * cosines, dim=-1).max(dim=-1).values
-            groups = min(options.groups, text.shape[0] - self.num_id)
-            return grouped_score(cosines[:, : self.num_id], cosines[:, self.num_id :], groups, self.scale)
+        batch_size = self.config.training.eval_batch_size
 
-        id_scores = score(self.id_test).cpu().numpy()
-        summary = {"id_accuracy": 100 * top1_accuracy((self.id_test @ text[: self.num_id].T).cpu().numpy(), self.id_test_labels)}
+        def score(image_features: torch.Tensor) -> np.ndarray:
+            if options.variant == "zero_shot":  # the maximum softmax probability over the ID labels
+                rule, groups = "msp", 1
+            else:
+                rule, groups = "grouped", min(options.groups, text.shape[0] - self.num_id)
+            return ood_scores(
+                image_features, text, self.num_id, rule=rule, groups=groups, scale=self.scale, batch_size=batch_size
+            ).cpu().numpy()  # fmt: skip
+
+        id_scores = score(self.id_test)
+        id_logits = torch.cat([chunk @ text[: self.num_id].T for chunk in self.id_test.split(batch_size)])  # [N, K]: small
+        summary = {"id_accuracy": 100 * top1_accuracy(id_logits.cpu().numpy(), self.id_test_labels)}
         per_group: dict[str, list[dict]] = {"all": [], "near": [], "far": []}
         for name, (group, features) in self.ood_tests.items():
-            metrics = {k: 100 * v for k, v in ood_metrics(id_scores, score(features).cpu().numpy()).items()}
+            metrics = {k: 100 * v for k, v in ood_metrics(id_scores, score(features)).items()}
             summary |= {f"{metric}.{name}": value for metric, value in metrics.items()}
             per_group["all"].append(metrics)
             per_group[group].append(metrics)
@@ -303,4 +311,5 @@ def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterato
             "num_negative_labels": len(trial.negative_labels.all),
             "negative_labels": trial.negative_labels.all,
             "resolved": trial.resolved,
+            "warnings": trial.step.warnings() if trial.prompts is not None else {},
         }, state

@@ -25,7 +25,8 @@ class Baseline(MLRSetup):
 
     def __init__(self, classnames: list[str], clip: FrozenCLIP, options: BaselineOptions):
         super().__init__(classnames, clip)
-        self.projector = nn.Linear(clip.embed_dim, 2 * self.num_classes, device=clip.device)
+        # Drawn by the CPU generator whatever the device, so a seed starts the same on a GPU and a CPU.
+        self.projector = nn.Linear(clip.embed_dim, 2 * self.num_classes).to(clip.device)
 
     def class_embeddings(self) -> None:
         return None

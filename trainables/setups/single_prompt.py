@@ -39,8 +39,9 @@ class SinglePromptSetup(PromptSetup):
             classnames, clip, n_ctx=options.n_ctx, csc=options.csc, ctx_init=options.ctx_init
         )
         shape = (self.num_classes, clip.embed_dim)
-        self.learned_embedding = nn.Parameter(torch.randn(shape, device=clip.device))
-        self.text_residual = nn.Parameter(torch.randn(shape, device=clip.device)) if options.text_residual else None
+        # Drawn by the CPU generator whatever the device, so a seed starts the same on a GPU and a CPU.
+        self.learned_embedding = nn.Parameter(torch.randn(shape).to(clip.device))
+        self.text_residual = nn.Parameter(torch.randn(shape).to(clip.device)) if options.text_residual else None
 
     def prompt_features(self) -> torch.Tensor:
         """Encoded prompts [K, d], plus the residual when enabled."""

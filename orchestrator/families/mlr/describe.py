@@ -15,11 +15,12 @@ def per_setup_and_dataset(loaded: LoadedSpec, setups: list[str]) -> tuple[dict[s
     The backbone is built with random weights on this machine's device: neither count depends on
     the weights, and no weights need to be present to describe a spec.
     """
-    from trainables import backbones, clip, data, memory, precision
+    from trainables import backbones, data, memory, precision
+    from trainables.devices import trial_device
     from trainables import setups as registry
 
     spec = loaded.spec
-    device = clip.resolve_device("auto")
+    device = trial_device("auto")
     backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
     chosen, _ = precision.resolve(spec.training.precision, device)
     classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}

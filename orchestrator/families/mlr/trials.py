@@ -86,6 +86,8 @@ def resolve(spec: ExperimentSpec, cell: Cell, loss: dict, sampled: dict[str, flo
         cache_dir=spec.cache_dir,
         data_dir=spec.data_dir,
         gpu_share=spec.resources.gpu_share,
+        cpus=spec.resources.cpus_per_trial,
+        device=spec.resources.device,
     )
 
 
