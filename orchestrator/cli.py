@@ -2,6 +2,7 @@
 
 Bad input (a spec value, a dataset path, an unreachable tracking server) is printed as one line
 per problem with exit code 2 and no traceback; anything else is a bug and keeps its traceback.
+Ctrl-C and SIGTERM end any command with one line and exit code 130 or 143 (`orchestrator.interrupt`).
 Heavy libraries (Ray, MLflow, torch) are imported by the commands that need them, so `--help` and
 `validate` stay quick.
 """
@@ -267,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from orchestrator import interrupt
+
+    interrupt.install(sys.argv[1:] if argv is None else argv)
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -275,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             for line in str(error).splitlines():
                 print(f"error: {line}", file=sys.stderr)
             return EXIT_USER_ERROR
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (orchestrator.interrupt): one line, no traceback
+            interrupt.stopping()
+            print(interrupt.line(), file=sys.stderr, flush=True)
+            return interrupt.exit_code()
         finally:
             sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
     except BrokenPipeError:

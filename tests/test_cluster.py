@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -48,32 +49,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ray_cli(*args: str, prefix: tuple[str, ...] = (), env: dict | None = None) -> None:
-    done = subprocess.run([*prefix, shutil.which("ray"), *args], env=env or ENV, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 class TwoNodes:
-    """A head and a worker node of one CPU each; `worker_prefix` runs the worker's `ray start`
-    under another command (a private mount namespace, say). With `killable`, the worker node runs
-    in its own PID namespace, so that `lose_worker` ends all of its processes at once, as a machine
-    that goes away."""
+    """A head and a worker node of one CPU each, each in a PID namespace of its own and under a Ray
+    temp dir made for it, so that `stop` ends exactly these nodes (never `ray stop`, which ends every
+    Ray on the machine, a researcher's running experiment among them). `worker_prefix` runs the
+    worker's `ray start` under another command (a private mount namespace, say); `lose_worker` ends
+    all of the worker's processes at once, as a machine that goes away."""
 
-    def __init__(self, worker_prefix: tuple[str, ...] = (), killable: bool = False, env: dict | None = None,
-                 worker_env: dict | None = None, worker_gpus: int = 0):  # fmt: skip
-        self.address = f"127.0.0.1:{free_port()}"
-        ray_cli("stop", "--force")
-        ray_cli("start", "--head", f"--port={self.address.split(':')[1]}", "--num-cpus=1", "--include-dashboard=false",
-                "--disable-usage-stats", env=env)  # fmt: skip
+    def __init__(self, worker_prefix: tuple[str, ...] = (), env: dict | None = None, worker_env: dict | None = None,
+                 worker_gpus: int = 0):  # fmt: skip
+        port = free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ray-two-nodes-"))
+        self.head = self._node((), env, "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats",
+                               f"--temp-dir={self.temp_dir}")  # fmt: skip
+        # A declared GPU on this CPU machine: Ray schedules GPU work there (its actors are told to use the CPU).
         self.worker = None
-        if not killable:
-            # A declared GPU on this CPU machine: Ray schedules GPU work there; torch then finds no CUDA and uses the CPU.
-            ray_cli("start", f"--address={self.address}", "--num-cpus=1", f"--num-gpus={worker_gpus}", prefix=worker_prefix,
-                    env=worker_env or env)  # fmt: skip
-            return
-        self.worker = subprocess.Popen(
-            ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", shutil.which("ray"), "start", f"--address={self.address}",
-             "--num-cpus=1", "--block"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        try:
+            _wait_for(lambda: _accepts(port), "the head node")
+            self.worker = self._node(worker_prefix, worker_env or env, f"--address={self.address}", f"--num-gpus={worker_gpus}")
+            _wait_for(lambda: self.worker_node_id() is not None, "the worker node")
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _node(prefix: tuple[str, ...], env: dict | None, *args: str) -> subprocess.Popen:
+        # unshare passes SIGKILL on to the namespace's first process; the kernel then kills every other one.
+        return subprocess.Popen(
+            [*prefix, "unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount-proc", shutil.which("ray"), "start",
+             "--num-cpus=1", "--block", *args],
+            env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
 
     def worker_node_id(self) -> str | None:
@@ -84,14 +90,30 @@ class TwoNodes:
         return done.stdout.strip() or None
 
     def lose_worker(self) -> None:
-        # unshare passes SIGKILL on to the namespace's first process; the kernel then kills every other one.
         self.worker.kill()
         self.worker.wait()
 
     def stop(self) -> None:
-        if self.worker is not None and self.worker.poll() is None:
-            self.lose_worker()
-        ray_cli("stop", "--force")
+        for node in (self.worker, self.head):
+            if node is not None and node.poll() is None:
+                node.kill()
+                node.wait()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _wait_for(ready, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert time.monotonic() < deadline, f"{what} did not start within {timeout:g} s"
+        time.sleep(0.5)
 
 
 class ServerProcess:
@@ -339,7 +361,7 @@ def test_compose_mlflow_server_lets_in_only_its_users(tmp_path):
 def test_trials_of_a_lost_node_resume_elsewhere_from_their_checkpoint(tmp_path):
     if subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode != 0:
         pytest.skip("no PID namespaces here (unshare needs CAP_SYS_ADMIN)")
-    nodes = TwoNodes(killable=True)
+    nodes = TwoNodes()
     spec = {**SPEC, "setups": ["dual_coop"], "datasets": [{**SPEC["datasets"][0], "synthetic_num_train": 32}],
             "training": {"epochs": 30, "batch_size": 4}, "resources": {"cpus_per_trial": 1, "max_failures": 2}}  # fmt: skip
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from trainables.errors import UserInputError
 
+from orchestrator import interrupt
 from orchestrator.run import cluster
 from orchestrator.specs import ExperimentSpec
-from orchestrator.track.trial_errors import HideUserErrorTracebacks
+from orchestrator.track.trial_errors import HideUserErrorTracebacks, ShortenVanishedFileSyncWarnings
 
 
 def prepare_environment() -> None:
@@ -40,6 +41,10 @@ def prepare_environment() -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # A trial that failed on bad input is reported in one line (orchestrator.run.progress), not a traceback.
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(HideUserErrorTracebacks())
+    # Tune writes its searcher's state to a temporary file and renames it, while its syncer may be
+    # copying the same folder to the results storage: a copy that lists the temporary file and then
+    # finds it gone fails, harmlessly (the next sync copies the renamed file). One line, not 25.
+    logging.getLogger("ray.train._internal.syncer").addFilter(ShortenVanishedFileSyncWarnings())
     # A notice on every start of a local Ray, not a problem of this run.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     # Tune's automatic loggers include TensorBoard's, which warns about every non-numeric result
@@ -68,6 +73,7 @@ def start_ray(address: str | None) -> bool:
             # Ray sends its token to `auto` only, never to an explicit address, unless told to.
             hint = " (if the cluster uses token authentication, set RAY_AUTH_MODE=token)"
         raise UserInputError(f"cannot join the Ray cluster at {address}: {error}{hint}") from None
+    interrupt.take_sigterm()  # Ray's core took SIGTERM to abort the process with a stack dump
     return True
 
 

@@ -9,7 +9,6 @@ holds are run (`Pending`). One driver runs an experiment at a time (`orchestrato
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import yaml
@@ -17,6 +16,7 @@ import yaml
 from trainables import precision
 from trainables.errors import UserInputError
 
+from orchestrator import interrupt
 from orchestrator.run import cluster, fill, moved
 from orchestrator.run.launch import EXIT_FAILED_TRIALS, Outcome, Pending, finalize, optuna_storage, prepare_results
 from orchestrator.run.lease import Lease
@@ -97,10 +97,6 @@ def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pend
     )
 
 
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool = False) -> int:
     """Run (or resume) every trial of the spec; return the exit code (0 done, 1 failed trials, 130 interrupted)."""
     spec = loaded.spec
@@ -137,27 +133,31 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
     for cell in pending.changed_spaces:
         print(f"Cell {cell} searches another space than its Optuna study did: a new study, "
               f"{pending.studies[cell]} (the earlier one stays in {optuna_storage(spec)})", flush=True)  # fmt: skip
-    if address is None:
-        # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
-        # nothing else runs; on a cluster the GPU nodes do (below).
-        fill.fill_locally(plan)
-        print(precision.resolve(spec.training.precision, fill.local_trial_device(spec))[1].capitalize(), flush=True)
-    started_ray = start_ray(address)
-    results, stopped = None, False
-    # A batch system's SIGTERM ends the launch like a second Ctrl-C: runs closed, state kept.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    results, stopped, started_ray = None, False, False
     try:
+        if address is None:
+            # Locally the driver has the trials' devices, so it encodes once, with a progress bar, while
+            # nothing else runs; on a cluster the GPU nodes do (below).
+            interrupt.phase("preparing the backbone and the feature cache")
+            fill.fill_locally(plan)
+            print(precision.resolve(spec.training.precision, fill.local_trial_device(spec))[1].capitalize(), flush=True)
+        interrupt.phase("starting Ray")
+        started_ray = start_ray(address)
         keep_resources_busy(spec)
         if address is not None:
             cluster.check_shared_storage(spec.results)
+            interrupt.phase("filling the feature cache on the cluster's GPUs")
             fill.fill_on_cluster(plan)
         _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
+        interrupt.phase("running trials")
+        # Ctrl-C, or SIGTERM handed on as SIGUSR1: Tune stops its trials (each keeps its last
+        # checkpoint) and returns; their runs are closed as KILLED below.
         results = _build_tuner(plan, digest, location, resume, pending).fit()
         if Undelivered(spec.state_dir).trials():
             check_reachable(spec.tracking_uri)  # still down: the results wait (below)
             _deliver(spec, digest)
     except KeyboardInterrupt:
-        stopped = True  # a second Ctrl-C; the first makes Tune stop its trials and return
+        stopped = True  # before Tune ran, or while it was setting up or stopping
     except UserInputError as error:
         waiting = Undelivered(spec.state_dir).trials()
         if not waiting:
@@ -178,20 +178,18 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
             import ray
 
             ray.shutdown()
+    interrupt.stopping()  # closing the runs takes a moment: a Ctrl-C meanwhile ends the process at once
     outcome = finalize(store, plan, stopped, membership, digest)
     user_errors = sorted({str(cause) for cause in map(user_error_cause, results.errors if results else []) if cause})
     if user_errors:
         raise UserInputError("\n".join(user_errors))  # the runs are closed; fix the input and rerun
     _report(spec, outcome)
-    return outcome.exit_code
+    return interrupt.exit_code() if outcome.interrupted else outcome.exit_code
 
 
 def _report(spec: ExperimentSpec, outcome: Outcome) -> None:
     if outcome.interrupted:
-        print(
-            f"Stopped with {outcome.finished} of {outcome.expected} trials finished; "
-            "run the same command again to resume."
-        )
+        print(interrupt.line(f"{outcome.finished} of {outcome.expected} trials finished"), flush=True)
     elif outcome.failed:
         print(
             f"{outcome.failed} of {outcome.expected} trials failed (errors in each trial's folder under "

@@ -67,6 +67,25 @@ def error_path(trial) -> Path | None:
     return Path(trial.path, name) if name and trial.path else None
 
 
+class ShortenVanishedFileSyncWarnings(logging.Filter):
+    """Ray's syncer warns with a whole traceback when a file it listed was gone when it copied it;
+    for one of Tune's temporary files (`.tmp-<name>`, renamed meanwhile) that is harmless, and the
+    warning becomes one line. Other failed syncs keep their traceback."""
+
+    VANISHED = re.compile(r"FileNotFoundError: .*?([^\s'\"]*/\.tmp-[^/\s'\"]+)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        found = self.VANISHED.search(message) if message.startswith("Last sync command failed") else None
+        if found:
+            record.msg = (
+                f"Ray's syncer missed {found.group(1)}, a temporary file replaced while it copied "
+                "(harmless: the next sync copies the new file)"
+            )
+            record.args = ()
+        return True
+
+
 class HideUserErrorTracebacks(logging.Filter):
     """Drops Tune's "Trial task failed" record, traceback included, when bad input caused it;
     the progress table prints the one-line message instead."""
