@@ -40,9 +40,12 @@ def test_test_transform_is_resize_then_normalise() -> None:
 
 def test_train_transform_pipeline_order() -> None:
     steps = [type(step).__name__ for step in data.train_transform(64).transforms]
-    assert steps == ["Resize", "CutoutPIL", "RandAugment", "ToTensor", "Normalize"]
-    assert "num_ops=2" in repr(data.train_transform(64)) and "magnitude=9" in repr(data.train_transform(64))
-    assert data.train_transform(64)(random_image()).shape == (3, 64, 64)
+    assert steps == ["Resize", "CutoutPIL", "ReferenceRandAugment", "ToTensor", "Normalize"]
+    torchvision = data.train_transform(64, augmentation="torchvision")
+    assert [type(step).__name__ for step in torchvision.transforms][2] == "RandAugment"
+    assert "num_ops=2" in repr(torchvision) and "magnitude=9" in repr(torchvision)
+    for augmentation in ("reference", "torchvision"):
+        assert data.train_transform(64, augmentation=augmentation)(random_image()).shape == (3, 64, 64)
 
 
 def test_cutout_draws_one_filled_square_of_half_the_side() -> None:

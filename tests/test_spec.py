@@ -56,6 +56,7 @@ def test_object_store_results_keep_the_drivers_state_in_the_working_directory(ma
         ({"search": {"kind": "bayes"}}, "search", "kind must be grid or optuna"),
         ({"resources": {"gpus_per_trial": 1.5}}, "resources.gpus_per_trial", "a trial computes on one GPU: use 1, or a fraction"),
         ({"resources": {"gpus_per_trial": 2}}, "resources.gpus_per_trial", "gpus_per_trial is 2, but a trial computes on one GPU"),
+        ({"features": {"mode": "online", "augmentation": "autoaugment"}}, "features.augmentation", "'reference' or 'torchvision'"),
         ({"tracking_uri": "mlflow.db"}, "tracking_uri", "is not a tracking URI"),
     ],
 )

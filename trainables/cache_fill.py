@@ -29,11 +29,11 @@ def _activation(clip: clip_lib.FrozenCLIP) -> str:
 
 def encoding_rate(
     clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, *, encoding: Encoding = "dense",
-    batch_size: int, num_workers: int, device: torch.device, batches: int = 3,
+    batch_size: int, num_workers: int, device: torch.device, batches: int = 3, augmentation: data.Augmentation = "reference",
 ) -> float:  # fmt: skip
     """Images per second of encoding `dataset` at `view`, measured on a few batches (after a first
     one that warms up the loader and the kernels); nothing is stored."""
-    transform, view_index = view_transform(view, clip.image_size)
+    transform, view_index = view_transform(view, clip.image_size, augmentation)
     images = data.ImageTensors(dataset, transform, clip.image_size, view_index)
     batch_size = max(1, min(batch_size, len(dataset) // (batches + 1)))  # a small set still gives a few batches
     subset = torch.utils.data.Subset(images, range(min(len(dataset), (batches + 1) * batch_size)))
@@ -67,7 +67,10 @@ def encode_all(
     ]
     if report is not None and clip.device.type == "cpu" and sum(missing):
         dataset, view, encoding = next(job for job, count in zip(jobs, missing) if count)
-        rate = encoding_rate(clip, dataset, view, encoding=encoding, batch_size=batch_size, num_workers=workers, device=clip.device)
+        rate = encoding_rate(
+            clip, dataset, view, encoding=encoding, batch_size=batch_size, num_workers=workers, device=clip.device,
+            augmentation=cache.augmentation,
+        )  # fmt: skip
         report(
             f"Encoding {sum(missing):,} images on this machine's CPU ({workers} loader workers): about "
             f"{format_duration(sum(missing) / rate)} at {rate:.1f} images/s, measured on a few batches"
@@ -104,7 +107,7 @@ def fill(
     data.check(dataset_config, data_dir)
     jobs = [(data.build_dataset(dataset_config, split, data_dir), view, "dense") for split, view in fill_views(features)]
     return encode_all(
-        clip, jobs, FeatureCache(cache_dir), batch_size=batch_size, num_workers=num_workers, progress=progress, report=report
+        clip, jobs, FeatureCache(cache_dir, augmentation=features.augmentation), batch_size=batch_size, num_workers=num_workers, progress=progress, report=report
     )
 
 

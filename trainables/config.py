@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class Strict(BaseModel):
@@ -71,11 +71,23 @@ class FeatureConfig(Strict):
     """`online`: encode every step (full augmentation); `cached`: encode each image once, no
     augmentation; `cached_views`: `views` augmented views per image, cycled over epochs."""
     views: int = Field(1, ge=1)
+    augmentation: Literal["reference", "torchvision"] = "reference"
+    """The RandAugment of the augmented modes: `reference`, the policy of the DualCoOp reference's
+    PyPI `randaugment` 1.0.2 (`trainables.data.randaugment`), or `torchvision`'s, which trials used
+    before this setting existed (their keys stay). Unused, and left out of dumps, in `cached` mode."""
     device_memory: float | None = Field(None, ge=0.0)
     """GiB of cached features a trial may keep on its device (uploaded once, batches gathered
     there); a split that does not fit is streamed from the cache through pinned memory. None: 80%
     of the GPU memory free at the trial's start and left to its share of the GPU
     (`resources.gpus_per_trial`), or a quarter of the available host memory on a CPU."""
+
+    @model_serializer(mode="wrap")
+    def _augmentation_where_it_augments(self, serialize):
+        """`cached` mode augments nothing: its trials' keys and spec hashes stay what they were."""
+        dumped = serialize(self)
+        if self.mode == "cached" and isinstance(dumped, dict):
+            dumped.pop("augmentation", None)
+        return dumped
 
     @model_validator(mode="after")
     def _views_only_for_cached_views(self) -> "FeatureConfig":

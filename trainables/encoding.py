@@ -30,13 +30,14 @@ Encoding = Literal["dense", "global"]
 stored as [N, 1, d] (LAPT)."""
 
 
-def view_transform(view: View, image_size: int) -> tuple[Callable, int | None]:
+def view_transform(view: View, image_size: int, augmentation: data.Augmentation = "reference") -> tuple[Callable, int | None]:
+    """The transform of `view` (augmented ones with `augmentation`'s RandAugment) and its view index."""
     if view == "test":
         return data.test_transform(image_size), None
     kind, index = view
     if kind != "train" or not isinstance(index, int) or index < 0:
         raise ValueError(f'a view is "test" or ("train", view_index >= 0), got {view!r}')
-    return data.train_transform(image_size), index
+    return data.train_transform(image_size, augmentation=augmentation), index
 
 
 def train_views(features: FeatureConfig) -> list[View]:
@@ -92,10 +93,10 @@ class EntryLoader:
     started once and kept for every shard; pinned for a CUDA encoder, whose copies then overlap."""
 
     def __init__(
-        self, dataset: data.MultiLabelDataset, view: View, image_size: int, augmentation_seed: int, batch_size: int,
-        num_workers: int, device: torch.device,
+        self, dataset: data.MultiLabelDataset, view: View, image_size: int, augmentation: data.Augmentation,
+        augmentation_seed: int, batch_size: int, num_workers: int, device: torch.device,
     ) -> None:  # fmt: skip
-        transform, view_index = view_transform(view, image_size)
+        transform, view_index = view_transform(view, image_size, augmentation)
         self.sampler = RowBatches(batch_size)
         self.loader = torch.utils.data.DataLoader(
             data.ImageTensors(dataset, transform, image_size, view_index, augmentation_seed),

@@ -61,15 +61,17 @@ class DenseFeatures(NamedTuple):
 class FeatureCache:
     """Dense features of (backbone, dataset split, view), computed once and shared by every trial."""
 
-    def __init__(self, cache_dir: Path, augmentation_seed: int = 0) -> None:
+    def __init__(self, cache_dir: Path, augmentation_seed: int = 0, augmentation: data.Augmentation = "reference") -> None:
         self.directory = Path(cache_dir) / "features"
         self.augmentation_seed = augmentation_seed
+        self.augmentation = augmentation
+        """The RandAugment of the augmented train views (`features.augmentation`); part of their keys."""
 
     def key_inputs(
         self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"
     ) -> dict:
         """Everything the features depend on, as JSON-able values (dense keys predate `encoding`)."""
-        transform, view_index = view_transform(view, clip.image_size)
+        transform, view_index = view_transform(view, clip.image_size, self.augmentation)
         # Keys made before an input existed keep it out at its old value: fp32, dense.
         computed = precision.encoder_precision(clip.device)
         return (
@@ -226,7 +228,9 @@ class FeatureCache:
         self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, batch_size: int, num_workers: int
     ) -> EntryLoader:
         """The loader of (dataset, view) for `encode_shard`: one set of decoding workers for every shard."""
-        return EntryLoader(dataset, view, clip.image_size, self.augmentation_seed, batch_size, num_workers, clip.device)
+        return EntryLoader(
+            dataset, view, clip.image_size, self.augmentation, self.augmentation_seed, batch_size, num_workers, clip.device
+        )
 
     def assemble(
         self, clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, encoding: Encoding = "dense"

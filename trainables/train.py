@@ -60,7 +60,10 @@ class OnlineImages:
             workers = max(1, int(config.cpus)) if config.cpus is not None else default_workers()
         self.sampler = RowBatches(config.training.batch_size)
         self.loader = torch.utils.data.DataLoader(
-            data.ImageTensors(dataset, data.train_transform(size, normalised=False), size, augmentation_seed=config.seed, dtype=torch.uint8),
+            data.ImageTensors(
+                dataset, data.train_transform(size, normalised=False, augmentation=config.features.augmentation), size,
+                augmentation_seed=config.seed, dtype=torch.uint8,
+            ),
             batch_sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
             pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent if workers else None,
         )  # fmt: skip
@@ -99,7 +102,7 @@ class MLRTrial:
         # The test split is always evaluated at the test transform, a pure function of the image:
         # encode it once for every trial and epoch, whatever the training feature mode. What is read
         # most goes on the device first: the test split (every epoch), then the train views.
-        cache = FeatureCache(config.cache_dir)
+        cache = FeatureCache(config.cache_dir, augmentation=config.features.augmentation)
         stored = [cache.dense_features(self.clip, test_set, "test")]
         views = train_views(config.features)
         stored += [cache.dense_features(self.clip, self.train_set, view) for view in views]

@@ -81,7 +81,7 @@ def _fill(plan: grid.Plan, device: str) -> None:
             print(f"Feature cache for dataset '{sets}' ({members[0].label}, {kind}):", flush=True)
             summary = cache_fill.encode_all(
                 clip, [(entry.open(spec.data_dir), entry.view, entry.encoding) for entry in members],
-                features.FeatureCache(spec.cache_dir), batch_size=spec.training.eval_batch_size,
+                features.FeatureCache(spec.cache_dir, augmentation=spec.features.augmentation), batch_size=spec.training.eval_batch_size,
                 report=lambda line: print(f"  {line}", flush=True),
             )  # fmt: skip
             print(
@@ -105,14 +105,14 @@ class ShardEncoder:
     """A Ray actor on one GPU (or none, where asked): encodes shards of cache entries and joins them.
     Backbones, datasets and each entry's image loader (its decoding workers) are made once per actor."""
 
-    def __init__(self, cache_dir: Path, data_dir: Path, workers: int, batch_size: int, device: str):
+    def __init__(self, cache_dir: Path, data_dir: Path, workers: int, batch_size: int, device: str, augmentation: str):
         import ray
 
         from trainables.devices import trial_device
 
         # A GPU Ray gave this actor that torch cannot use is a one-line error, not a fill on the CPU.
         self.device = trial_device(device, len(ray.get_gpu_ids()), who="feature-cache actor")
-        self.cache = features.FeatureCache(cache_dir)
+        self.cache = features.FeatureCache(cache_dir, augmentation=augmentation)
         self.data_dir = data_dir
         self.workers = workers
         self.batch_size = batch_size
@@ -214,7 +214,10 @@ def _fill_group(
     def start(count: int) -> list:
         """Up to `count` new actors: those placed within the timeout (the others are killed)."""
         started = [
-            actor_class.options(**options).remote(spec.cache_dir, spec.data_dir, workers, spec.training.eval_batch_size, spec.resources.device)
+            actor_class.options(**options).remote(
+                spec.cache_dir, spec.data_dir, workers, spec.training.eval_batch_size, spec.resources.device,
+                spec.features.augmentation,
+            )
             for _ in range(count)
         ]  # fmt: skip
         readiness = {actor.ready.remote(): actor for actor in started}

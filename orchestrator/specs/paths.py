@@ -67,14 +67,19 @@ FORMER_DEFAULTS = {"num_workers": 0}
 """Fields whose default became None (settled when the trial runs): None is hashed as the default
 every earlier key was made with, so those keys stay."""
 
+FORMER_BEHAVIOUR = {"augmentation": "torchvision"}
+"""Fields added later, at the value that computes what trials computed before they existed: left out
+of hashes there, so those keys stay (and a trial's key changes only where the new value does)."""
+
 
 def without_paths(value: Any) -> Any:
     """`value` (JSON-able) with every `PATH_FIELDS` and `EXECUTION_FIELDS` key dropped, at any depth
-    (and `FORMER_DEFAULTS` in place of None)."""
+    (and `FORMER_DEFAULTS` in place of None, `FORMER_BEHAVIOUR` left out)."""
     if isinstance(value, dict):
         return {
             k: FORMER_DEFAULTS[k] if v is None and k in FORMER_DEFAULTS else without_paths(v)
-            for k, v in value.items() if k not in PATH_FIELDS | EXECUTION_FIELDS
+            for k, v in value.items()
+            if k not in PATH_FIELDS | EXECUTION_FIELDS and not (k in FORMER_BEHAVIOUR and v == FORMER_BEHAVIOUR[k])
         }  # fmt: skip
     if isinstance(value, list):
         return [without_paths(v) for v in value]

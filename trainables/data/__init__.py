@@ -21,7 +21,7 @@ from trainables.data.partial import (
     partial_labels,
     save_partial_labels,
 )
-from trainables.data.transforms import normalise, test_transform, train_transform
+from trainables.data.transforms import Augmentation, normalise, test_transform, train_transform
 
 Split = Literal["train", "test"]
 SPLITS = ("train", "test")
@@ -56,6 +56,7 @@ def build_dataset(cfg: DatasetConfig, split: Split, data_dir: Path | None = None
 
 
 __all__ = [
+    "Augmentation",
     "ImageTensors",
     "MultiLabelDataset",
     "Split",

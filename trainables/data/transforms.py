@@ -1,6 +1,7 @@
 """Image transforms as the DualCoOp reference uses them (REFERENCE.md section 1).
 
-Train: Resize((S, S)) bilinear, CutoutPIL(0.5), RandAugment, ToTensor, CLIP normalisation.
+Train: Resize((S, S)) bilinear, CutoutPIL(0.5), RandAugment (the reference's policy,
+`trainables.data.randaugment`, or torchvision's), ToTensor, CLIP normalisation.
 Test: Resize((S, S)) bilinear, ToTensor, CLIP normalisation (no crop, no flip).
 Every random draw comes from torch's generator, so seeding torch makes a view reproducible
 (`trainables.data.ImageTensors` does that per (view, image)).
@@ -8,9 +9,16 @@ Every random draw comes from torch's generator, so seeding torch makes a view re
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from PIL import Image, ImageDraw
 from torchvision import transforms as T
+
+from trainables.data.randaugment import ReferenceRandAugment
+
+Augmentation = Literal["reference", "torchvision"]
+"""Which RandAugment the training views get (`features.augmentation`)."""
 
 # open_clip.constants.OPENAI_DATASET_MEAN / _STD, written out so that importing the data package
 # (e.g. for a spec's layout check) does not import open_clip.
@@ -57,20 +65,19 @@ def _normalise() -> T.Normalize:
     return T.Normalize(mean=CLIP_MEAN, std=CLIP_STD)
 
 
-def train_transform(size: int, normalised: bool = True) -> T.Compose:
+def train_transform(size: int, normalised: bool = True, augmentation: Augmentation = "reference") -> T.Compose:
     """PIL image -> normalised tensor [3, size, size] with the reference's augmentation (with
     `normalised=False`: uint8 pixels, for `normalise` on the device; a quarter of the bytes to copy).
 
-    RandAugment is torchvision's (num_ops=2 ops in sequence, each at the fixed magnitude 9 of 31
-    bins, 14 ops including Identity). The reference uses PyPI `randaugment` 1.0.2 instead: it picks
-    ONE random (op, magnitude 1-9) pair out of 15 ops with AutoAugment's SubPolicy ranges and applies
-    it with p=0.5; that package no longer imports on NumPy >= 1.24 (`np.int`).
+    RandAugment: `reference`, PyPI `randaugment` 1.0.2's policy as the reference trains with it
+    (two slots at p = 0.5 of 15 operations at levels 1-9; `trainables.data.randaugment`), or
+    `torchvision`'s (always two of 14 operations, Identity among them, at magnitude 9 of 31).
     """
     return T.Compose(
         [
             T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
             CutoutPIL(CUTOUT_FACTOR),
-            T.RandAugment(),
+            ReferenceRandAugment() if augmentation == "reference" else T.RandAugment(),
             *([T.ToTensor(), _normalise()] if normalised else [T.PILToTensor()]),
         ]
     )
