@@ -95,6 +95,11 @@ class Family:
         """The feature-cache entries (`run.entries.Entry`) the family's trials read, filled before they start."""
         return []
 
+    def decoded_sets(self, plan) -> list:
+        """(dataset config, split, image size) of each image set the family's trials read decoded
+        (`trainables.decoded`), built before they start."""
+        return []
+
     def open_cached_set(self, dataset, split: str, data_dir):
         """The dataset of one of the family's cache entries."""
         raise NotImplementedError

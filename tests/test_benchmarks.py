@@ -58,3 +58,19 @@ def test_the_gpu_trial_benchmark_runs_small_on_a_cpu(tmp_path, capsys):
     assert result["fill_images_per_s"] > 0 and set(result["packing"]) == {1, 2}
     printed = capsys.readouterr().out
     assert "feature fill:" in printed and "dual_coop trials sharing the device: 1:" in printed
+
+
+def test_the_augmentation_benchmark_runs_and_prints_its_figures(monkeypatch, capsys):
+    import json
+    import sys
+
+    from benchmarks import augmentation
+
+    monkeypatch.setattr(sys, "argv", ["augmentation", "--images", "4", "--size", "64", "--repeats", "1", "--json"])
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # one thread for the rest of the suite: no
+    augmentation.main()
+    figures = json.loads(capsys.readouterr().out)
+    assert set(figures["images_per_second_per_core"]) == {
+        "before", "jpeg, reference", "store, reference", "jpeg, torchvision", "store, torchvision",
+    }  # fmt: skip
+    assert all(rate > 0 for rate in figures["images_per_second_per_core"].values())

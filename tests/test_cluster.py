@@ -479,6 +479,8 @@ def test_the_gpu_node_fills_the_cache_and_the_trials_read_it(tmp_path, mlflow_se
         filled = _cache_cli(tmp_path, SPEC, "--address", nodes.address)
         stored = {path.name: path.stat().st_mtime_ns for path in (tmp_path / "runs" / "cache" / "features").glob("*.npy")}
         done = run_cli(tmp_path, "--address", nodes.address, "--tracking-uri", mlflow_server.uri)
+        # The online mode's decoded store is built by the GPU node's actor too, where the trials read it.
+        online = _cache_cli(tmp_path, {**SPEC, "features": {"mode": "online"}}, "--address", nodes.address)
     finally:
         nodes.stop()
     assert filled.returncode == 0, filled.stdout + filled.stderr
@@ -501,6 +503,9 @@ def test_the_gpu_node_fills_the_cache_and_the_trials_read_it(tmp_path, mlflow_se
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(SPEC["name"])
     assert len([r for r in client.search_runs([experiment.experiment_id]) if r.data.tags[ROLE_TAG] == TRIAL_ROLE]) == 4
+    assert online.returncode == 0, online.stdout + online.stderr
+    (store,) = (tmp_path / "runs" / "cache" / "decoded").glob("*.json")
+    assert json.loads(store.read_text())["inputs"]["split"] == "train"
 
 
 def test_a_fill_whose_actor_is_killed_midway_completes_encoding_each_shard_once(tmp_path):

@@ -75,6 +75,9 @@ class FeatureConfig(Strict):
     """The RandAugment of the augmented modes: `reference`, the policy of the DualCoOp reference's
     PyPI `randaugment` 1.0.2 (`trainables.data.randaugment`), or `torchvision`'s, which trials used
     before this setting existed (their keys stay). Unused, and left out of dumps, in `cached` mode."""
+    decoded_store: bool = True
+    """`online` mode: read the training images decoded and resized once (`trainables.decoded`,
+    uint8 under cache_dir/decoded) instead of decoding every JPEG in every epoch; the same pixels."""
     device_memory: float | None = Field(None, ge=0.0)
     """GiB of cached features a trial may keep on its device (uploaded once, batches gathered
     there); a split that does not fit is streamed from the cache through pinned memory. None: 80%

@@ -23,6 +23,7 @@ import torch
 from trainables import data, loader, negation, precision, setups
 from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
 from trainables.config import TrainingConfig, TrialConfig
+from trainables.decoded import DecodedStore
 from trainables.devices import default_workers, device_name, trial_device
 from trainables.encoding import RowBatches, exit_with_parent, train_views
 from trainables.errors import UserInputError
@@ -58,6 +59,8 @@ class OnlineImages:
         workers = config.training.num_workers
         if workers is None:
             workers = max(1, int(config.cpus)) if config.cpus is not None else default_workers()
+        if config.features.decoded_store:  # decoded and resized once, for every epoch and trial
+            dataset = DecodedStore(config.cache_dir).images(dataset, size, workers)
         self.sampler = RowBatches(config.training.batch_size)
         self.loader = torch.utils.data.DataLoader(
             data.ImageTensors(

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from trainables import cache_fill, data, features
 from trainables.errors import UserInputError
 
+from orchestrator.family import in_spec
 from orchestrator.run.entries import Entry, entries
 from orchestrator.specs import ExperimentSpec, grid
 from orchestrator.track.trial_errors import user_error_cause
@@ -69,8 +70,15 @@ def own_process(device: torch.device) -> bool:
 
 def _fill(plan: grid.Plan, device: str) -> None:
     from trainables.backbones import load_backbone
+    from trainables.decoded import DecodedStore
+    from trainables.devices import default_workers
 
     spec = plan.spec
+    for family in in_spec(spec):  # the online trials' images, decoded and resized once
+        for dataset, split, size in family.decoded_sets(plan):
+            images = family.open_cached_set(dataset, split, spec.data_dir)
+            print(f"Decoded store for dataset '{dataset.name}' ({split}, {size} px): under {spec.cache_dir / 'decoded'}", flush=True)
+            DecodedStore(spec.cache_dir).images(images, size, default_workers(), progress=True)
     by_backbone: dict[str, dict[str, list[Entry]]] = {}
     for entry in entries(plan):
         by_backbone.setdefault(entry.backbone.model_dump_json(), {}).setdefault(entry.dataset.name, []).append(entry)
@@ -113,6 +121,7 @@ class ShardEncoder:
         # A GPU Ray gave this actor that torch cannot use is a one-line error, not a fill on the CPU.
         self.device = trial_device(device, len(ray.get_gpu_ids()), who="feature-cache actor")
         self.cache = features.FeatureCache(cache_dir, augmentation=augmentation)
+        self.cache_dir = cache_dir
         self.data_dir = data_dir
         self.workers = workers
         self.batch_size = batch_size
@@ -150,6 +159,15 @@ class ShardEncoder:
         self.cache.encode_shard(clip, dataset, entry.view, index, encoding=entry.encoding, images=self._loaders[entry.key])
         return self.node_id
 
+    def decode(self, family: str, dataset, split: str, size: int) -> None:
+        """Build the decoded store of a family's image set (`Family.decoded_sets`), unless a process has."""
+        from trainables.decoded import DecodedStore
+
+        from orchestrator.family import named
+
+        images = named(family).open_cached_set(dataset, split, self.data_dir)
+        DecodedStore(self.cache_dir).images(images, size, self.workers)
+
     def assemble(self, entry: Entry) -> None:
         """Join `entry`'s shards into the cache entry (raising for unreadable images its dataset
         does not skip, as a trial reading it would)."""
@@ -183,7 +201,7 @@ def fill_on_cluster(plan: grid.Plan) -> Report | None:
     groups = [list(gpus)] if _cache_shared(spec.cache_dir, list(gpus)) else [[node] for node in gpus]
     report = Report({}, 0, 0, len(needed))
     for nodes in groups:
-        _fill_group(spec, needed, nodes, sum(gpus[n][0] for n in nodes), workers, len(groups) > 1, report)
+        _fill_group(plan, needed, nodes, sum(gpus[n][0] for n in nodes), workers, len(groups) > 1, report)
     where = ", ".join(f"{count} on {node[:8]}" for node, count in sorted(report.encoded_by_node.items()))
     print(
         f"Feature cache: {report.entries} entries; {sum(report.encoded_by_node.values())} shards encoded on the GPU nodes"
@@ -195,15 +213,18 @@ def fill_on_cluster(plan: grid.Plan) -> Report | None:
 
 
 def _fill_group(
-    spec: ExperimentSpec, entries: list[Entry], nodes: list[str], actor_count: int, workers: int, pinned: bool, report: Report
+    plan: grid.Plan, entries: list[Entry], nodes: list[str], actor_count: int, workers: int, pinned: bool, report: Report
 ) -> None:
     """Every entry's missing shards, encoded by up to `actor_count` actors on `nodes` (pinned there
     when each node fills its own cache), then joined. The actors that get a GPU within
     `PLACEMENT_TIMEOUT_S` do the work; a shard whose actor dies or fails is handed to a new actor,
-    up to `SHARD_TRIES` times, then the fill fails naming the shard and the node."""
+    up to `SHARD_TRIES` times, then the fill fails naming the shard and the node. Then they build the
+    decoded stores of the online trials' images."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    spec = plan.spec
 
     actor_class = ray.remote(ShardEncoder)
     options = {"num_gpus": 1, "num_cpus": workers, "max_restarts": 0}
@@ -286,6 +307,9 @@ def _fill_group(
                 bar.update(task[2])
                 hand_out(actor)
         _get([actors[i % len(actors)].assemble.remote(entry) for i, entry in enumerate(entries)])
+        # The online trials' images, decoded and resized once where they read them.
+        decoded = [(family.name, *found) for family in in_spec(spec) for found in family.decoded_sets(plan)]
+        _get([actors[i % len(actors)].decode.remote(*found) for i, found in enumerate(decoded)])
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -59,7 +59,7 @@ def require_existing_store(tracking_uri: str, hint: str) -> None:
 PATH_FIELDS = frozenset({"root", "train_manifest", "test_manifest", "classnames_file", "wordnet_dir", "word_list"})
 """Where data lives: the same data may live elsewhere on another machine, so hashes and keys leave these out."""
 
-EXECUTION_FIELDS = frozenset({"cuda_graph", "device_memory", "gpu_share", "cpus"})
+EXECUTION_FIELDS = frozenset({"cuda_graph", "device_memory", "gpu_share", "cpus", "decoded_store"})
 """How a trial uses its device, not what it computes: hashes and keys leave these out too, so
 that tuning them neither reruns a finished trial nor changes the keys of runs made before them."""
 

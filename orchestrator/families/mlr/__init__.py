@@ -81,6 +81,13 @@ class MLR(Family):
             for split, view in fill_views(spec.features)
         ]
 
+    def decoded_sets(self, plan):
+        features = plan.spec.features
+        if features.mode != "online" or not features.decoded_store:
+            return []
+        sizes = sorted({backbone.image_size for backbone in plan.spec.backbone.configs()})
+        return [(dataset, "train", size) for dataset in plan.spec.datasets for size in sizes]
+
     def open_cached_set(self, dataset, split, data_dir):
         from trainables import data
 

@@ -3,6 +3,8 @@ parameters and peak tensor memory on each dataset."""
 
 from __future__ import annotations
 
+import shutil
+
 from tabulate import tabulate
 
 from orchestrator.specs import LoadedSpec
@@ -48,6 +50,38 @@ def _packing(gpus_per_trial: float, largest_bytes: int) -> list[str]:
     ]
 
 
+KNOWN_TRAIN_IMAGES = {"coco": 82_081, "voc": 5_011}
+"""Training images of the datasets whose size is known without their data (COCO 2014, VOC 2007 trainval)."""
+
+
+def _decoded_store(loaded: LoadedSpec) -> list[str]:
+    """The `online` mode's decoded store: its size, and whether it fits the disk under cache_dir."""
+    from trainables.decoded import DecodedStore
+
+    spec = loaded.spec
+    if spec.features.mode != "online":
+        return []
+    if not spec.features.decoded_store:
+        return ["Decoded store: off (features.decoded_store: false): every epoch decodes and resizes every image"]
+    sizes = {d.name: KNOWN_TRAIN_IMAGES.get(d.kind, d.synthetic_num_train if d.kind == "synthetic" else None) for d in spec.datasets}
+    if None in sizes.values():
+        sizes = {name: n for name, n in sizes.items() if n is not None}
+        unknown = "; other datasets' sizes are known once their data is there"
+    else:
+        unknown = ""
+    total = sum(DecodedStore.nbytes(n, spec.backbone.image_size) for n in sizes.values())
+    folder = spec.cache_dir
+    while not folder.exists():  # the first folder of cache_dir that exists: the disk it will be on
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    fits = "fits" if total <= free else "does NOT fit"
+    per_dataset = ", ".join(f"{name} {DecodedStore.nbytes(n, spec.backbone.image_size) / 2**30:.1f} GiB" for name, n in sizes.items())
+    return [
+        f"Decoded store (features.decoded_store; uint8 at {spec.backbone.image_size} px under {spec.cache_dir / 'decoded'}): "
+        f"{total / 2**30:.1f} GiB ({per_dataset}); {fits} in the {free / 2**30:.0f} GiB free there{unknown}"
+    ]
+
+
 def lines(loaded: LoadedSpec, setups: list[str], cells: list) -> dict[str, list[str]]:
     spec, backbone, resources = loaded.spec, loaded.spec.backbone, loaded.spec.resources
     counts, peaks, measured_on = per_setup_and_dataset(loaded, setups)
@@ -67,7 +101,10 @@ def lines(loaded: LoadedSpec, setups: list[str], cells: list) -> dict[str, list[
             f"Cells: {len(cells)} = {len(spec.datasets)} datasets x {backbones}{len(setups)} setups x "
             f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
         ],
-        "training": [f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}"],
+        "training": [
+            f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}",
+            *_decoded_store(loaded),
+        ],
         "details": [
             f"Trainable parameters and peak tensor memory of one trial on {backbone.model} at {backbone.image_size} px "
             f"(measured here: {measured_on}; batch {spec.training.batch_size}, eval batch {spec.training.eval_batch_size}; "
