@@ -104,8 +104,7 @@ def test_a_signal_while_trials_run_stops_them_in_one_line_and_the_rerun_complete
     _rerun_completes_each_trial_once(tmp_path, SPEC)
 
 
-def test_ctrl_c_while_pre_training_stops_in_one_line_and_keeps_no_checkpoint(tmp_path):
-    """The rerun after an interrupted preparation is the fill test's; here: nothing half-trained is kept."""
+def test_ctrl_c_while_pre_training_stops_in_one_line_and_the_rerun_completes(tmp_path):
     spec = [*SPEC, "--set", "backbone.pretrained=synthetic"]  # the last --set of a key wins
     started = []
 
@@ -117,7 +116,8 @@ def test_ctrl_c_while_pre_training_stops_in_one_line_and_keeps_no_checkpoint(tmp
     code, output = _interrupt_when(tmp_path, spec, pre_training, signal.SIGINT)
     assert "Feature cache for dataset" not in output  # still pre-training when interrupted
     _check_one_line(code, output, spec, "preparing the backbone and the feature cache", 130)
-    assert not [p for p in (tmp_path / "runs" / "data").rglob("*.pt") if not p.name.startswith(".")]
+    assert not [p for p in (tmp_path / "runs" / "data").rglob("*.pt") if not p.name.startswith(".")]  # nothing half-trained kept
+    _rerun_completes_each_trial_once(tmp_path, spec)
 
 
 # -- what a normal run prints ----------------------------------------------------------------------
