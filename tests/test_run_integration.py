@@ -213,8 +213,9 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
 
 @pytest.mark.parametrize("feature_mode", ["cached", "online"])
 def test_corrupt_image_fails_with_one_line_and_exit_code_2(tmp_path, feature_mode):
-    # cached: the driver meets the image while filling the cache, before any trial starts;
-    # online: a trial meets it while training, and its run is closed as FAILED.
+    # cached: the driver meets the image while filling the cache, before any trial starts (as it does
+    # building the online mode's decoded store, tests/test_decoded.py); online without that store: a
+    # trial meets it while training, and its run is closed as FAILED.
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()
     rows = []
@@ -227,7 +228,8 @@ def test_corrupt_image_fails_with_one_line_and_exit_code_2(tmp_path, feature_mod
     spec = {
         "name": "mine", "setups": ["baseline"], "label_ratios": [0.5], "seeds": [1], "training": {"epochs": 1},
         "datasets": [{"name": "mine", "kind": "manifest", "train_manifest": "train.csv", "test_manifest": "test.csv"}],
-        "backbone": {"model": "RN-tiny", "image_size": 64}, "features": {"mode": feature_mode},
+        "backbone": {"model": "RN-tiny", "image_size": 64},
+        "features": {"mode": feature_mode, **({"decoded_store": False} if feature_mode == "online" else {})},
     }  # fmt: skip
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(spec))
 
