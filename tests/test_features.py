@@ -242,6 +242,7 @@ def test_one_set_of_decoding_workers_serves_every_shard_of_an_entry(tiny_rn, tra
 def test_a_local_fill_for_gpu_trials_runs_in_a_process_of_its_own(make_spec, monkeypatch):
     """On a GPU the driver must not keep a CUDA context and the encoder's memory on the GPU its trials
     share: the fill runs in a spawned process, whose errors come back as themselves (one line)."""
+    import trainables.train  # noqa: F401  (imported before the patch: it binds load_backbone by name)
     from trainables import backbones
 
     from orchestrator.run import fill

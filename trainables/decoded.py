@@ -31,7 +31,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from trainables import atomic, data
-from trainables.encoding import RowBatches, exit_with_parent
+from trainables.encoding import RowLoader
 from trainables.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -132,21 +132,18 @@ class DecodedStore:
             )
         pixels = np.lib.format.open_memmap(partial_path, mode="r+" if done else "w+", dtype=np.uint8, shape=shape)
         images = data.ImageTensors(dataset, ResizedPixels(size), size, dtype=torch.uint8)
-        batches = RowBatches(64)
-        loader = torch.utils.data.DataLoader(
-            images, batch_sampler=batches, num_workers=num_workers, worker_init_fn=exit_with_parent if num_workers else None
-        )
+        loader = RowLoader(images, 64, num_workers, torch.device("cpu"))
         with tqdm(total=len(dataset), initial=done, unit="img", desc=f"decoded {dataset.name}/{dataset.split} at {size} px",
                   disable=None if progress else True) as bar:  # fmt: skip
             for start in range(done, len(dataset), CHUNK_IMAGES):
-                batches.rows = range(start, min(start + CHUNK_IMAGES, len(dataset)))
-                for batch, indices, valid in data.batches_of(loader):
+                chunk = range(start, min(start + CHUNK_IMAGES, len(dataset)))
+                for batch, indices, valid in loader.batches(chunk):
                     rows = indices.numpy()
                     pixels[rows] = batch.permute(0, 2, 3, 1).numpy()  # stored as images are: [S, S, 3]
                     skipped += rows[~valid.numpy()].tolist()
                     bar.update(len(rows))
                 pixels.flush()
-                record = json.dumps({"done": batches.rows.stop, "skipped": skipped})
+                record = json.dumps({"done": chunk.stop, "skipped": skipped})
                 atomic.replace(progress_path, lambda path: path.write_text(record))
         del pixels
         with open(partial_path, "rb+") as handle:

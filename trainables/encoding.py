@@ -88,26 +88,33 @@ class RowBatches(torch.utils.data.Sampler):
         return -(-len(self.rows) // self.batch_size)
 
 
-class EntryLoader:
-    """The images of one cache entry (a dataset at a view), decoded by `num_workers` workers that are
-    started once and kept for every shard; pinned for a CUDA encoder, whose copies then overlap."""
+class RowLoader:
+    """`images` (a `data.ImageTensors`) decoded by `num_workers` workers that are started once and
+    kept for every pass over whichever rows it is given (each shard of a cache entry, each epoch of
+    an online trial, each chunk of a decoded store); pinned for a CUDA device, whose copies then overlap."""
+
+    def __init__(self, images: data.ImageTensors, batch_size: int, num_workers: int, device: torch.device) -> None:
+        self.sampler = RowBatches(batch_size)
+        self.loader = torch.utils.data.DataLoader(
+            images, batch_sampler=self.sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
+            pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent if num_workers else None,
+        )  # fmt: skip
+
+    def batches(self, rows: Sequence) -> Iterator:
+        """(images, indices, valid) batches of `rows`, in order."""
+        self.sampler.rows = rows
+        return data.batches_of(self.loader)
+
+
+class EntryLoader(RowLoader):
+    """The images of one cache entry (a dataset at a view), for every shard of it."""
 
     def __init__(
         self, dataset: data.MultiLabelDataset, view: View, image_size: int, augmentation: data.Augmentation,
         augmentation_seed: int, batch_size: int, num_workers: int, device: torch.device,
     ) -> None:  # fmt: skip
         transform, view_index = view_transform(view, image_size, augmentation)
-        self.sampler = RowBatches(batch_size)
-        self.loader = torch.utils.data.DataLoader(
-            data.ImageTensors(dataset, transform, image_size, view_index, augmentation_seed),
-            batch_sampler=self.sampler, num_workers=num_workers, persistent_workers=num_workers > 0,
-            pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent if num_workers else None,
-        )  # fmt: skip
-
-    def batches(self, rows: Sequence[int]) -> Iterator:
-        """(images, indices, valid) batches of `rows`, in order."""
-        self.sampler.rows = rows
-        return data.batches_of(self.loader)
+        super().__init__(data.ImageTensors(dataset, transform, image_size, view_index, augmentation_seed), batch_size, num_workers, device)
 
 
 def encode_rows(

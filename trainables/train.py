@@ -25,7 +25,7 @@ from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, re
 from trainables.config import TrainingConfig, TrialConfig
 from trainables.decoded import DecodedStore
 from trainables.devices import default_workers, device_name, trial_device
-from trainables.encoding import RowBatches, exit_with_parent, train_views
+from trainables.encoding import RowLoader, train_views
 from trainables.errors import UserInputError
 from trainables.features import FeatureCache
 from trainables.losses import AsymmetricLoss
@@ -48,7 +48,7 @@ def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - training.warmup_epochs) / training.epochs))
 
 
-class OnlineImages:
+class OnlineImages(RowLoader):
     """The `online` mode's training images: decoded and augmented by the trial's workers (started
     once, kept for every epoch), as uint8, pinned for a CUDA device; normalised there. Image i of
     epoch e is augmented under the seed (trial seed, e, i), whichever worker decodes it, so a
@@ -61,15 +61,9 @@ class OnlineImages:
             workers = max(1, int(config.cpus)) if config.cpus is not None else default_workers()
         if config.features.decoded_store:  # decoded and resized once, for every epoch and trial
             dataset = DecodedStore(config.cache_dir).images(dataset, size, workers)
-        self.sampler = RowBatches(config.training.batch_size)
-        self.loader = torch.utils.data.DataLoader(
-            data.ImageTensors(
-                dataset, data.train_transform(size, normalised=False, augmentation=config.features.augmentation), size,
-                augmentation_seed=config.seed, dtype=torch.uint8,
-            ),
-            batch_sampler=self.sampler, num_workers=workers, persistent_workers=workers > 0,
-            pin_memory=device.type == "cuda", worker_init_fn=exit_with_parent if workers else None,
-        )  # fmt: skip
+        transform = data.train_transform(size, normalised=False, augmentation=config.features.augmentation)
+        images = data.ImageTensors(dataset, transform, size, augmentation_seed=config.seed, dtype=torch.uint8)
+        super().__init__(images, config.training.batch_size, workers, device)
 
 
 class MLRTrial:
@@ -153,9 +147,9 @@ class MLRTrial:
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         if cfg.features.mode == "online":
             order = torch.randperm(len(dataset), generator=generator).tolist()
-            self.online_images.sampler.rows = [(epoch, index) for index in order]  # image i's draws: (seed, epoch, i)
+            rows = [(epoch, index) for index in order]  # image i's draws: (seed, epoch, i)
             encoder_precision = precision.encoder_precision(self.device)
-            for batch, idx, valid in data.batches_of(self.online_images.loader):
+            for batch, idx, valid in self.online_images.batches(rows):
                 with torch.no_grad(), autocast(encoder_precision, self.device):
                     pixels = data.normalise(batch[valid].to(self.device, non_blocking=True))
                     feats = self.clip.encode_dense(pixels).float()
