@@ -7,7 +7,7 @@ On generated 640 x 480 JPEGs (photographs' size in COCO), in one process on one 
 DataLoader worker of an online trial does for each image (`data.ImageTensors` with its per-image
 seed): `before` is the path as it was (decode, resize, Cutout, torchvision's RandAugment, ToTensor
 and Normalize in float32 on the CPU); `jpeg` decodes and resizes every time and hands over uint8
-(normalised on the device); `store` reads the image decoded and resized once (`trainables.decoded`).
+(normalised on the device); `store` reads the image decoded and resized once (`trainables.features.decoded`).
 Each figure is the best of `--repeats` passes. Not a test.
 """
 
@@ -25,7 +25,7 @@ from PIL import Image
 
 from trainables import data
 from trainables.config import DatasetConfig
-from trainables.decoded import DecodedStore
+from trainables.features.decoded import DecodedStore
 
 
 def jpegs(root: Path, count: int) -> data.MultiLabelDataset:

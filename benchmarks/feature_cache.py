@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 import trainables.data as data
-from trainables import backbones, setups
+from trainables.backbone import load_clip
 from trainables.config import DatasetConfig
-from trainables.features import FeatureCache
-from trainables.losses import AsymmetricLoss
+from trainables.features.cache import FeatureCache
+from trainables.mlr import setups
+from trainables.mlr.losses import AsymmetricLoss
 
 
 def train_epoch(setup: torch.nn.Module, targets: torch.Tensor, batches: list[np.ndarray], features_of: Callable) -> float:
@@ -53,7 +54,7 @@ def main() -> None:
         work = args.work_dir or Path(temporary)
         cfg = DatasetConfig(name="shapes", kind="synthetic", synthetic_num_train=args.num_train)
         dataset = data.build_dataset(cfg, "train", work / "data")
-        clip = backbones.load(args.model, None, image_size=args.image_size)
+        clip = load_clip(args.model, None, image_size=args.image_size)
         targets = torch.from_numpy(data.dataset_partial_labels(dataset, 0.5, seed=0))
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).numpy()
         batches = [np.sort(order[i : i + args.batch_size]) for i in range(0, len(order), args.batch_size)]

@@ -7,7 +7,7 @@ several trials on one device gives.
 
 A manifest of random JPEGs (640 x 480, COCO's 80 class names, about 2.9 labels per image as COCO)
 is written once; the frozen-feature cache is filled from it (images/s, with `--workers` loader
-processes); then, for each setup, `trainables.train.MLRTrial` (what every MLR trial runs) is built
+processes); then, for each setup, `trainables.mlr.train.MLRTrial` (what every MLR trial runs) is built
 and timed on the device `auto` picks, eager and, on CUDA, as one CUDA graph per step:
 
 - `data ms`: one epoch of the data path alone (gathering the batches and their targets);
@@ -38,12 +38,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from trainables import cache_fill
-from trainables import setups
-from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig, TrialConfig
-from trainables.devices import trial_device
+from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
-from trainables.train import MLRTrial
+from trainables.devices import trial_device
+from trainables.features.fill import fill
+from trainables.mlr import setups
+from trainables.mlr.config import TrialConfig
+from trainables.mlr.train import MLRTrial
 
 from orchestrator.run import packing
 
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"manifest: {args.train} + {args.test} JPEGs in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     base = trial_config(args, "baseline", False, workdir)
     started = time.perf_counter()
-    cache_fill.fill(base.dataset, base.backbone, base.features, cache_dir=base.cache_dir, data_dir=base.data_dir,
+    fill(base.dataset, base.backbone, base.features, cache_dir=base.cache_dir, data_dir=base.data_dir,
                   batch_size=args.eval_batch, num_workers=args.workers, progress=False)  # fmt: skip
     fill_rate = (args.train + args.test) / (time.perf_counter() - started)
 

@@ -16,13 +16,13 @@ import time
 
 import torch
 
-from trainables import backbones
-from trainables import clip as clip_lib
+from trainables.backbone import load_clip
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
 from trainables.prompts import PromptLearner
 
 
-def full_length_prompts(frozen: clip_lib.FrozenCLIP, learner: PromptLearner, prompts: list[str]):
+def full_length_prompts(frozen: FrozenCLIP, learner: PromptLearner, prompts: list[str]):
     """The learner's prompts at the full context length: its context spliced into the untruncated token embeddings."""
     token_ids = frozen.tokenize(prompts)
     with torch.no_grad():
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    frozen = backbones.load(args.model, None, image_size=224)
+    frozen = load_clip(args.model, None, image_size=224)
     classnames = [COCO_CLASSNAMES[i % len(COCO_CLASSNAMES)] for i in range(args.classes)]
     torch.manual_seed(0)
     learner = PromptLearner(classnames, frozen, n_ctx=args.n_ctx, csc=True)

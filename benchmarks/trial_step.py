@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-from trainables import backbones
-from trainables import clip as clip_lib
-from trainables import precision, setups
-from trainables.devices import trial_device
+from trainables.backbone import load_clip, precision
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.data.coco import CLASSNAMES as COCO_CLASSNAMES
-from trainables.losses import AsymmetricLoss
+from trainables.devices import trial_device
+from trainables.mlr import setups
+from trainables.mlr.losses import AsymmetricLoss
 from trainables.prompts import PromptLearner
 from trainables.step import WARMUP_STEPS, TrainingStep
 
@@ -56,7 +56,7 @@ LOSS_TOLERANCE = {"fp32": 1e-3, "bf16": 2e-2}
 bf16 arithmetic in the setup (bf16)."""
 
 
-def untruncate(setup: torch.nn.Module, frozen: clip_lib.FrozenCLIP) -> None:
+def untruncate(setup: torch.nn.Module, frozen: FrozenCLIP) -> None:
     """Give every prompt learner of `setup` CLIP's full context length, as the reference code encodes its prompts."""
     for learner in setup.modules():
         if isinstance(learner, PromptLearner):
@@ -68,7 +68,7 @@ def untruncate(setup: torch.nn.Module, frozen: clip_lib.FrozenCLIP) -> None:
             learner.token_suffix = embeddings[:, 1 + learner.n_ctx :].clone()
 
 
-def make_batch(frozen: clip_lib.FrozenCLIP, batch: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def make_batch(frozen: FrozenCLIP, batch: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed batch: images [B, 3, S, S] and multi-label targets [B, K] in {0, 1}."""
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, frozen.image_size, frozen.image_size, generator=generator)
@@ -76,7 +76,7 @@ def make_batch(frozen: clip_lib.FrozenCLIP, batch: int, classes: int) -> tuple[t
     return images.to(frozen.device), targets.to(frozen.device)
 
 
-def build(name: str, frozen: clip_lib.FrozenCLIP, classes: int, path: str) -> torch.nn.Module:
+def build(name: str, frozen: FrozenCLIP, classes: int, path: str) -> torch.nn.Module:
     """Setup `name` with the seed-0 weights; its prompts at full length on the reference path."""
     classnames = [COCO_CLASSNAMES[i % len(COCO_CLASSNAMES)] for i in range(classes)]
     torch.manual_seed(0)
@@ -91,7 +91,7 @@ def measure(
 ) -> dict:
     """Seconds per training step (median of `steps` after one warm-up), the first loss and peak memory."""
     device = trial_device("auto")
-    frozen = backbones.load(model, None, image_size=image_size, device=str(device))
+    frozen = load_clip(model, None, image_size=image_size, device=str(device))
     setup = build(name, frozen, classes, path)
     images, targets = make_batch(frozen, batch, classes)
     if path == "reference":

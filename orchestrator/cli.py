@@ -16,7 +16,12 @@ from collections.abc import Callable
 
 from trainables.errors import UserInputError
 
-from orchestrator.specs import LoadedSpec, load_spec, require_existing_store, resolve_tracking_uri
+from orchestrator.specs import (
+    LoadedSpec,
+    load_spec,
+    require_existing_store,
+    resolve_tracking_uri,
+)
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 1

@@ -1,6 +1,6 @@
 """Task families as plug-ins: what the orchestrator asks of a family (`Family`), and the registry.
 
-A family (multi-label recognition, OOD detection, ...) is a `trainables.tasks.TaskFamily` (its
+A family (multi-label recognition, OOD detection, ...) is a `trainables.lifecycle.TaskFamily` (its
 trial config and loop, run by every Ray worker) plus a `Family`: the setup names that put its cells
 into a spec, its spec section, its checks, cells and trial configs, what `describe` says of it, the
 cache entries its trials read, what its runs are tagged with and log, and its tables. `specs`,
@@ -8,7 +8,7 @@ cache entries its trials read, what its runs are tagged with and log, and its ta
 those floors, live in `orchestrator/families/`.
 
 Adding a family is its `trainables/<family>/` package, one module in `orchestrator/families/` and
-one line in `BUILTIN`; `register` adds one from outside (a test, a notebook). This module imports
+one line in `FAMILY_MODULES`; `register` adds one from outside (a test, a notebook). This module imports
 nothing of the orchestrator, so that every floor may ask it.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BUILTIN = (
+FAMILY_MODULES = (
     "orchestrator.families.mlr",
     "orchestrator.families.ood",
 )
@@ -35,7 +35,7 @@ class Family:
     """
 
     task: Any
-    """Its `trainables.tasks.TaskFamily`: name (the runs' `family` tag), trial config, loop and ranking metric."""
+    """Its `trainables.lifecycle.TaskFamily`: name (the runs' `family` tag), trial config, loop and ranking metric."""
     section: str | None = None
     """The spec key of the family's own section (`ood:`), validated by `section_model` (a pydantic
     model); None: the family reads only the spec's common fields."""
@@ -97,7 +97,7 @@ class Family:
 
     def decoded_sets(self, plan) -> list:
         """(dataset config, split, image size) of each image set the family's trials read decoded
-        (`trainables.decoded`), built before they start."""
+        (`trainables.features.decoded`), built before they start."""
         return []
 
     def open_cached_set(self, dataset, split: str, data_dir):
@@ -139,12 +139,12 @@ _builtins_loaded = False
 
 
 def register(family: Family) -> Family:
-    """Add a family (its task to `trainables.tasks.FAMILIES` too), after the built-in ones; returns it."""
+    """Add a family (its task to `trainables.tasks.TASKS` too), after the built-in ones; returns it."""
     from trainables import tasks
 
     registered()
     _registered[family.name] = family
-    tasks.FAMILIES[family.name] = family.task
+    tasks.TASKS[family.name] = family.task
     return family
 
 
@@ -152,8 +152,8 @@ def unregister(name: str) -> None:
     from trainables import tasks
 
     _registered.pop(name, None)
-    if name not in tasks.BUILTIN:
-        tasks.FAMILIES.pop(name, None)
+    if name not in tasks.SHIPPED:
+        tasks.TASKS.pop(name, None)
 
 
 def registered() -> list[Family]:
@@ -161,7 +161,7 @@ def registered() -> list[Family]:
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        for module in BUILTIN:
+        for module in FAMILY_MODULES:
             importlib.import_module(module)
     return list(_registered.values())
 

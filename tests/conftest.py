@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainables import backbones, clip
+from trainables.backbone import load_clip, runtime
 
 from orchestrator.specs import ExperimentSpec, load_spec
 
@@ -21,15 +21,15 @@ TINY_IMAGE_SIZE = 128
 
 
 @pytest.fixture(scope="session")
-def tiny_rn() -> clip.FrozenCLIP:
+def tiny_rn() -> runtime.FrozenCLIP:
     """The `RN-tiny` ModifiedResNet backbone at 128 px (dense features [B, 17, 64])."""
-    return backbones.load("RN-tiny", None, image_size=TINY_IMAGE_SIZE)
+    return load_clip("RN-tiny", None, image_size=TINY_IMAGE_SIZE)
 
 
 @pytest.fixture(scope="session")
-def tiny_vit() -> clip.FrozenCLIP:
+def tiny_vit() -> runtime.FrozenCLIP:
     """The `ViT-tiny` backbone (patch 16) at 128 px (dense features [B, 64, 64])."""
-    return backbones.load("ViT-tiny", None, image_size=TINY_IMAGE_SIZE)
+    return load_clip("ViT-tiny", None, image_size=TINY_IMAGE_SIZE)
 
 
 # -- experiment specs, written into a fresh working directory -------------------------------------
@@ -108,7 +108,10 @@ def log_trial() -> Callable[..., str]:
     """`log_trial(client, experiment_id, setup, (dataset, backbone), ratio, seed, best_map, ...)`: one
     trial run, as the orchestrator's MLflow callback writes it, with the tag, metric and param names
     written out here from docs/ARCHITECTURE.md; RUNNING stays unterminated. Returns the run id."""
-    from mlflow.entities import Metric, Param  # here: most test modules never import MLflow
+    from mlflow.entities import (  # here: most test modules never import MLflow
+        Metric,
+        Param,
+    )
 
     def log(
         client,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables import setups
+from trainables.mlr import setups
 
 from benchmarks import trial_step
 

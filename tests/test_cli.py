@@ -13,7 +13,7 @@ from orchestrator import cli
 from orchestrator.specs import SEARCH_SPACES_DIR
 
 REPO = SEARCH_SPACES_DIR.parent
-MODEL_CONFIGS = REPO / "trainables" / "model_configs"
+MODEL_CONFIGS = REPO / "trainables" / "backbone" / "model_configs"
 
 
 @pytest.fixture

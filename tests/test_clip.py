@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import backbones, clip
+from trainables.backbone import load_clip, runtime
+from trainables.backbone.weights import resize_attnpool_pos_embed, resolve_quick_gelu
 from trainables.errors import UserInputError
 
 
@@ -142,32 +143,32 @@ def test_random_backbones_are_reproducible_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     expected_draw = torch.rand(3)
     torch.manual_seed(123)
-    first = backbones.load("ViT-tiny", None, image_size=64)
+    first = load_clip("ViT-tiny", None, image_size=64)
     assert torch.equal(torch.rand(3), expected_draw)
-    second = backbones.load("ViT-tiny", None, image_size=64)
+    second = load_clip("ViT-tiny", None, image_size=64)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
     assert first.identity == second.identity
     assert first.identity.startswith("ViT-tiny/random-seed0-init") and first.identity.endswith(f"-open_clip{open_clip.__version__}@64")
-    assert backbones.load("ViT-tiny", None, image_size=128).identity != first.identity
+    assert load_clip("ViT-tiny", None, image_size=128).identity != first.identity
 
 
 def test_random_identity_changes_with_the_model_config(tmp_path):
     # Cached features are keyed by the identity: editing a config must not reuse stale features.
-    config = json.loads((clip.MODEL_CONFIG_DIR / "ViT-tiny.json").read_text())
+    config = json.loads((runtime.MODEL_CONFIG_DIR / "ViT-tiny.json").read_text())
     config["vision_cfg"]["layers"] = 1
     (tmp_path / "ViT-tiny-edited.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path)
-    original = backbones.load("ViT-tiny", None, image_size=64)
-    edited = backbones.load("ViT-tiny-edited", None, image_size=64)
+    original = load_clip("ViT-tiny", None, image_size=64)
+    edited = load_clip("ViT-tiny-edited", None, image_size=64)
     assert original.identity.split("/")[1].split("-cfg")[1] != edited.identity.split("/")[1].split("-cfg")[1]
 
 
 def test_random_backbones_are_identical_across_processes():
-    checksum = "sum(float(v.double().abs().sum()) for v in backbones.load('ViT-tiny', None, image_size=64).state_dict().values())"
-    script = f"from trainables import backbones; print(repr({checksum}))"
+    checksum = "sum(float(v.double().abs().sum()) for v in load_clip('ViT-tiny', None, image_size=64).state_dict().values())"
+    script = f"from trainables.backbone import load_clip; print(repr({checksum}))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    here = sum(float(v.double().abs().sum()) for v in backbones.load("ViT-tiny", None, image_size=64).state_dict().values())
+    here = sum(float(v.double().abs().sum()) for v in load_clip("ViT-tiny", None, image_size=64).state_dict().values())
     assert float(result.stdout.strip().splitlines()[-1]) == here
 
 
@@ -177,7 +178,7 @@ def test_checkpoint_at_another_size_gets_a_bicubically_resized_attnpool_embeddin
     path = tmp_path / "rn_tiny_128.pt"
     torch.save(weights, path)
 
-    loaded = backbones.load("RN-tiny", str(path), image_size=192)
+    loaded = load_clip("RN-tiny", str(path), image_size=192)
 
     old = weights["visual.attnpool.positional_embedding"]  # [1 + 4*4, C]
     channels = old.shape[1]
@@ -199,7 +200,7 @@ def test_checkpoint_at_another_size_gets_a_bicubically_resized_attnpool_embeddin
 def test_resize_of_a_constant_grid_is_constant():
     """Bicubic interpolation reproduces constants: a sanity check independent of F.interpolate."""
     pos = torch.cat([torch.full((1, 5), -1.0), torch.full((49, 5), 0.25)])
-    resized = backbones.resize_attnpool_pos_embed(pos, 14)
+    resized = resize_attnpool_pos_embed(pos, 14)
     assert resized.shape == (197, 5)
     assert torch.equal(resized[0], pos[0])
     torch.testing.assert_close(resized[1:], torch.full((196, 5), 0.25))
@@ -214,7 +215,7 @@ def test_torchscript_checkpoint_loads_with_quick_gelu(tmp_path):
     traced = torch.jit.trace_module(source, {"encode_image": _images(n=1)})
     torch.jit.save(traced, str(path))
 
-    loaded = backbones.load("RN-tiny", str(path), image_size=128)
+    loaded = load_clip("RN-tiny", str(path), image_size=128)
     for key, value in source.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key
     # OpenAI's released (TorchScript) weights were trained with QuickGELU.
@@ -226,7 +227,7 @@ def test_checkpoint_of_another_architecture_is_a_user_error(tmp_path):
     path = tmp_path / "vit.pt"
     torch.save(open_clip.create_model("ViT-tiny", pretrained=None).state_dict(), path)
     with pytest.raises(UserInputError, match="does not match"):
-        backbones.load("RN-tiny", str(path), image_size=128)
+        load_clip("RN-tiny", str(path), image_size=128)
 
 
 @pytest.mark.parametrize(
@@ -243,14 +244,14 @@ def test_checkpoint_of_another_architecture_is_a_user_error(tmp_path):
 )
 def test_bad_backbone_input_is_a_user_error(model, pretrained, image_size, message):
     with pytest.raises(UserInputError, match=message) as error:
-        backbones.load(model, pretrained, image_size=image_size)
+        load_clip(model, pretrained, image_size=image_size)
     assert "\n" not in str(error.value)
 
 
 # -- the activation: QuickGELU or GELU -------------------------------------------------------------
 
 
-def _activations(frozen: clip.FrozenCLIP) -> set[str]:
+def _activations(frozen: runtime.FrozenCLIP) -> set[str]:
     names = {type(m).__name__ for m in frozen.model.modules()}
     return names & {"QuickGELU", "GELU"}
 
@@ -259,10 +260,10 @@ def test_plain_state_dict_keeps_the_configs_gelu_unless_told(tmp_path):
     source = open_clip.create_model("RN-tiny", pretrained=None, force_image_size=128)
     path = tmp_path / "plain.pt"
     torch.save(_perturbed_state_dict(source, seed=3), path)
-    auto = backbones.load("RN-tiny", str(path), image_size=128)
+    auto = load_clip("RN-tiny", str(path), image_size=128)
     assert _activations(auto) == {"GELU"} and auto.quick_gelu is False
     assert "not knowable" in auto.quick_gelu_reason
-    forced = backbones.load("RN-tiny", str(path), image_size=128, quick_gelu=True)
+    forced = load_clip("RN-tiny", str(path), image_size=128, quick_gelu=True)
     assert _activations(forced) == {"QuickGELU"} and forced.quick_gelu_reason == "set in the spec"
     # Same weights, another activation: other text features, and another cache identity.
     ids = auto.tokenize(["a photo of a circle."])
@@ -277,9 +278,9 @@ def test_state_dict_in_openai_layout_gets_quick_gelu(tmp_path):
     weights.update(input_resolution=torch.tensor(128), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
     path = tmp_path / "openai_layout.pt"
     torch.save(weights, path)
-    loaded = backbones.load("RN-tiny", str(path), image_size=128)
+    loaded = load_clip("RN-tiny", str(path), image_size=128)
     assert _activations(loaded) == {"QuickGELU"} and "OpenAI's layout" in loaded.quick_gelu_reason
-    assert _activations(backbones.load("RN-tiny", str(path), image_size=128, quick_gelu=False)) == {"GELU"}
+    assert _activations(load_clip("RN-tiny", str(path), image_size=128, quick_gelu=False)) == {"GELU"}
 
 
 @pytest.mark.parametrize(
@@ -298,14 +299,14 @@ def test_auto_follows_what_the_weights_were_trained_with(tmp_path, model, tag, e
     plain = tmp_path / "weights.pt"
     torch.save({}, plain)
     checkpoint = None if tag else plain
-    chosen, reason = backbones.resolve_quick_gelu("auto", model, tag_cfg, checkpoint, state_dict={} if checkpoint else None)
+    chosen, reason = resolve_quick_gelu("auto", model, tag_cfg, checkpoint, state_dict={} if checkpoint else None)
     assert chosen is expected and why in reason
 
 
 def test_random_weights_use_the_model_configs_activation():
-    assert _activations(backbones.load("RN-tiny", None, image_size=64)) == {"GELU"}
+    assert _activations(load_clip("RN-tiny", None, image_size=64)) == {"GELU"}
     with pytest.raises(UserInputError, match="quick_gelu must be auto, true or false"):
-        backbones.resolve_quick_gelu("yes", "RN-tiny")
+        resolve_quick_gelu("yes", "RN-tiny")
 
 
 def test_the_sequence_first_text_transformer_gives_open_clips_batch_first_features(tiny_rn):

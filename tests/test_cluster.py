@@ -22,7 +22,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from orchestrator.track.schema import LAST_FAILURE_TAG, RAY_NODE_TAG, RETRIES_TAG, ROLE_TAG, TRIAL_ROLE
+from orchestrator.track.schema import (
+    LAST_FAILURE_TAG,
+    RAY_NODE_TAG,
+    RETRIES_TAG,
+    ROLE_TAG,
+    TRIAL_ROLE,
+)
 
 pytestmark = pytest.mark.integration
 

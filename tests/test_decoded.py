@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables import data, decoded
-from trainables.config import DatasetConfig, FeatureConfig, TrialConfig
-from trainables.decoded import DecodedStore
+from trainables import data
+from trainables.config import DatasetConfig, FeatureConfig
 from trainables.errors import UserInputError
+from trainables.features import decoded
+from trainables.features.decoded import DecodedStore
+from trainables.mlr.config import TrialConfig
 
 
 def _jpegs(root: Path, count: int = 10, broken: int | None = None) -> data.MultiLabelDataset:
@@ -44,7 +46,7 @@ def test_the_store_holds_what_decoding_and_resizing_again_gives(tmp_path):
 
 
 def test_online_batches_are_the_same_with_the_store_and_without(tmp_path):
-    from trainables.train import MLRTrial
+    from trainables.mlr.train import MLRTrial
 
     def first_epoch(store: bool) -> list[torch.Tensor]:
         config = TrialConfig(

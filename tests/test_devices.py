@@ -76,7 +76,7 @@ def _run_probe_trial(monkeypatch, gpu_ids: list[int]) -> list[str]:
         seen.append(config.device)
         return iter(())
 
-    monkeypatch.setitem(tasks.FAMILIES, "probe", tasks.TaskFamily("probe", _ProbeConfig, run, "score"))
+    monkeypatch.setitem(tasks.TASKS, "probe", tasks.TaskFamily("probe", _ProbeConfig, run, "score"))
     monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: gpu_ids)
     monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
     trainable.run_trial({"family": "probe", "trial_config": {"device": "auto"}})

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import trainables.data as data
-from trainables.cache_fill import fill
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
 from trainables.errors import UserInputError
-from trainables.features import FeatureCache
+from trainables.features.cache import FeatureCache
+from trainables.features.fill import fill
 
 SHAPES = DatasetConfig(
     name="shapes", kind="synthetic", synthetic_num_train=10, synthetic_num_test=8, synthetic_num_classes=4, synthetic_image_size=48
@@ -162,11 +162,11 @@ WORKER = """
 import sys
 from pathlib import Path
 import trainables.data as data
-from trainables import backbones
+from trainables.backbone import load_clip
 from trainables.config import DatasetConfig
-from trainables.features import FeatureCache
+from trainables.features.cache import FeatureCache
 
-clip = backbones.load("RN-tiny", None, image_size=128)
+clip = load_clip("RN-tiny", None, image_size=128)
 dataset = data.build_dataset(DatasetConfig.model_validate_json(sys.argv[1]), "train", Path(sys.argv[2]))
 FeatureCache(Path(sys.argv[3])).dense_features(clip, dataset, "test")
 """
@@ -220,7 +220,7 @@ def test_fill(tmp_path: Path, features: FeatureConfig, train_entries: int) -> No
 def test_one_set_of_decoding_workers_serves_every_shard_of_an_entry(tiny_rn, train_set, tmp_path, monkeypatch):
     """Workers are started once per entry, not once per shard (each start costs a fork and imports),
     and the shards they encode are what one batch-by-batch pass gives."""
-    from trainables import features
+    from trainables.features import reading as features
 
     monkeypatch.setattr(features, "SHARD_IMAGES", 3)  # 8 images: 3 shards
     started = []
@@ -242,8 +242,7 @@ def test_one_set_of_decoding_workers_serves_every_shard_of_an_entry(tiny_rn, tra
 def test_a_local_fill_for_gpu_trials_runs_in_a_process_of_its_own(make_spec, monkeypatch):
     """On a GPU the driver must not keep a CUDA context and the encoder's memory on the GPU its trials
     share: the fill runs in a spawned process, whose errors come back as themselves (one line)."""
-    import trainables.train  # noqa: F401  (imported before the patch: it binds load_backbone by name)
-    from trainables import backbones
+    from trainables.features import fill as trial_fill
 
     from orchestrator.run import fill
     from orchestrator.specs import grid
@@ -252,7 +251,7 @@ def test_a_local_fill_for_gpu_trials_runs_in_a_process_of_its_own(make_spec, mon
         raise AssertionError("the driver loaded a backbone")
 
     monkeypatch.setattr(fill, "own_process", lambda device: True)
-    monkeypatch.setattr(backbones, "load_backbone", not_here)
+    monkeypatch.setattr(trial_fill, "load_backbone", not_here)
     spec = make_spec(features={"mode": "cached"})
     fill.fill_locally(grid.Plan.of(spec))
     assert len(list((spec.cache_dir / "features").glob("*.npy"))) == 2  # the train and test splits

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.config import DatasetConfig, TrialConfig
-from trainables.ood.train import run_ood_epochs
-from trainables.train import run_epochs
-
 from tests.test_ood_lapt import _trial as lapt_trial
+from trainables.config import DatasetConfig
+from trainables.mlr.config import TrialConfig
+from trainables.mlr.train import run_epochs
+from trainables.ood.train import run_ood_epochs
 
 pytestmark = [
     pytest.mark.cuda,
@@ -96,7 +96,7 @@ def test_a_diverging_graphed_trial_names_its_first_bad_step(tmp_path):
 
 
 def _mlr_trial(tmp_path, setup: str, cuda_graph, **changes):
-    from trainables.train import MLRTrial
+    from trainables.mlr.train import MLRTrial
 
     return MLRTrial(_config(tmp_path, setup, cuda_graph, **changes))
 
@@ -127,7 +127,7 @@ def test_a_graphed_lapt_trial_captures_its_full_batch(tmp_path):
 
 def _reading_back(monkeypatch):
     """Every setup's loss reads a value back to the host, which no CUDA graph can capture."""
-    from trainables.train import MLRTrial
+    from trainables.mlr.train import MLRTrial
 
     original = MLRTrial.loss_of
 
@@ -171,7 +171,7 @@ def test_a_trial_on_cuda_1_captures_and_computes_there(tmp_path):
 
 @pytest.mark.parametrize("setup", ["baseline", "positive_coop", "dual_coop"])
 def test_a_seed_starts_from_the_same_weights_on_the_gpu_and_the_cpu(tiny_rn, setup):
-    from trainables import setups
+    from trainables.mlr import setups
 
     torch.manual_seed(5)
     on_cpu = setups.build(setup, ["cat", "dog"], tiny_rn).state_dict()
@@ -240,7 +240,7 @@ def test_a_local_fill_for_gpu_trials_leaves_the_driver_without_a_cuda_context(ma
 
 
 def test_online_batches_are_the_same_on_the_gpu_whatever_the_workers(tmp_path):
-    from trainables.train import MLRTrial
+    from trainables.mlr.train import MLRTrial
 
     def batches(workers: int):
         config = _config(tmp_path, "baseline", True, features={"mode": "online"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.config import TrialConfig
+from trainables.mlr.config import TrialConfig
 
 from orchestrator.families.mlr import trials as mlr_trials
 from orchestrator.specs import grid

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables import data, setups
-from trainables.backbones import load_backbone
-from trainables.config import LossConfig
-from trainables.losses import AsymmetricLoss
+from trainables import data
+from trainables.backbone.weights import load_backbone
+from trainables.mlr import setups
+from trainables.mlr.config import LossConfig
+from trainables.mlr.losses import AsymmetricLoss
 
 from orchestrator.families.mlr import trials as mlr_trials
 from orchestrator.specs import SEARCH_SPACES_DIR, load_spec

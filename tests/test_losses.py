@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from trainables.config import LossConfig
 from trainables.data import MultiLabelDataset
 from trainables.errors import UserInputError
-from trainables.losses import AsymmetricLoss
+from trainables.mlr.config import LossConfig
+from trainables.mlr.losses import AsymmetricLoss
 
 
 def random_batch(seed: int, batch: int = 4, classes: int = 5, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,8 +2,8 @@
 
 import torch
 
-from trainables import memory, setups
-from trainables.backbones import load
+from trainables.backbone import load_clip
+from trainables.mlr import memory, setups
 
 N = 256
 BLOCK = N * N * 4  # one [N, N] float32 tensor
@@ -39,7 +39,7 @@ def test_counts_the_backward_pass():
 
 
 def test_mlr_trial_counts_weights_once_and_grows_with_the_prompts():
-    backbone = load("RN-tiny", None, 64)
+    backbone = load_clip("RN-tiny", None, 64)
     weights = sum(t.numel() * t.element_size() for t in (*backbone.parameters(), *backbone.buffers()))
     names = [f"class {i}" for i in range(20)]
     peaks = {

@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
-from trainables.metrics import (
+from trainables.mlr.metrics import (
     average_precision_per_class,
     map_summary,
     mean_average_precision,

@@ -13,9 +13,10 @@ import pytest
 import torch
 from scipy import stats
 
-from trainables import negation, pretrain
-from trainables.config import TrialConfig
+from trainables.backbone import pretrain
 from trainables.data import synthetic
+from trainables.mlr import negation
+from trainables.mlr.config import TrialConfig
 
 from orchestrator.report import aggregate, negation_table
 from orchestrator.report.paired import paired_difference

@@ -15,9 +15,14 @@ from trainables.errors import UserInputError
 from trainables.ood import collect, lapt
 from trainables.ood.config import IDDatasetConfig, OODSetConfig, OODTrialConfig
 from trainables.ood.data import id_dataset, ood_set
-from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, soft_cross_entropy
-from trainables.ood.negatives import Words
-from trainables.ood.train import run_ood_epochs, training_negatives
+from trainables.ood.losses import (
+    cross_distribution_mix,
+    cross_modal_mix,
+    draw_partners,
+    soft_cross_entropy,
+)
+from trainables.ood.negatives import Words, training_negatives
+from trainables.ood.train import run_ood_epochs
 
 # -- the loss and the two mixings, written out ---------------------------------------------------------
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from trainables import precision
+from trainables.backbone import precision
 
 CPU = torch.device("cpu")
 
@@ -34,7 +34,7 @@ def test_auto_picks_bf16_only_on_cpus_with_native_bf16(cpu_features, amx, avx512
 
 def test_explicit_bf16_without_native_support_runs_with_a_warning(cpu_features, caplog):
     cpu_features(False, False)
-    with caplog.at_level(logging.WARNING, logger="trainables.precision"):
+    with caplog.at_level(logging.WARNING, logger="trainables.backbone.precision"):
         assert precision.resolve("bf16", CPU)[0] == "bf16"
     (record,) = caplog.records
     assert "slow here" in record.getMessage() and "emulated" in record.getMessage()
@@ -42,7 +42,7 @@ def test_explicit_bf16_without_native_support_runs_with_a_warning(cpu_features, 
 
 def test_explicit_fp32_is_kept_silently(cpu_features, caplog):
     cpu_features(True, True)
-    with caplog.at_level(logging.WARNING, logger="trainables.precision"):
+    with caplog.at_level(logging.WARNING, logger="trainables.backbone.precision"):
         assert precision.resolve("fp32", CPU)[0] == "fp32"
     assert not caplog.records
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainables import backbones, data, pretrain
+from trainables import data
+from trainables.backbone import load_clip, pretrain, resolve_pretrained
 from trainables.config import BackboneConfig, DatasetConfig
 from trainables.errors import UserInputError
 
@@ -44,8 +45,8 @@ def test_checkpoint_is_named_by_model_and_recipe_and_trained_once(checkpoint, mo
 
 def test_checkpoint_loads_into_the_backbone_with_the_trained_weights(checkpoint):
     trained, _ = pretrain.train_synthetic_clip(**TINY, **RECIPE)
-    loaded = backbones.load("RN-tiny", pretrained=str(checkpoint), image_size=64)
-    random = backbones.load("RN-tiny", pretrained=None, image_size=64)
+    loaded = load_clip("RN-tiny", pretrained=str(checkpoint), image_size=64)
+    random = load_clip("RN-tiny", pretrained=None, image_size=64)
     expected, got, initial = _weights(trained), _weights(loaded.model), _weights(random.model)
     assert got.keys() == expected.keys()
     for key in expected:
@@ -115,8 +116,8 @@ def test_bad_arguments_are_user_errors(tmp_path, arguments, message):
 
 def test_vit_trains_its_whole_image_tower(tmp_path):
     path = pretrain.synthetic_clip_checkpoint("ViT-tiny", 64, tmp_path, steps=2, batch_size=4)
-    loaded = _weights(backbones.load("ViT-tiny", pretrained=str(path), image_size=64).model)
-    initial = _weights(backbones.load("ViT-tiny", pretrained=None, image_size=64).model)
+    loaded = _weights(load_clip("ViT-tiny", pretrained=str(path), image_size=64).model)
+    initial = _weights(load_clip("ViT-tiny", pretrained=None, image_size=64).model)
     for key in ("visual.conv1.weight", "visual.transformer.resblocks.0.attn.in_proj_weight", "visual.proj"):
         assert not torch.equal(loaded[key], initial[key]), key
 
@@ -127,17 +128,17 @@ def test_resolve_pretrained_maps_only_the_reserved_value(tmp_path, monkeypatch):
         pretrain, "synthetic_clip_checkpoint",
         lambda model, size, data_dir, negation_rate, **_: calls.append((model, size, data_dir, negation_rate)) or tmp_path / "x.pt",
     )  # fmt: skip
-    assert backbones.resolve_pretrained(BackboneConfig(model="RN101", pretrained="openai"), tmp_path) == "openai"
-    assert backbones.resolve_pretrained(BackboneConfig(model="RN101", pretrained=None), tmp_path) is None
+    assert resolve_pretrained(BackboneConfig(model="RN101", pretrained="openai"), tmp_path) == "openai"
+    assert resolve_pretrained(BackboneConfig(model="RN101", pretrained=None), tmp_path) is None
     backbone = BackboneConfig(model="RN-tiny", pretrained="synthetic", image_size=128, synthetic_negation_rate=0.05)
-    resolved = backbones.resolve_pretrained(backbone, tmp_path)
+    resolved = resolve_pretrained(backbone, tmp_path)
     assert resolved == str(tmp_path / "x.pt") and calls == [("RN-tiny", 128, tmp_path, 0.05)]
 
 
 def test_a_trial_on_synthetic_weights_reports_its_checkpoint_and_recipe(checkpoint, tmp_path, monkeypatch):
     """What MLflow gets as `resolved.backbone.synthetic_*`: the file the trial loaded and what trained it."""
-    from trainables.config import TrialConfig
-    from trainables.train import run_epochs
+    from trainables.mlr.config import TrialConfig
+    from trainables.mlr.train import run_epochs
 
     monkeypatch.setattr(pretrain, "synthetic_clip_checkpoint", lambda *args, **kwargs: checkpoint)
     config = TrialConfig(

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainables import backbones, clip, setups
+from trainables.backbone import load_clip, runtime
 from trainables.errors import UserInputError
-from trainables.losses import AsymmetricLoss
-from trainables.setups import aggregation
+from trainables.mlr import setups
+from trainables.mlr.losses import AsymmetricLoss
+from trainables.mlr.setups import aggregation
 
 CLASSNAMES = ["cat", "dog", "traffic light"]
 PROMPT_SETUPS = ["positive_coop", "negative_coop", "dual_coop"]
@@ -314,8 +315,8 @@ def test_sgd_steps_lower_the_loss(backbone, name, request):
 
 
 @pytest.fixture(scope="module")
-def rn101() -> clip.FrozenCLIP:
-    return backbones.load("RN101", None, image_size=224)
+def rn101() -> runtime.FrozenCLIP:
+    return load_clip("RN101", None, image_size=224)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,14 @@ from trainables.errors import UserInputError
 
 from orchestrator.cli import main
 from orchestrator.families.mlr import trials as mlr_trials
-from orchestrator.specs import SEARCH_SPACES_DIR, SpecError, apply_override, load_spec, resolve_spec_path, spec_hash
+from orchestrator.specs import (
+    SEARCH_SPACES_DIR,
+    SpecError,
+    apply_override,
+    load_spec,
+    resolve_spec_path,
+    spec_hash,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

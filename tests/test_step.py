@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from trainables import loader
-from trainables.config import DatasetConfig, TrialConfig
+from tests.test_ood_lapt import _trial as lapt_trial
+from trainables.config import DatasetConfig
 from trainables.errors import UserInputError
+from trainables.features import rows as feature_rows
+from trainables.mlr.config import TrialConfig
+from trainables.mlr.train import MLRTrial, run_epochs
 from trainables.ood.train import OODTrial
 from trainables.step import TrainingStep, sgd_update, use_cuda_graph
-from trainables.train import MLRTrial, run_epochs
-
-from tests.test_ood_lapt import _trial as lapt_trial
 
 SYNCS = ("item", "__bool__", "tolist", "cpu", "numpy", "__float__", "__int__", "__index__")
 """Tensor methods that copy a value to the host, so wait for the device: what a CUDA graph cannot capture."""
@@ -193,10 +193,10 @@ def test_the_loader_yields_the_old_batches_in_the_old_order(tmp_path, resident):
     features = np.load(tmp_path / "f.npy", mmap_mode="r")
     valid = np.ones(37, dtype=bool)
     valid[[3, 20]] = False  # unreadable images are never batched
-    rows = loader.FeatureRows(features, torch.device("cpu"), resident)
+    rows = feature_rows.FeatureRows(features, torch.device("cpu"), resident)
     assert rows.resident is resident
     generator = torch.Generator().manual_seed(5 * 100_003 + 2)
-    ours = list(rows.batches(loader.batch_rows(np.flatnonzero(valid), 8, generator)))
+    ours = list(rows.batches(feature_rows.batch_rows(np.flatnonzero(valid), 8, generator)))
     theirs = list(_old_batches(features, valid, 8, seed=5, epoch=2))
     assert len(ours) == len(theirs) == 5
     for (index, batch), (old_index, old_batch) in zip(ours, theirs):
@@ -206,15 +206,15 @@ def test_the_loader_yields_the_old_batches_in_the_old_order(tmp_path, resident):
 
 def test_the_budget_decides_what_stays_on_the_device():
     small, large = np.zeros((4, 2, 2), np.float16), np.zeros((100, 2, 2), np.float16)
-    placed = loader.place([small, large], torch.device("cpu"), budget=small.nbytes + 10)
+    placed = feature_rows.place([small, large], torch.device("cpu"), budget=small.nbytes + 10)
     assert [p.resident for p in placed] == [True, False]
-    assert loader.memory_budget(torch.device("cpu"), 1.5) == int(1.5 * 2**30)
-    assert 0 < loader.memory_budget(torch.device("cpu"), None) < loader.available_host_memory()
+    assert feature_rows.memory_budget(torch.device("cpu"), 1.5) == int(1.5 * 2**30)
+    assert 0 < feature_rows.memory_budget(torch.device("cpu"), None) < feature_rows.available_host_memory()
 
 
 def test_an_error_while_streaming_reaches_the_loop():
     features = np.zeros((10, 2, 2), np.float16)
-    rows = loader.FeatureRows(features, torch.device("cpu"), resident=False)
+    rows = feature_rows.FeatureRows(features, torch.device("cpu"), resident=False)
     with pytest.raises(IndexError):
         list(rows.batches([np.array([0, 1]), np.array([50])]))
 

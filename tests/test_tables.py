@@ -17,8 +17,20 @@ from mlflow.tracking import MlflowClient
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.comparison_table import ComparisonTable, build_table, format_params, load_reference
-from orchestrator.report.comparison_text import display_frame, render, to_csv, to_html, to_latex, to_markdown
+from orchestrator.report.comparison_table import (
+    ComparisonTable,
+    build_table,
+    format_params,
+    load_reference,
+)
+from orchestrator.report.comparison_text import (
+    display_frame,
+    render,
+    to_csv,
+    to_html,
+    to_latex,
+    to_markdown,
+)
 from orchestrator.report.reader import best_per_cell, read_trials
 
 COCO = ("coco", "RN101/openai@448")

@@ -24,7 +24,13 @@ from orchestrator.run.launch import finalize
 from orchestrator.specs import grid
 from orchestrator.track.callback import MlflowCallback
 from orchestrator.track.schema import (
-    CELL_KEY_TAG, PARENT_RUN_TAG, RAY_NODE_TAG, ROLE_TAG, TRIAL_KEY_TAG, WARNING_TAG_PREFIX, role_filter,
+    CELL_KEY_TAG,
+    PARENT_RUN_TAG,
+    RAY_NODE_TAG,
+    ROLE_TAG,
+    TRIAL_KEY_TAG,
+    WARNING_TAG_PREFIX,
+    role_filter,
 )  # fmt: skip
 from orchestrator.track.store import TrackingStore, check_reachable, flatten, git_commit
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from trainables import data
-
-from trainables.config import DatasetConfig, FeatureConfig, TrainingConfig, TrialConfig
-from trainables.train import learning_rate, run_epochs
+from trainables.config import DatasetConfig, FeatureConfig
+from trainables.mlr.config import TrainingConfig, TrialConfig
+from trainables.mlr.train import learning_rate, run_epochs
 
 
 def test_schedule_is_the_references_warmup_then_cosine():
@@ -109,7 +109,7 @@ def _online(tmp_path, workers: int | None, **changes) -> TrialConfig:
 
 
 def _epoch_batches(config: TrialConfig, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from trainables.train import MLRTrial
+    from trainables.mlr.train import MLRTrial
 
     trial = MLRTrial(config)
     return [(feats.clone(), targets.clone()) for feats, targets in trial.train_batches(epoch)]

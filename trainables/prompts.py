@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.errors import UserInputError
 
 DEFAULT_N_CTX = 16

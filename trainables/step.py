@@ -15,7 +15,7 @@ batch is dropped, and never becomes the captured shape. Everything runs on the t
 its streams, whichever device is current. The capture wraps the step, not a setup: any loss
 function of tensors is captured, so every setup and family gets it without code of its own. The
 loss function should not synchronise (no `.item()`, no data-dependent shapes) and should autocast
-with `cache_enabled=False` (`trainables.precision.autocast`); one that does cannot be captured,
+with `cache_enabled=False` (`trainables.backbone.precision.autocast`); one that does cannot be captured,
 and under `cuda_graph: auto` the trial then warns once and steps eagerly (`TrainingStep.fallback`).
 """
 

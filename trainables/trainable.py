@@ -16,13 +16,13 @@ import torch
 from ray import tune
 
 from trainables.devices import trial_device
-from trainables.tasks import family_of
+from trainables.tasks import task_of
 
 _STATE_FILE = "state.pt"
 
 
 def run_trial(config: dict) -> None:
-    family = family_of(config)
+    family = task_of(config)
     trial_config = family.config.model_validate(config["trial_config"])
     if "device" in type(trial_config).model_fields:
         # `auto` on the GPUs Ray gave this trial, if any; a GPU it cannot use is a one-line error.

@@ -1,2 +1,2 @@
-"""The task families that come with the orchestrator, one module each (`orchestrator.family.BUILTIN`):
+"""The task families that come with the orchestrator, one module each (`orchestrator.family.FAMILY_MODULES`):
 multi-label recognition (`mlr`) and OOD detection (`ood`)."""

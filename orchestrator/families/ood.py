@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from trainables import tasks
+from trainables import ood as ood_task
 from trainables.config import BackboneConfig, Strict
 from trainables.errors import UserInputError
 from trainables.ood.config import (
@@ -110,7 +110,7 @@ UNLOGGED = ("epoch", "negative_labels", *FINAL_METRICS)
 
 
 class OOD(Family):
-    task = tasks.FAMILIES["ood"]
+    task = ood_task.TASK
     section = "ood"
     section_model = OODSpec
 
@@ -134,7 +134,7 @@ class OOD(Family):
     def data_problems(self, spec):
         """The ID and OOD sets and the corpus, checked before any work starts (generated sets need nothing)."""
         from trainables.ood import data as ood_data
-        from trainables.ood.train import corpus
+        from trainables.ood.negatives import corpus
 
         ood = spec.section(self.section)
         if not self.setups_in(spec) or ood is None:
@@ -189,7 +189,7 @@ class OOD(Family):
 
     def cache_entries(self, plan):
         """The image sets of the cells (CLIP's global embedding)."""
-        from trainables.ood.train import image_sets
+        from trainables.ood.data import image_sets
 
         from orchestrator.run.entries import Entry
 
@@ -202,7 +202,7 @@ class OOD(Family):
         return found
 
     def open_cached_set(self, dataset, split, data_dir: Path):
-        from trainables.ood.train import open_image_set
+        from trainables.ood.data import open_image_set
 
         return open_image_set(dataset, split, data_dir)
 

@@ -105,7 +105,13 @@ def log_outputs(client: MlflowClient, experiment: str, launch: Run | None, out_d
 def run(args: argparse.Namespace) -> int:
     """The `table` command; returns the exit code."""
     from orchestrator.family import registered
-    from orchestrator.report.experiment import experiment_id, launch_run, open_store, resolve_target, trials_of_spec
+    from orchestrator.report.experiment import (
+        experiment_id,
+        launch_run,
+        open_store,
+        resolve_target,
+        trials_of_spec,
+    )
 
     target = resolve_target(args.experiment, args.tracking_uri)
     client = open_store(target.tracking_uri)

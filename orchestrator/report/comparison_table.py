@@ -14,7 +14,13 @@ from importlib import resources
 
 import pandas as pd
 
-from orchestrator.report.reader import BLOCK, ROW, best_per_cell, check_metric, search_trials
+from orchestrator.report.reader import (
+    BLOCK,
+    ROW,
+    best_per_cell,
+    check_metric,
+    search_trials,
+)
 from orchestrator.report.render import MISSING
 
 SETUP_ORDER = ("baseline", "negative_coop", "dual_coop", "positive_coop")

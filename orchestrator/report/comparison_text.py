@@ -17,8 +17,20 @@ from tabulate import tabulate
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.comparison_table import SETUP_LABELS, ComparisonTable, _fewer_seeds, _in_block
-from orchestrator.report.render import FORMATS, MISSING, best_css, html_styler, latex_escape, print_wide
+from orchestrator.report.comparison_table import (
+    SETUP_LABELS,
+    ComparisonTable,
+    _fewer_seeds,
+    _in_block,
+)
+from orchestrator.report.render import (
+    FORMATS,
+    MISSING,
+    best_css,
+    html_styler,
+    latex_escape,
+    print_wide,
+)
 
 
 def display_frame(table: ComparisonTable) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -17,9 +17,20 @@ from urllib.parse import unquote, urlparse
 from trainables.errors import UserInputError
 
 from orchestrator.report.reader import read_trials
-from orchestrator.specs import read_yaml, require_existing_store, resolve_spec_path, resolve_tracking_uri
+from orchestrator.specs import (
+    read_yaml,
+    require_existing_store,
+    resolve_spec_path,
+    resolve_tracking_uri,
+)
 from orchestrator.specs.grid import Membership
-from orchestrator.track.schema import LAUNCH_ROLE, LAUNCHED_AT_TAG, PLAN_ARTIFACT, SPEC_PATH_TAG, role_filter
+from orchestrator.track.schema import (
+    LAUNCH_ROLE,
+    LAUNCHED_AT_TAG,
+    PLAN_ARTIFACT,
+    SPEC_PATH_TAG,
+    role_filter,
+)
 from orchestrator.track.store import check_reachable
 
 if TYPE_CHECKING:

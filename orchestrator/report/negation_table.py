@@ -5,7 +5,7 @@ An experiment whose trials ran on synthetic backbones pre-trained at several neg
 gets, from the `table` command, one more table and one more plot: NegativeCoOp - PositiveCoOp and
 DualCoOp - PositiveCoOp mAP against the negation rate, per label ratio and over all ratios, each as
 the mean over seeds of the paired difference, its 95% interval and the paired t-test
-(`orchestrator.report.paired`); beside them the backbone's section 5.2 cosines (`trainables.negation`).
+(`orchestrator.report.paired`); beside them the backbone's section 5.2 cosines (`trainables.mlr.negation`).
 
 A cell's value is its best trial, as in the comparison table. The unit of the test is the seed, or,
 when a rate has checkpoints of several pre-training seeds (`backbone.synthetic_seed: [0, 1, 2]`),

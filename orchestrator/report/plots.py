@@ -18,8 +18,18 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.report.comparison_table import SETUP_LABELS, SETUP_ORDER, setup_sort_key
-from orchestrator.report.reader import BLOCK, CELL, best_per_cell, search_trials, searched_params
+from orchestrator.report.comparison_table import (
+    SETUP_LABELS,
+    SETUP_ORDER,
+    setup_sort_key,
+)
+from orchestrator.report.reader import (
+    BLOCK,
+    CELL,
+    best_per_cell,
+    search_trials,
+    searched_params,
+)
 
 FORMATS = ("png", "svg")
 PARAM_LABELS = {

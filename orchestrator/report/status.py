@@ -14,7 +14,13 @@ import yaml
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.experiment import experiment_id, launch_run, open_store, resolve_target, trials_of_spec
+from orchestrator.report.experiment import (
+    experiment_id,
+    launch_run,
+    open_store,
+    resolve_target,
+    trials_of_spec,
+)
 from orchestrator.specs import ExperimentSpec, grid
 from orchestrator.track.schema import EPOCH_METRICS
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from trainables import data
 from trainables.config import BackboneConfig
-from trainables.encoding import Encoding, View
+from trainables.features.encoding import Encoding, View
 
 from orchestrator.family import in_spec, named
 from orchestrator.specs import grid

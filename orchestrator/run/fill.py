@@ -1,7 +1,7 @@
 """Filling the frozen-feature cache before any trial starts, where the GPUs are.
 
 Locally, and on a Ray cluster without any GPU, the driver encodes in its own process with every
-CPU it may use as image-decoding workers (`trainables.cache_fill`), saying first how long that
+CPU it may use as image-decoding workers (`trainables.features.fill`), saying first how long that
 will take on a CPU. On a cluster with GPU nodes the driver encodes nothing itself: one
 `ShardEncoder` actor per GPU (holding that GPU and its share of its node's CPUs as decoding
 workers) encodes the shards of every cache entry the trials will read, while the driver hands out
@@ -26,14 +26,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from trainables import cache_fill, data, features
+from trainables import data
 from trainables.errors import UserInputError
+from trainables.features.cache import FeatureCache
+from trainables.features.fill import encode_all
 
 from orchestrator.family import in_spec
 from orchestrator.run.entries import Entry, entries
 from orchestrator.specs import ExperimentSpec, grid
 from orchestrator.track.trial_errors import user_error_cause
-
 
 PLACEMENT_TIMEOUT_S = 120.0
 """How long a fill actor may wait for its GPU before the fill goes on without it."""
@@ -69,9 +70,9 @@ def own_process(device: torch.device) -> bool:
 
 
 def _fill(plan: grid.Plan, device: str) -> None:
-    from trainables.backbones import load_backbone
-    from trainables.decoded import DecodedStore
+    from trainables.backbone.weights import load_backbone
     from trainables.devices import default_workers
+    from trainables.features.decoded import DecodedStore
 
     spec = plan.spec
     for family in in_spec(spec):  # the online trials' images, decoded and resized once
@@ -87,9 +88,9 @@ def _fill(plan: grid.Plan, device: str) -> None:
         for sets, members in by_dataset.items():
             kind = spec.features.mode if members[0].encoding == "dense" else "global embeddings"
             print(f"Feature cache for dataset '{sets}' ({members[0].label}, {kind}):", flush=True)
-            summary = cache_fill.encode_all(
+            summary = encode_all(
                 clip, [(entry.open(spec.data_dir), entry.view, entry.encoding) for entry in members],
-                features.FeatureCache(spec.cache_dir, augmentation=spec.features.augmentation), batch_size=spec.training.eval_batch_size,
+                FeatureCache(spec.cache_dir, augmentation=spec.features.augmentation), batch_size=spec.training.eval_batch_size,
                 report=lambda line: print(f"  {line}", flush=True),
             )  # fmt: skip
             print(
@@ -120,7 +121,7 @@ class ShardEncoder:
 
         # A GPU Ray gave this actor that torch cannot use is a one-line error, not a fill on the CPU.
         self.device = trial_device(device, len(ray.get_gpu_ids()), who="feature-cache actor")
-        self.cache = features.FeatureCache(cache_dir, augmentation=augmentation)
+        self.cache = FeatureCache(cache_dir, augmentation=augmentation)
         self.cache_dir = cache_dir
         self.data_dir = data_dir
         self.workers = workers
@@ -135,7 +136,7 @@ class ShardEncoder:
         return self.node_id
 
     def _open(self, entry: Entry):
-        from trainables.backbones import load_backbone
+        from trainables.backbone.weights import load_backbone
 
         backbone, dataset = entry.backbone.model_dump_json(), entry.dataset_key
         if backbone not in self._backbones:
@@ -161,7 +162,7 @@ class ShardEncoder:
 
     def decode(self, family: str, dataset, split: str, size: int) -> None:
         """Build the decoded store of a family's image set (`Family.decoded_sets`), unless a process has."""
-        from trainables.decoded import DecodedStore
+        from trainables.features.decoded import DecodedStore
 
         from orchestrator.family import named
 

@@ -1,6 +1,6 @@
 """`tune-packing SPEC`: how many trials should share one GPU, measured on the GPU it runs on.
 
-K = 1, 2, 4, 8 processes each run a real trial (`trainables.train.MLRTrial`) of the spec's
+K = 1, 2, 4, 8 processes each run a real trial (`trainables.mlr.train.MLRTrial`) of the spec's
 heaviest setup on its largest dataset, built with the share of the device that
 `resources.gpus_per_trial = 1/K` gives it (so each keeps on the device the features such a trial
 would), start together and train for a while; the total training images/s of each K and the peak
@@ -43,8 +43,8 @@ class Packed:
 def _train_for(config_json: str, seconds: float, start, results) -> None:
     """One of K processes: build the trial, wait for the others, train until `seconds` have passed;
     report (images trained, peak bytes)."""
-    from trainables.config import TrialConfig
-    from trainables.train import MLRTrial
+    from trainables.mlr.config import TrialConfig
+    from trainables.mlr.train import MLRTrial
 
     try:
         trial = MLRTrial(TrialConfig.model_validate_json(config_json))
@@ -125,7 +125,7 @@ def recommend(measured: list[Packed], device_bytes: int) -> Packed:
 def device_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
-    from trainables.loader import available_host_memory
+    from trainables.features.rows import available_host_memory
 
     return available_host_memory()
 

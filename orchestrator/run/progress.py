@@ -13,9 +13,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from trainables.tasks import family_of
+from trainables.tasks import task_of
 
-from orchestrator.track.trial_errors import error_path, trial_exception, user_error_cause
+from orchestrator.track.trial_errors import (
+    error_path,
+    trial_exception,
+    user_error_cause,
+)
 
 _ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
 
@@ -31,7 +35,7 @@ def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, s
     rows = []
     for trial in sorted(trials, key=lambda t: (_ORDER.get(statuses[t.trial_id], 9), t.config["trial_name"])):
         result = trial.last_result or {}
-        metric = family_of(trial.config).metric
+        metric = task_of(trial.config).metric
         best = result.get(f"best_{metric}")
         rows.append(
             (

@@ -14,7 +14,10 @@ from trainables.errors import UserInputError
 from orchestrator import interrupt
 from orchestrator.run import cluster
 from orchestrator.specs import ExperimentSpec
-from orchestrator.track.trial_errors import HideUserErrorTracebacks, ShortenVanishedFileSyncWarnings
+from orchestrator.track.trial_errors import (
+    HideUserErrorTracebacks,
+    ShortenVanishedFileSyncWarnings,
+)
 
 
 def prepare_environment() -> None:

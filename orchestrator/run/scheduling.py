@@ -13,14 +13,25 @@ import sys
 
 import yaml
 
-from trainables import precision
+from trainables.backbone import precision
 from trainables.errors import UserInputError
 
 from orchestrator import interrupt
 from orchestrator.run import cluster, fill, moved
-from orchestrator.run.launch import EXIT_FAILED_TRIALS, Outcome, Pending, finalize, optuna_storage, prepare_results
+from orchestrator.run.launch import (
+    EXIT_FAILED_TRIALS,
+    Outcome,
+    Pending,
+    finalize,
+    optuna_storage,
+    prepare_results,
+)
 from orchestrator.run.lease import Lease
-from orchestrator.run.ray_session import keep_resources_busy, prepare_environment, start_ray
+from orchestrator.run.ray_session import (
+    keep_resources_busy,
+    prepare_environment,
+    start_ray,
+)
 from orchestrator.specs import ExperimentSpec, LoadedSpec, grid, spec_hash
 from orchestrator.track import results_store
 from orchestrator.track.callback import MlflowCallback

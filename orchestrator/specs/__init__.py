@@ -15,7 +15,12 @@ from orchestrator.specs.load import (
     resolve_spec_path,
 )
 from orchestrator.specs.models import RESULT_FIELDS, ExperimentSpec, spec_hash
-from orchestrator.specs.paths import is_uri, require_existing_store, resolve_tracking_uri, without_paths
+from orchestrator.specs.paths import (
+    is_uri,
+    require_existing_store,
+    resolve_tracking_uri,
+    without_paths,
+)
 from orchestrator.specs.sections import (
     AshaScheduler,
     BackboneSpec,

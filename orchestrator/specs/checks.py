@@ -38,8 +38,8 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
 
 
 def _backbone_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
-    from trainables.backbones import SYNTHETIC_WEIGHTS
-    from trainables.clip import check_model
+    from trainables.backbone.runtime import check_model
+    from trainables.backbone.weights import SYNTHETIC_WEIGHTS
 
     problems = []
     try:

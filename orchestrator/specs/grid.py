@@ -42,7 +42,7 @@ class Cell:
     backbone: BackboneConfig
     """The spec's backbone, at this cell's point of its synthetic axes (negation rate, pre-training seed)."""
     family: str = "mlr"
-    """The task family (`trainables.tasks.FAMILIES`) that runs the cell's trials."""
+    """The task family (`trainables.tasks.TASKS`) that runs the cell's trials."""
 
     @property
     def key(self) -> str:
@@ -71,9 +71,9 @@ class Trial:
 
     def as_config(self) -> dict:
         """The Ray Tune config of this trial, as `trainables.trainable.run_trial` receives it."""
-        from trainables.tasks import FAMILIES
+        from trainables.tasks import TASKS
 
-        source = FAMILIES[self.family].source
+        source = TASKS[self.family].source
         return {
             "family": self.family,
             "setup": self.setup,

@@ -30,7 +30,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from trainables.config import DatasetConfig, FeatureConfig, Strict
 
 from orchestrator.family import sections, setup_names
-from orchestrator.specs.paths import STORAGE_SCHEMES, absolute, is_uri, resolve_tracking_uri, without_paths
+from orchestrator.specs.paths import (
+    STORAGE_SCHEMES,
+    absolute,
+    is_uri,
+    resolve_tracking_uri,
+    without_paths,
+)
 from orchestrator.specs.sections import (
     BackboneSpec,
     GridSearch,
@@ -56,7 +62,7 @@ class ExperimentSpec(Strict):
     features: FeatureConfig = FeatureConfig()
     setups: list[str] = Field(min_length=1)
     setup_options: dict[str, dict] = Field(default_factory=dict)
-    """Keyword options per setup name, passed to `trainables.setups.build`."""
+    """Keyword options per setup name, passed to `trainables.mlr.setups.build`."""
     label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
     """The MLR setups' fractions of known labels (LAPT's are `ood.label_ratios`)."""
     seeds: list[int] = Field(min_length=1)

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from trainables.config import BackboneConfig, LossConfig, Strict, TrainingConfig
+from trainables.config import BackboneConfig, Strict
+from trainables.mlr.config import LossConfig, TrainingConfig
 
 _TAG = "~"
 """Prefix of the union tags below; pydantic puts tags in error locations, and the report drops them."""

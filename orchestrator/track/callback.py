@@ -17,7 +17,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 from trainables.errors import UserInputError
-from trainables.tasks import family_of
+from trainables.tasks import task_of
 
 from orchestrator.family import Family, named
 from orchestrator.track.outage import PROBE_INTERVAL_S, Undelivered, is_unreachable
@@ -42,7 +42,13 @@ from orchestrator.track.schema import (
     TRIAL_ROLE,
     WARNING_TAG_PREFIX,
 )
-from orchestrator.track.store import TrackingStore, backbone_tag, check_reachable, flatten, git_commit
+from orchestrator.track.store import (
+    TrackingStore,
+    backbone_tag,
+    check_reachable,
+    flatten,
+    git_commit,
+)
 from orchestrator.track.trial_errors import error_path, error_summary, traceback_text
 
 
@@ -74,7 +80,7 @@ def _unless_unreachable(handler):
 
 def _family(trial) -> Family:
     """The task family of a Ray trial, which says what its runs are tagged with and log."""
-    return named(family_of(trial.config).name)
+    return named(task_of(trial.config).name)
 
 
 class MlflowCallback(Callback):

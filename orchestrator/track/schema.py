@@ -78,7 +78,7 @@ EPOCH_METRICS = ("train_loss", "mAP")
 LAST_MAP = "last_mAP"
 """The last epoch's mAP, logged as a final metric."""
 ABSENCE_METRICS = ("absence_cosine.not_a_photo", "absence_cosine.photo_without")
-"""The backbone's section 5.2 measurement (`trainables.negation`) on the trial's class names."""
+"""The backbone's section 5.2 measurement (`trainables.mlr.negation`) on the trial's class names."""
 FINAL_METRICS = (
     "best_mAP", LAST_MAP, "best_epoch", "trainable_params", "train_seconds", "gpu_seconds", "kept_fraction",
     *ABSENCE_METRICS,

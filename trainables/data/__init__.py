@@ -21,7 +21,12 @@ from trainables.data.partial import (
     partial_labels,
     save_partial_labels,
 )
-from trainables.data.transforms import Augmentation, normalise, test_transform, train_transform
+from trainables.data.transforms import (
+    Augmentation,
+    normalise,
+    test_transform,
+    train_transform,
+)
 
 Split = Literal["train", "test"]
 SPLITS = ("train", "test")

@@ -82,7 +82,7 @@ class NegativesConfig(Strict):
     """M: negative labels kept (LAPT trains with 1,000 and tests with 10,000)."""
     train_count: int | None = Field(None, ge=1)
     """Negative labels that get training images; default `count`: the `train_count` farthest of the
-    mined list, nouns and adjectives in proportion (`trainables.ood.train.training_negatives`)."""
+    mined list, nouns and adjectives in proportion (`trainables.ood.negatives.training_negatives`)."""
     percentile: float = Field(95.0, gt=0.0, le=100.0)
 
     @model_validator(mode="after")

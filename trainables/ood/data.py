@@ -25,7 +25,7 @@ from trainables.data import synthetic
 from trainables.data.base import MultiLabelDataset
 from trainables.data.manifest import from_manifest
 from trainables.errors import UserInputError
-from trainables.ood.config import IDDatasetConfig, ImageSetConfig
+from trainables.ood.config import IDDatasetConfig, ImageSetConfig, OODTrialConfig
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 STREAMS = {"train": 10, "test": 11, "ood": 12}
@@ -168,3 +168,23 @@ def ood_set(cfg: ImageSetConfig, data_dir: Path | None = None) -> MultiLabelData
 
 def _unlabelled(name: str, kind: str, ids: list[str], paths: list[Path], tag: str = "") -> MultiLabelDataset:
     return MultiLabelDataset(name, kind, "test", [], ids, paths, np.zeros((len(ids), 0), dtype=np.int8), content_tag=tag)
+
+
+def image_sets(config: OODTrialConfig) -> list[tuple[IDDatasetConfig | ImageSetConfig, str]]:
+    """(image set, split) of every set a trial of `config` encodes (CLIP's global embedding, into the
+    feature cache): the ID test split and the OOD sets, and, for the tuned variant, what it collects
+    training images from (the ID training split, the pool). A fill ahead of the run encodes these."""
+    sets = [(config.id_dataset, "test"), *((ood, "test") for ood in config.ood_sets)]
+    if config.options.variant == "lapt":
+        if config.collector.kind == "id_train":
+            sets.append((config.id_dataset, "train"))
+        if config.collector.pool is not None:
+            sets.append((config.collector.pool, "test"))
+    return sets
+
+
+def open_image_set(image_set: IDDatasetConfig | ImageSetConfig, split: str, data_dir) -> MultiLabelDataset:
+    """The dataset of an entry of `image_sets`."""
+    if isinstance(image_set, IDDatasetConfig):
+        return id_dataset(image_set, split, data_dir)
+    return ood_set(image_set, data_dir)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import atomic
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.ood import negatives
 from trainables.ood.negatives import Words
 from trainables.prompts import PromptLearner

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from trainables.errors import UserInputError
+from trainables.ood.config import NegativesConfig
 
 NOUN_TEMPLATE = "The nice {}."
 ADJECTIVE_TEMPLATE = "This is a {} photo."
@@ -154,3 +155,22 @@ def mining_key(backbone_identity: str, id_names: list[str], words: Words, count:
     the corpus, M and the percentile."""
     content = json.dumps([backbone_identity, id_names, words.nouns, words.adjectives, count, percentile])
     return hashlib.sha256(content.encode()).hexdigest()[:16]
+
+
+def corpus(config: NegativesConfig) -> Words:
+    """The candidate words `config` names: WordNet's nouns and adjectives, or a word list."""
+    if config.corpus == "word_list":
+        return word_list(config.word_list)
+    if config.corpus == "common":
+        return word_list(COMMON_WORDS)
+    return wordnet_words(config.wordnet_dir)
+
+
+def training_negatives(mined: Words, train_count: int | None) -> torch.Tensor:
+    """Positions in `mined.all` of the negative labels that get training images: all of them, or the
+    `train_count` farthest, nouns and adjectives in proportion (what mining `train_count` would keep,
+    as LAPT mines 1,000 to train and 10,000 to test)."""
+    if train_count is None:
+        return torch.arange(len(mined.all))
+    nouns, adjectives = split_count(train_count, len(mined.nouns), len(mined.adjectives))
+    return torch.cat([torch.arange(nouns), len(mined.nouns) + torch.arange(adjectives)])

@@ -1,7 +1,7 @@
 """The per-trial loop of the OOD family, plain Python: no Ray, no MLflow.
 
 `run_ood_epochs(config, state)` yields, after every epoch, the epoch's metrics and a resumable
-state, as `trainables.train.run_epochs` does for multi-label recognition. Image features are
+state, as `trainables.mlr.train.run_epochs` does for multi-label recognition. Image features are
 CLIP's global embeddings, encoded once into the shared feature cache and kept on the device; the
 text side is all that trains. The untuned variants (`neglabel`, `zero_shot`) evaluate once, as
 epoch 1. An epoch's random draws (order, mixing weights, templates, partners) are made on the host
@@ -12,71 +12,42 @@ and can be one CUDA graph.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainables import loader
-from trainables.features import FeatureCache
+from trainables import lifecycle
+from trainables.backbone import load_backbone
+from trainables.devices import device_name, trial_device
+from trainables.features.cache import FeatureCache
+from trainables.features.rows import read_all
 from trainables.ood import collect, lapt, negatives
-from trainables.data import MultiLabelDataset
-from trainables.ood.config import IDDatasetConfig, ImageSetConfig, NegativesConfig, OODTrialConfig
+from trainables.ood.config import (
+    OODTrialConfig,
+)
 from trainables.ood.data import id_dataset, ood_set
-from trainables.ood.losses import cross_distribution_mix, cross_modal_mix, draw_partners, one_hot, soft_cross_entropy
+from trainables.ood.losses import (
+    cross_distribution_mix,
+    cross_modal_mix,
+    draw_partners,
+    one_hot,
+    soft_cross_entropy,
+)
 from trainables.ood.metrics import METRIC_NAMES, ood_metrics, top1_accuracy
 from trainables.ood.score import ood_scores
-from trainables.backbones import load_backbone
-from trainables.devices import device_name, trial_device
 from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 PRIMARY_METRIC = "auroc"
 """The metric a LAPT trial is ranked by: the mean AUROC over its OOD sets, in percent."""
 
 
-def corpus(config: NegativesConfig) -> negatives.Words:
-    """The candidate words `config` names: WordNet's nouns and adjectives, or a word list."""
-    if config.corpus == "word_list":
-        return negatives.word_list(config.word_list)
-    if config.corpus == "common":
-        return negatives.word_list(negatives.COMMON_WORDS)
-    return negatives.wordnet_words(config.wordnet_dir)
-
-
-def image_sets(config: OODTrialConfig) -> list[tuple[IDDatasetConfig | ImageSetConfig, str]]:
-    """(image set, split) of every set a trial of `config` encodes (CLIP's global embedding, into the
-    feature cache): the ID test split and the OOD sets, and, for the tuned variant, what it collects
-    training images from (the ID training split, the pool). A fill ahead of the run encodes these."""
-    sets = [(config.id_dataset, "test"), *((ood, "test") for ood in config.ood_sets)]
-    if config.options.variant == "lapt":
-        if config.collector.kind == "id_train":
-            sets.append((config.id_dataset, "train"))
-        if config.collector.pool is not None:
-            sets.append((config.collector.pool, "test"))
-    return sets
-
-
-def open_image_set(image_set: IDDatasetConfig | ImageSetConfig, split: str, data_dir) -> MultiLabelDataset:
-    """The dataset of an entry of `image_sets`."""
-    if isinstance(image_set, IDDatasetConfig):
-        return id_dataset(image_set, split, data_dir)
-    return ood_set(image_set, data_dir)
-
-
-def training_negatives(mined: negatives.Words, train_count: int | None) -> torch.Tensor:
-    """Positions in `mined.all` of the negative labels that get training images: all of them, or the
-    `train_count` farthest, nouns and adjectives in proportion (what mining `train_count` would keep,
-    as LAPT mines 1,000 to train and 10,000 to test)."""
-    if train_count is None:
-        return torch.arange(len(mined.all))
-    nouns, adjectives = negatives.split_count(train_count, len(mined.nouns), len(mined.adjectives))
-    return torch.cat([torch.arange(nouns), len(mined.nouns) + torch.arange(adjectives)])
-
-
 class OODTrial:
-    """Everything one trial builds once: backbone, features, negative labels, examples, prompts."""
+    """One OOD trial (`trainables.lifecycle.Trial`): backbone, features, negative labels, examples
+    and prompts set up once, then driven epoch by epoch by `trainables.lifecycle.run_epochs`."""
+
+    metric = PRIMARY_METRIC
 
     def __init__(self, config: OODTrialConfig):
         self.config = config
@@ -91,7 +62,7 @@ class OODTrial:
         def features(dataset) -> tuple[torch.Tensor, np.ndarray]:
             """The unit image embeddings of `dataset` [N, d] (host memory), and which rows are real images."""
             stored = cache.dense_features(self.clip, dataset, "test", encoding="global")
-            return F.normalize(loader.read_all(stored.features[:, 0]), dim=-1), stored.valid
+            return F.normalize(read_all(stored.features[:, 0]), dim=-1), stored.valid
 
         train, test = id_dataset(config.id_dataset, "train", config.data_dir), id_dataset(config.id_dataset, "test", config.data_dir)
         self.id_names = train.classnames
@@ -105,7 +76,7 @@ class OODTrial:
             self.ood_tests[ood.name] = (ood.group, ood_features[ood_valid].to(self.device))
 
         self.negative_labels = lapt.mine_negative_labels(
-            self.clip, self.id_names, corpus(config.negatives), config.negatives.count, config.negatives.percentile, config.cache_dir
+            self.clip, self.id_names, negatives.corpus(config.negatives), config.negatives.count, config.negatives.percentile, config.cache_dir
         )
         self.handcrafted = lapt.handcrafted_label_features(self.clip, self.id_names, self.negative_labels).to(self.device)
         self.prompts = None
@@ -128,7 +99,7 @@ class OODTrial:
     def _collect(self, features, train) -> None:
         """Training features and labels: ID labels first (0..K-1), then the negative labels that train."""
         cfg = self.config
-        self.train_negatives = training_negatives(self.negative_labels, cfg.negatives.train_count).to(self.device)
+        self.train_negatives = negatives.training_negatives(self.negative_labels, cfg.negatives.train_count).to(self.device)
         train_negatives = len(self.train_negatives)
         self.num_labels = self.num_id + train_negatives
         label_features = torch.cat([self.handcrafted[: self.num_id], self.handcrafted[self.num_id + self.train_negatives]])
@@ -157,7 +128,9 @@ class OODTrial:
 
     # -- one epoch --------------------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        if self.prompts is None:  # the untuned variants learn nothing
+            return {"train_loss": 0.0}
         batch_size = self.config.training.batch_size
         steps_per_epoch = math.ceil(len(self.labels) / batch_size)
         total_steps = self.config.training.epochs * steps_per_epoch
@@ -171,7 +144,7 @@ class OODTrial:
                 draws["templates"][start:end], draws["partners"][start:end],
                 draws["cross_modal_lam"][step], draws["cross_distribution_lam"][step], draws["paired"][step],
             )  # fmt: skip
-        return self.step.end_epoch(epoch)
+        return {"train_loss": self.step.end_epoch(epoch)}
 
     def _draws(self, epoch: int) -> dict:
         """Every random draw of an epoch, made on the host in the order the steps use them and
@@ -274,42 +247,36 @@ class OODTrial:
         return summary
 
 
-def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
-    """Train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
-    trial = OODTrial(config)
-    state = state or {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
-    if trial.prompts is not None and state.get("prompts") is not None:
-        trial.prompts.load_state_dict(state["prompts"])
-        trial.optimizer.load_state_dict(state["optimizer"])
-    epochs = config.training.epochs if trial.prompts is not None else 1
-    trainable = 0 if trial.prompts is None else sum(p.numel() for p in trial.prompts.parameters())
-    for epoch in range(state["epoch"], epochs):
-        started = time.perf_counter()
-        train_loss = trial.train_epoch(epoch) if trial.prompts is not None else 0.0
-        summary = trial.evaluate()
-        seconds = state["train_seconds"] + time.perf_counter() - started
-        improved = summary[PRIMARY_METRIC] > state["best"]
-        state = {
-            "epoch": epoch + 1,
-            "best": summary[PRIMARY_METRIC] if improved else state["best"],
-            "best_epoch": epoch + 1 if improved else state["best_epoch"],
-            "train_seconds": seconds,
+    # -- the lifecycle's checkpoint and report ----------------------------------------------
+
+    @property
+    def epochs(self) -> int:
+        return self.config.training.epochs if self.prompts is not None else 1
+
+    def load(self, state: dict) -> None:
+        if self.prompts is not None and state.get("prompts") is not None:
+            self.prompts.load_state_dict(state["prompts"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def learned(self) -> dict:
+        if self.prompts is None:
+            return {}
+        return {"prompts": snapshot(self.prompts.state_dict()), "optimizer": snapshot(self.optimizer.state_dict())}
+
+    def best_of(self, evaluated: dict) -> dict:
+        return {}
+
+    def report(self, evaluated: dict, state: dict) -> dict:
+        return {
+            **evaluated,
+            "trainable_params": 0 if self.prompts is None else sum(p.numel() for p in self.prompts.parameters()),
+            "num_negative_labels": len(self.negative_labels.all),
+            "negative_labels": self.negative_labels.all,
+            "resolved": self.resolved,
+            "warnings": self.step.warnings() if self.prompts is not None else {},
         }
-        if trial.prompts is not None:
-            state |= {
-                "prompts": snapshot(trial.prompts.state_dict()),
-                "optimizer": snapshot(trial.optimizer.state_dict()),
-            }
-        yield {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            **summary,
-            f"best_{PRIMARY_METRIC}": state["best"],
-            "best_epoch": state["best_epoch"],
-            "trainable_params": trainable,
-            "train_seconds": seconds,
-            "num_negative_labels": len(trial.negative_labels.all),
-            "negative_labels": trial.negative_labels.all,
-            "resolved": trial.resolved,
-            "warnings": trial.step.warnings() if trial.prompts is not None else {},
-        }, state
+
+
+def run_ood_epochs(config: OODTrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
+    """The OOD family's loop: train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
+    return lifecycle.run_epochs(OODTrial(config), state)

@@ -13,7 +13,7 @@ import itertools
 
 import pandas as pd
 
-from trainables import tasks
+from trainables import mlr as mlr_task
 
 from orchestrator.families.mlr import checks, trials
 from orchestrator.family import Family, register
@@ -32,10 +32,10 @@ def _train_set(dataset_json: str, data_dir: str):
 
 
 class MLR(Family):
-    task = tasks.FAMILIES["mlr"]
+    task = mlr_task.TASK
 
     def setups(self) -> list[str]:
-        from trainables import setups
+        from trainables.mlr import setups
 
         return setups.names()
 
@@ -70,7 +70,7 @@ class MLR(Family):
         return lines(loaded, self.setups_in(loaded.spec), cells)
 
     def cache_entries(self, plan):
-        from trainables.encoding import fill_views
+        from trainables.features.encoding import fill_views
 
         from orchestrator.run.entries import Entry
 
@@ -97,7 +97,9 @@ class MLR(Family):
     def heaviest_trial(self, plan):
         """The trial of the costliest cell: its setup with the most trainable parameters (DualCoOp's two
         prompts before one prompt), on its largest dataset, at its first ratio and seed."""
-        from trainables import backbones, data, setups
+        from trainables import data
+        from trainables.backbone import load_clip
+        from trainables.mlr import setups
 
         spec = plan.spec
         cells = [cell for cell in plan.cells if cell.family == self.name]
@@ -105,7 +107,7 @@ class MLR(Family):
             return None
         sizes = {d.name: len(data.build_dataset(d, "train", spec.data_dir)) for d in spec.datasets}
         largest = max(spec.datasets, key=lambda d: sizes[d.name])
-        backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size)  # random weights: only the count matters
+        backbone = load_clip(spec.backbone.model, None, spec.backbone.image_size)  # random weights: only the count matters
         names = data.classnames(largest, spec.data_dir)
         cost = {name: setups.count_trainable(setups.build(name, names, backbone, **spec.setup_options.get(name, {})))
                 for name in self.setups_in(spec)}  # fmt: skip

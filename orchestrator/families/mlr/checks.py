@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from trainables.config import LossConfig
 from trainables.errors import UserInputError
+from trainables.mlr.config import LossConfig
 
 from orchestrator.families.mlr import trials
 from orchestrator.specs import ExperimentSpec
@@ -59,7 +59,8 @@ def setup_problems(spec: ExperimentSpec, running: list[str]) -> list[tuple[str, 
     `setup_options` and `lr_per_setup` may name any known setup, also one the spec does not run
     (so `--set setups=[baseline]` narrows a spec without editing it); a name no setup has is an error.
     """
-    from trainables import backbones, setups
+    from trainables.backbone import load_clip
+    from trainables.mlr import setups
 
     problems = []
     configured = {"setup_options": spec.setup_options, "lr_per_setup": spec.lr_per_setup}
@@ -67,7 +68,7 @@ def setup_problems(spec: ExperimentSpec, running: list[str]) -> list[tuple[str, 
         for name in per_setup:
             if name not in setups.names():
                 problems.append((f"{field}.{name}", f"unknown setup '{name}'; known: {sorted(setups.names())}"))
-    probe = backbones.load("ViT-tiny", None, image_size=32)
+    probe = load_clip("ViT-tiny", None, image_size=32)
     for name in set(running) | set(spec.setup_options):
         if name not in setups.names():
             continue

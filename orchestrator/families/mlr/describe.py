@@ -17,13 +17,15 @@ def per_setup_and_dataset(loaded: LoadedSpec, setups: list[str]) -> tuple[dict[s
     The backbone is built with random weights on this machine's device: neither count depends on
     the weights, and no weights need to be present to describe a spec.
     """
-    from trainables import backbones, data, memory, precision
+    from trainables import data
+    from trainables.backbone import load_clip, precision
     from trainables.devices import trial_device
-    from trainables import setups as registry
+    from trainables.mlr import memory
+    from trainables.mlr import setups as registry
 
     spec = loaded.spec
     device = trial_device("auto")
-    backbone = backbones.load(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
+    backbone = load_clip(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
     chosen, _ = precision.resolve(spec.training.precision, device)
     classnames = {d.name: data.classnames(d, spec.data_dir) for d in spec.datasets}
     params: dict[str, dict[str, int]] = {}
@@ -56,7 +58,7 @@ KNOWN_TRAIN_IMAGES = {"coco": 82_081, "voc": 5_011}
 
 def _decoded_store(loaded: LoadedSpec) -> list[str]:
     """The `online` mode's decoded store: its size, and whether it fits the disk under cache_dir."""
-    from trainables.decoded import DecodedStore
+    from trainables.features.decoded import DecodedStore
 
     spec = loaded.spec
     if spec.features.mode != "online":

@@ -7,7 +7,7 @@ import hashlib
 import itertools
 import json
 
-from trainables.config import TrialConfig
+from trainables.mlr.config import TrialConfig
 
 from orchestrator.specs import ExperimentSpec
 from orchestrator.specs.grid import Cell, Trial, config_hash, trial_key
@@ -40,7 +40,7 @@ def search_space(spec: ExperimentSpec, setup: str) -> dict[str, SearchRange]:
     """What Optuna searches in `setup`'s cells, by parameter name: the loss ranges (`gamma_neg`)
     and the ranges of the setup's own learning-rate groups (`lr.prompt`) that `lr_per_setup`
     does not fix for it."""
-    from trainables import setups
+    from trainables.mlr import setups
 
     fixed_here = spec.lr_per_setup.get(setup, {})
     lr = {
@@ -54,7 +54,7 @@ def search_space(spec: ExperimentSpec, setup: str) -> dict[str, SearchRange]:
 def learning_rates(spec: ExperimentSpec, setup: str, sampled: dict[str, float] | None = None) -> dict[str, float]:
     """The learning rate of each of `setup`'s groups: `lr_per_setup`, else the value Optuna
     sampled (`{"lr.prompt": 0.01}`), else `training.lr`."""
-    from trainables import setups
+    from trainables.mlr import setups
 
     sampled, own = sampled or {}, spec.lr_per_setup.get(setup, {})
     rates = {}

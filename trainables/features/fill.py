@@ -14,21 +14,21 @@ from pathlib import Path
 
 import torch
 
-from trainables import clip as clip_lib
 from trainables import data
-from trainables.backbones import load_backbone
-from trainables.devices import default_workers, trial_device
+from trainables.backbone.runtime import FrozenCLIP
+from trainables.backbone.weights import load_backbone
 from trainables.config import BackboneConfig, DatasetConfig, FeatureConfig
-from trainables.encoding import Encoding, View, fill_views, view_transform
-from trainables.features import FeatureCache
+from trainables.devices import default_workers, trial_device
+from trainables.features.cache import FeatureCache
+from trainables.features.encoding import Encoding, View, fill_views, view_transform
 
 
-def _activation(clip: clip_lib.FrozenCLIP) -> str:
+def _activation(clip: FrozenCLIP) -> str:
     return f"{'QuickGELU' if clip.quick_gelu else 'GELU'} ({clip.quick_gelu_reason})"
 
 
 def encoding_rate(
-    clip: clip_lib.FrozenCLIP, dataset: data.MultiLabelDataset, view: View, *, encoding: Encoding = "dense",
+    clip: FrozenCLIP, dataset: data.MultiLabelDataset, view: View, *, encoding: Encoding = "dense",
     batch_size: int, num_workers: int, device: torch.device, batches: int = 3, augmentation: data.Augmentation = "reference",
 ) -> float:  # fmt: skip
     """Images per second of encoding `dataset` at `view`, measured on a few batches (after a first
@@ -54,7 +54,7 @@ Job = tuple[data.MultiLabelDataset, View, Encoding]
 
 
 def encode_all(
-    clip: clip_lib.FrozenCLIP, jobs: list[Job], cache: FeatureCache, *, batch_size: int = 100,
+    clip: FrozenCLIP, jobs: list[Job], cache: FeatureCache, *, batch_size: int = 100,
     num_workers: int | None = None, progress: bool = True, report: Callable[[str], None] | None = None,
 ) -> dict:  # fmt: skip
     """Encode every entry of `jobs` the cache lacks, in this process, with `num_workers`

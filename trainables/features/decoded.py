@@ -31,8 +31,8 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from trainables import atomic, data
-from trainables.encoding import RowLoader
 from trainables.errors import UserInputError
+from trainables.features.encoding import RowLoader
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.clip import FrozenCLIP
-from trainables.setups.aggregation import spatial_pool
-from trainables.setups.base import MLRSetup, SetupOptions
+from trainables.backbone.runtime import FrozenCLIP
+from trainables.mlr.setups.aggregation import spatial_pool
+from trainables.mlr.setups.base import MLRSetup, SetupOptions
 
 
 class BaselineOptions(SetupOptions):

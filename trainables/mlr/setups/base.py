@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.errors import UserInputError
-from trainables.setups.aggregation import PAPER_TEMPERATURE, Aggregation, LogitScale, region_logits
+from trainables.mlr.setups.aggregation import (
+    PAPER_TEMPERATURE,
+    Aggregation,
+    LogitScale,
+    region_logits,
+)
 
 
 class SetupOptions(pydantic.BaseModel):

@@ -1,36 +1,43 @@
-"""The per-trial training loop, plain Python: no Ray, no MLflow.
+"""The MLR family's trial, plain Python: no Ray, no MLflow.
 
-`run_epochs(config, state)` trains one setup on one (dataset, label ratio, seed) and yields, after
+`MLRTrial` is one trial's lifecycle (`trainables.lifecycle`); `run_epochs(config, state)` trains one setup on one (dataset, label ratio, seed) and yields, after
 every epoch, the epoch's metrics and a resumable state. Starting it again from a yielded state
 continues with the next epoch exactly as if it had never stopped: the shuffling of each epoch is
 seeded by (seed, epoch), and the learning rate is a function of the epoch alone.
 
 On a GPU the loop keeps the device busy: cached features stay on it when they fit
-(`trainables.loader`), a step never waits for the device and is one CUDA graph
+(`trainables.features.rows`), a step never waits for the device and is one CUDA graph
 (`trainables.step`), and the test split is scored and ranked there, read back once per epoch.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainables import data, loader, negation, precision, setups
-from trainables.backbones import SYNTHETIC_WEIGHTS, load_backbone, recipe_of, resolve_pretrained
-from trainables.config import TrainingConfig, TrialConfig
-from trainables.decoded import DecodedStore
+from trainables import data, lifecycle
+from trainables.backbone import precision
+from trainables.backbone.precision import autocast
+from trainables.backbone.weights import (
+    SYNTHETIC_WEIGHTS,
+    load_backbone,
+    recipe_of,
+    resolve_pretrained,
+)
 from trainables.devices import default_workers, device_name, trial_device
-from trainables.encoding import RowLoader, train_views
 from trainables.errors import UserInputError
-from trainables.features import FeatureCache
-from trainables.losses import AsymmetricLoss
-from trainables.metrics import map_summary
-from trainables.precision import autocast
+from trainables.features import rows as feature_rows
+from trainables.features.cache import FeatureCache
+from trainables.features.decoded import DecodedStore
+from trainables.features.encoding import RowLoader, train_views
+from trainables.mlr import negation, setups
+from trainables.mlr.config import TrainingConfig, TrialConfig
+from trainables.mlr.losses import AsymmetricLoss
+from trainables.mlr.metrics import map_summary
 from trainables.step import TrainingStep, snapshot, use_cuda_graph
 
 
@@ -67,17 +74,31 @@ class OnlineImages(RowLoader):
 
 
 class MLRTrial:
-    """Everything one trial builds once: backbone, data, features, setup, optimiser, loss, step."""
+    """One MLR trial (`trainables.lifecycle.Trial`): set up once, in the named steps below, then
+    driven epoch by epoch by `trainables.lifecycle.run_epochs`."""
+
+    metric = "mAP"
 
     def __init__(self, config: TrialConfig):
         self.config = config
+        self.epochs = config.training.epochs
         self.device = trial_device(config.device)
+        self._set_up_backbone()
+        self._set_up_data()
+        self._set_up_features()
+        self._set_up_setup()
+        self._set_up_optimiser()
+
+    # -- set up -----------------------------------------------------------------------------
+
+    def _set_up_backbone(self) -> None:
+        config = self.config
         self.precision, _ = precision.resolve(config.training.precision, self.device)
-        graphed = use_cuda_graph(config.training.cuda_graph, self.device)
+        self.graphed = use_cuda_graph(config.training.cuda_graph, self.device)
         self.clip = load_backbone(config.backbone, config.data_dir, self.device)
         self.resolved = {
             "training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu,
-            "training.cuda_graph": graphed, "device": device_name(self.device),
+            "training.cuda_graph": self.graphed, "device": device_name(self.device),
         }  # fmt: skip
         """What `auto` settings became on this device and these weights: logged with the trial's run."""
         if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe, and the recipe
@@ -85,9 +106,11 @@ class MLRTrial:
             self.resolved["backbone.synthetic_checkpoint"] = checkpoint.name
             self.resolved["backbone.synthetic_recipe"] = recipe_of(checkpoint)
 
+    def _set_up_data(self) -> None:
+        config = self.config
         data.check(config.dataset, config.data_dir)
         self.train_set = data.build_dataset(config.dataset, "train", config.data_dir)
-        test_set = data.build_dataset(config.dataset, "test", config.data_dir)
+        self.test_set = data.build_dataset(config.dataset, "test", config.data_dir)
         # Can this backbone's text encoder tell "no X" from "X"? (PositiveCoOp section 5.2)
         self.absence_cosines = {
             f"absence_cosine.{key}": value for key, value in negation.absence_cosines(self.clip, self.train_set.classnames).items()
@@ -96,28 +119,34 @@ class MLRTrial:
         self.kept_fraction = data.kept_fraction(partial, self.train_set.labels)
         self.train_targets = torch.from_numpy(partial).to(self.device)
 
-        # The test split is always evaluated at the test transform, a pure function of the image:
-        # encode it once for every trial and epoch, whatever the training feature mode. What is read
-        # most goes on the device first: the test split (every epoch), then the train views.
+    def _set_up_features(self) -> None:
+        """The test split is always evaluated at the test transform, a pure function of the image:
+        encoded once for every trial and epoch, whatever the training feature mode. What is read
+        most goes on the device first: the test split (every epoch), then the train views."""
+        config = self.config
         cache = FeatureCache(config.cache_dir, augmentation=config.features.augmentation)
-        stored = [cache.dense_features(self.clip, test_set, "test")]
+        stored = [cache.dense_features(self.clip, self.test_set, "test")]
         views = train_views(config.features)
         stored += [cache.dense_features(self.clip, self.train_set, view) for view in views]
-        budget = loader.memory_budget(self.device, config.features.device_memory, config.gpu_share)
-        placed = loader.place([s.features for s in stored], self.device, budget)
+        budget = feature_rows.memory_budget(self.device, config.features.device_memory, config.gpu_share)
+        placed = feature_rows.place([s.features for s in stored], self.device, budget)
         self.test_features, self.test_rows = placed[0], np.flatnonzero(stored[0].valid)
-        self.test_targets = torch.from_numpy(test_set.labels[self.test_rows]).to(self.device)
+        self.test_targets = torch.from_numpy(self.test_set.labels[self.test_rows]).to(self.device)
         self.train_features = [(rows, np.flatnonzero(s.valid)) for rows, s in zip(placed[1:], stored[1:])]
         self.resolved["features.resident"] = ",".join(
             name for name, rows in zip(["test", *(f"train{i}" for i in range(len(views)))], placed) if rows.resident
         ) or "none"
-
         if config.features.mode == "online":
             self.online_images = OnlineImages(self.train_set, config, self.device)
 
+    def _set_up_setup(self) -> None:
+        config = self.config
         torch.manual_seed(config.seed)  # the setup's initialisation depends on the seed alone
         self.setup = setups.build(config.setup, self.train_set.classnames, self.clip, **config.setup_options).to(self.device)
         self.trainable_params = setups.count_trainable(self.setup)
+
+    def _set_up_optimiser(self) -> None:
+        config = self.config
         groups = self.setup.parameter_groups()
         missing = sorted(set(groups) - set(config.training.lr))
         if missing:
@@ -134,8 +163,8 @@ class MLRTrial:
         )
         self.loss = AsymmetricLoss.from_config(config.loss)
         self.step = TrainingStep(
-            self.loss_of, self.optimizer, self.device, graphed, graph_required=config.training.cuda_graph is True,
-            full_rows=min(config.training.batch_size, len(self.train_set)),
+            self.loss_of, self.optimizer, self.device, self.graphed,
+            graph_required=config.training.cuda_graph is True, full_rows=min(config.training.batch_size, len(self.train_set)),
         )  # fmt: skip
 
     # -- features ---------------------------------------------------------------------------
@@ -156,7 +185,7 @@ class MLRTrial:
                 yield feats, self.train_targets[idx[valid].to(self.device)]
             return
         features, rows = self.train_features[epoch % len(self.train_features)]  # `cached`: one view
-        for index, feats in features.batches(loader.batch_rows(rows, size, generator)):
+        for index, feats in features.batches(feature_rows.batch_rows(rows, size, generator)):
             yield feats, self.train_targets.index_select(0, index)
 
     # -- one epoch --------------------------------------------------------------------------
@@ -173,11 +202,12 @@ class MLRTrial:
             logits = self.setup(feats)
         return self.loss(logits.float(), targets) * self.config.loss.weight
 
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        rates = self.set_learning_rates(epoch)
         self.setup.train()
         for feats, targets in self.train_batches(epoch):
             self.step(feats, targets)
-        return self.step.end_epoch(epoch)
+        return {"train_loss": self.step.end_epoch(epoch), **rates}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -186,7 +216,7 @@ class MLRTrial:
         with autocast(self.precision, self.device):
             class_embeddings = self.setup.class_embeddings()
         scores = []
-        for _, feats in self.test_features.batches(loader.batch_rows(self.test_rows, self.config.training.eval_batch_size)):
+        for _, feats in self.test_features.batches(feature_rows.batch_rows(self.test_rows, self.config.training.eval_batch_size)):
             with autocast(self.precision, self.device):
                 logits = self.setup.logits_from_features(feats, class_embeddings).float()
             scores.append(self.presence_score(logits))
@@ -199,48 +229,33 @@ class MLRTrial:
         return torch.softmax(logits, dim=-1)[..., 0]
 
 
+    # -- the lifecycle's checkpoint and report ----------------------------------------------
+
+    def load(self, state: dict) -> None:
+        self.setup.load_state_dict(state["setup"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def learned(self) -> dict:
+        return {"setup": snapshot(self.setup.state_dict()), "optimizer": snapshot(self.optimizer.state_dict())}
+
+    def best_of(self, evaluated: dict) -> dict:
+        return {"best_per_class_ap": evaluated["per_class_ap"].tolist()}
+
+    def report(self, evaluated: dict, state: dict) -> dict:
+        return {
+            "mAP": evaluated["mAP"],
+            "best_per_class_ap": state.get("best_per_class_ap"),
+            "classes_without_positives": evaluated["classes_without_positives"],
+            "classnames": self.train_set.classnames,
+            "trainable_params": self.trainable_params,
+            "gpu_seconds": state["train_seconds"] if self.device.type == "cuda" else 0.0,
+            "kept_fraction": self.kept_fraction,
+            "resolved": self.resolved,
+            "warnings": self.step.warnings(),
+            **self.absence_cosines,
+        }
+
+
 def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
-    """Train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
-    trial = MLRTrial(config)
-    state = state or {"epoch": 0, "best_mAP": -math.inf, "best_epoch": 0, "best_per_class_ap": None, "train_seconds": 0.0}
-    if state.get("setup") is not None:
-        trial.setup.load_state_dict(state["setup"])
-        trial.optimizer.load_state_dict(state["optimizer"])
-    on_gpu = trial.device.type == "cuda"
-
-    for epoch in range(state["epoch"], config.training.epochs):
-        started = time.perf_counter()
-        lrs = trial.set_learning_rates(epoch)
-        train_loss = trial.train_epoch(epoch)
-        summary = trial.evaluate()
-        seconds = state["train_seconds"] + time.perf_counter() - started
-
-        improved = summary["mAP"] > state["best_mAP"]
-        state = {
-            "epoch": epoch + 1,
-            "best_mAP": summary["mAP"] if improved else state["best_mAP"],
-            "best_epoch": epoch + 1 if improved else state["best_epoch"],
-            "best_per_class_ap": summary["per_class_ap"].tolist() if improved else state["best_per_class_ap"],
-            "train_seconds": seconds,
-            "setup": snapshot(trial.setup.state_dict()),
-            "optimizer": snapshot(trial.optimizer.state_dict()),
-        }
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "mAP": summary["mAP"],
-            "best_mAP": state["best_mAP"],
-            "best_epoch": state["best_epoch"],
-            "best_per_class_ap": state["best_per_class_ap"],
-            "classes_without_positives": summary["classes_without_positives"],
-            "classnames": trial.train_set.classnames,
-            "trainable_params": trial.trainable_params,
-            "train_seconds": seconds,
-            "gpu_seconds": seconds if on_gpu else 0.0,
-            "kept_fraction": trial.kept_fraction,
-            "resolved": trial.resolved,
-            "warnings": trial.step.warnings(),
-            **trial.absence_cosines,
-            **lrs,
-        }
-        yield metrics, state
+    """The MLR family's loop: train `config` from `state` (None: from scratch); yield (metrics, state) after each epoch."""
+    return lifecycle.run_epochs(MLRTrial(config), state)

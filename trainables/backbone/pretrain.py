@@ -8,7 +8,7 @@ each paired with a caption listing what it shows ("a photo of a circle, a star a
 under the symmetric InfoNCE loss of CLIP (`open_clip.ClipLoss`).
 
     path = synthetic_clip_checkpoint("RN-tiny", 128, data_dir)    # trains once, then reuses the file
-    clip = trainables.backbones.load("RN-tiny", pretrained=str(path), image_size=128)
+    clip = trainables.backbone.load_clip("RN-tiny", pretrained=str(path), image_size=128)
 
 The images come from their own random stream (not the demo dataset's train or test split), so the
 backbone never sees an image the demo trains or evaluates on.
@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from trainables import atomic
-from trainables import clip
+from trainables.backbone import runtime
 from trainables.config import DatasetConfig
 from trainables.data import synthetic, test_transform
 from trainables.errors import UserInputError
@@ -90,7 +90,7 @@ def synthetic_clip_checkpoint(
     """The checkpoint of `model` pre-trained on shapes, trained on the first call and reused after.
 
     The file is `data_dir/pretrained/<model>-shapes-<hash of the recipe>.pt`, a plain open_clip
-    state dict for `trainables.backbones.load(model, pretrained=<path>, image_size=image_size)`, with a
+    state dict for `trainables.backbone.load_clip(model, pretrained=<path>, image_size=image_size)`, with a
     `.json` sidecar holding the recipe, the loss of every step and the training time. Concurrent
     callers wait on a file lock; the file is renamed into place complete, so a reader never sees
     a partial one.
@@ -128,7 +128,7 @@ def train_synthetic_clip(
 ) -> tuple[open_clip.CLIP, list[float]]:
     """Pre-train `model` contrastively on rendered shapes; return the open_clip model and the loss of each step.
 
-    It starts from the random weights `trainables.clip.build(model, image_size, ...)` draws (its
+    It starts from the random weights `trainables.backbone.runtime.build(model, image_size, ...)` draws (its
     seed, and for ResNets its variance-preserving trunk init). The model stays in eval mode: the
     setups use the backbone frozen in eval mode, so this trains the very function they will use
     (BatchNorm at its running statistics, which never drift). Everything runs in fp32, on every
@@ -138,7 +138,7 @@ def train_synthetic_clip(
     and the demo's numbers move by a few points with them (tests/test_readme.py runs it on both).
     """
     _check_arguments(steps, batch_size, num_classes)
-    clip_model = clip.build(model, image_size, clip.config_quick_gelu(model)).eval()
+    clip_model = runtime.build(model, image_size, runtime.config_quick_gelu(model)).eval()
     tokenizer = open_clip.get_tokenizer(model)
     names = synthetic.classnames(num_classes)
     images, labels = render_pool(min(POOL_SIZE, steps * batch_size), num_classes, seed)

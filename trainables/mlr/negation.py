@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
 
 PRESENCE_PROMPT = "a photo of a {}."
 ABSENCE_PROMPTS = {"not_a_photo": "not a photo of a {}.", "photo_without": "a photo without a {}."}

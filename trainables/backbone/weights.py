@@ -1,10 +1,10 @@
 """A backbone's weights: an open_clip tag, a checkpoint file, random, or `synthetic`.
 
-`load(model, pretrained, image_size)` builds the architecture (`trainables.clip.build`), loads the
+`load_clip(model, pretrained, image_size)` builds the architecture (`trainables.backbone.runtime.build`), loads the
 weights (resizing position embeddings trained at another resolution), picks the activation, and
-returns the frozen runtime (`trainables.clip.FrozenCLIP`) under an identity that keys the feature
+returns the frozen runtime (`trainables.backbone.runtime.FrozenCLIP`) under an identity that keys the feature
 cache. `load_backbone(config.backbone, data_dir, device)` is a trial's entry: its config may also
-name `synthetic`, the tiny CLIP pre-trained on generated shapes (`trainables.pretrain`), trained on
+name `synthetic`, the tiny CLIP pre-trained on generated shapes (`trainables.backbone.pretrain`), trained on
 first use and then read from its file like any checkpoint.
 """
 
@@ -26,7 +26,7 @@ from open_clip.factory import load_state_dict as read_open_clip_state_dict
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from open_clip.modified_resnet import ModifiedResNet
 
-from trainables import clip, pretrain
+from trainables.backbone import pretrain, runtime
 from trainables.config import BackboneConfig
 from trainables.errors import UserInputError
 
@@ -43,13 +43,13 @@ QuickGelu = Literal["auto"] | bool
 pick what the weights were trained with where that is knowable (`resolve_quick_gelu`)."""
 
 
-def load(
+def load_clip(
     model: str,
     pretrained: str | None = None,
     image_size: int = 448,
     device: str = "cpu",
     quick_gelu: QuickGelu = "auto",
-) -> clip.FrozenCLIP:
+) -> runtime.FrozenCLIP:
     """Build the frozen backbone `model` at `image_size` px.
 
     `pretrained`: an open_clip tag (`openai`), a checkpoint file (open_clip or OpenAI state dict, or
@@ -58,14 +58,14 @@ def load(
     DualCoOp does (row 0 kept, the spatial grid interpolated bicubically). `quick_gelu` chooses the
     transformers' activation (`resolve_quick_gelu`); the choice and its reason are on the result.
     """
-    clip.check_model(model, image_size)
+    runtime.check_model(model, image_size)
     checkpoint: Path | None = None
     tag_cfg: dict | None = None
     if pretrained is None:
         # The random draws follow the model config, our init and open_clip's init code (which may
         # change between its versions): a change to any of them must not reuse cached features.
         config_hash = hashlib.sha256(json.dumps(open_clip.get_model_config(model), sort_keys=True).encode()).hexdigest()[:12]
-        weights = f"random-seed{clip.RANDOM_INIT_SEED}-init{clip.RANDOM_INIT_VERSION}-cfg{config_hash}-open_clip{open_clip.__version__}"
+        weights = f"random-seed{runtime.RANDOM_INIT_SEED}-init{runtime.RANDOM_INIT_VERSION}-cfg{config_hash}-open_clip{open_clip.__version__}"
     elif _looks_like_path(pretrained):
         checkpoint = Path(pretrained).expanduser()
         if not checkpoint.is_file():
@@ -86,11 +86,11 @@ def load(
     if use_quick_gelu:
         weights += "+quickgelu"  # the activation changes every feature: part of the cache key
 
-    clip_model = clip.build(model, image_size, use_quick_gelu)
+    clip_model = runtime.build(model, image_size, use_quick_gelu)
     if state_dict is not None:
         _load_weights(clip_model, state_dict, checkpoint)
     identity = f"{model}/{weights}@{image_size}"
-    frozen = clip.FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
+    frozen = runtime.FrozenCLIP(clip_model, model, image_size, identity, use_quick_gelu, reason).to(device)
     if torch.device(device).type == "cuda":
         # cuDNN's fastest convolutions take NHWC; the weights are converted once, each batch by the first conv.
         frozen.model.visual.to(memory_format=torch.channels_last)
@@ -117,7 +117,7 @@ def resolve_quick_gelu(
         raise UserInputError(f"backbone.quick_gelu must be auto, true or false, got {requested!r}")
     if requested != "auto":
         return requested, "set in the spec"
-    if clip.config_quick_gelu(model):
+    if runtime.config_quick_gelu(model):
         return True, f"model config {model} uses QuickGELU"
     if tag_cfg is not None:
         return bool(tag_cfg.get("quick_gelu", False)), "the open_clip pretrained tag's activation"
@@ -134,11 +134,11 @@ def resolve_quick_gelu(
 
 
 SYNTHETIC_WEIGHTS = "synthetic"
-"""The `backbone.pretrained` value that names the checkpoint pre-trained on shapes (`trainables.pretrain`), trained on first use."""
+"""The `backbone.pretrained` value that names the checkpoint pre-trained on shapes (`trainables.backbone.pretrain`), trained on first use."""
 
 
 def resolve_pretrained(backbone: BackboneConfig, data_dir: Path) -> str | None:
-    """`backbone.pretrained` as `load` takes it.
+    """`backbone.pretrained` as `load_clip` takes it.
 
     The reserved value `synthetic` becomes the path of the contrastively pre-trained checkpoint
     under `data_dir` (trained now if no process has yet); any other value is returned unchanged.
@@ -160,10 +160,10 @@ def recipe_of(checkpoint: Path) -> dict:
     return {key: value for key, value in sidecar.items() if key not in ("losses", "train_seconds")}
 
 
-def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> clip.FrozenCLIP:
+def load_backbone(backbone: BackboneConfig, data_dir: Path, device: torch.device) -> runtime.FrozenCLIP:
     """The frozen backbone a trial config names, with `synthetic` weights trained first if needed."""
     pretrained = resolve_pretrained(backbone, data_dir)
-    return load(backbone.model, pretrained, backbone.image_size, device=str(device), quick_gelu=backbone.quick_gelu)
+    return load_clip(backbone.model, pretrained, backbone.image_size, device=str(device), quick_gelu=backbone.quick_gelu)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainables.setups.single_prompt import SinglePromptSetup
+from trainables.mlr.setups.single_prompt import SinglePromptSetup
 
 
 class PositiveCoOp(SinglePromptSetup):

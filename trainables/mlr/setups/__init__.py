@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.errors import UserInputError
-from trainables.setups.base import MLRSetup
-from trainables.setups.baseline import Baseline
-from trainables.setups.dual_coop import DualCoOp
-from trainables.setups.negative_coop import NegativeCoOp
-from trainables.setups.positive_coop import PositiveCoOp
+from trainables.mlr.setups.base import MLRSetup
+from trainables.mlr.setups.baseline import Baseline
+from trainables.mlr.setups.dual_coop import DualCoOp
+from trainables.mlr.setups.negative_coop import NegativeCoOp
+from trainables.mlr.setups.positive_coop import PositiveCoOp
 
 _REGISTRY: dict[str, type[MLRSetup]] = {
     "baseline": Baseline,

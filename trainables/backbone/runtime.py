@@ -1,6 +1,6 @@
 """The frozen CLIP backbone: dense image features, the text encoder over prompt embeddings, the tokenizer.
 
-`FrozenCLIP` wraps an open_clip model (`build` makes its architecture, `trainables.backbones` loads
+`FrozenCLIP` wraps an open_clip model (`build` makes its architecture, `trainables.backbone.weights` loads
 its weights) and exposes what the prompt setups need: per-location image features (DualCoOp's dense features, not the pooled embedding) and a text
 encoder that takes token *embeddings*, so learned context vectors can replace the placeholder tokens
 of a prompt.
@@ -18,7 +18,6 @@ from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from trainables.errors import UserInputError
-
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -178,7 +177,7 @@ class FrozenCLIP(nn.Module):
 
 def build(model: str, image_size: int, quick_gelu: bool) -> open_clip.CLIP:
     """open_clip's `model` at `image_size` px with random weights drawn from `RANDOM_INIT_SEED` (the
-    same in every process), its text transformer run sequence-first; `trainables.backbones.load`
+    same in every process), its text transformer run sequence-first; `trainables.backbone.load_clip`
     then loads the weights, if any."""
     check_model(model, image_size)
     with torch.random.fork_rng(devices=[]), _quiet_random_init_warning():
@@ -274,7 +273,7 @@ def check_model(model: str, image_size: int) -> None:
         examples = ["RN50", "RN101", "ViT-B-16", "ViT-B-32", "RN-tiny", "ViT-tiny"]
         raise UserInputError(
             f"unknown backbone model '{model}'; valid names include {', '.join(examples)} "
-            f"({len(supported_models())} in all, see trainables.clip.supported_models())"
+            f"({len(supported_models())} in all, see trainables.backbone.runtime.supported_models())"
         )
     reason = _unsupported_reason(cfg)
     if reason is not None:

@@ -1,5 +1,5 @@
 """What the frozen image encoder computes for a cache entry: its view of each image, its encoding,
-and the encoding of a dataset's rows into an fp16 array (`trainables.features` stores them).
+and the encoding of a dataset's rows into an fp16 array (`trainables.features.cache` stores them).
 
 Views: `"test"` is the resize-only transform (the test split, and the train split in `cached`
 mode); `("train", v)` is augmented view v, where view v of image i is seeded by
@@ -18,8 +18,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainables import clip as clip_lib
-from trainables import data, precision
+from trainables import data
+from trainables.backbone import precision
+from trainables.backbone.runtime import FrozenCLIP
 from trainables.config import FeatureConfig
 
 View = Literal["test"] | tuple[Literal["train"], int]
@@ -118,7 +119,7 @@ class EntryLoader(RowLoader):
 
 
 def encode_rows(
-    clip: clip_lib.FrozenCLIP,
+    clip: FrozenCLIP,
     images: EntryLoader,
     encoding: Encoding,
     rows: range,

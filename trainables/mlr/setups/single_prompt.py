@@ -11,9 +11,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
+from trainables.mlr.setups.base import PromptOptions, PromptSetup
 from trainables.prompts import PromptLearner
-from trainables.setups.base import PromptOptions, PromptSetup
 
 
 class SinglePromptOptions(PromptOptions):

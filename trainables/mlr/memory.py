@@ -16,10 +16,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from trainables.clip import FrozenCLIP
-from trainables.losses import AsymmetricLoss
-from trainables.precision import autocast
-from trainables.setups.base import MLRSetup
+from trainables.backbone.precision import autocast
+from trainables.backbone.runtime import FrozenCLIP
+from trainables.mlr.losses import AsymmetricLoss
+from trainables.mlr.setups.base import MLRSetup
 
 
 class TensorMemory(TorchDispatchMode):

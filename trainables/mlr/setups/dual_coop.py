@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.clip import FrozenCLIP
+from trainables.backbone.runtime import FrozenCLIP
+from trainables.mlr.setups.base import PromptOptions, PromptSetup
 from trainables.prompts import PromptLearner
-from trainables.setups.base import PromptOptions, PromptSetup
 
 
 class DualCoOpOptions(PromptOptions):

@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from trainables.config import LossConfig
 from trainables.errors import UserInputError
+from trainables.mlr.config import LossConfig
 
 
 class AsymmetricLoss(nn.Module):
