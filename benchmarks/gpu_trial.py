@@ -46,6 +46,7 @@ from trainables.mlr import setups
 from trainables.mlr.config import TrialConfig
 from trainables.mlr.train import MLRTrial
 
+from orchestrator import family
 from orchestrator.run import packing
 
 COCO_TRAIN, COCO_TEST, COCO_EPOCHS = 82_081, 40_137, 50
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     heaviest = "dual_coop" if "dual_coop" in args.setups.split(",") else args.setups.split(",")[-1]
     packed = {}
     for count in [int(k) for k in args.processes.split(",") if k]:
-        measured = packing.measure(trial_config(args, heaviest, modes[-1], workdir), count, args.seconds)
+        measured = packing.measure(family.named("mlr"), trial_config(args, heaviest, modes[-1], workdir), count, args.seconds)
         packed[count] = {"images_per_s": measured.images_per_second, "peak_gib": measured.peak_bytes / 2**30}
         print(f"  {count} x {heaviest}: {measured.images_per_second:.0f} train images/s", file=sys.stderr, flush=True)
 

@@ -16,12 +16,7 @@ from collections.abc import Callable
 
 from trainables.errors import UserInputError
 
-from orchestrator.specs import (
-    LoadedSpec,
-    load_spec,
-    require_existing_store,
-    resolve_tracking_uri,
-)
+from orchestrator.specs import LoadedSpec, load_spec
 
 EXIT_USER_ERROR = 2
 EXIT_BROKEN_PIPE = 1
@@ -41,7 +36,7 @@ def _load(args: argparse.Namespace, check_data: bool = True) -> LoadedSpec:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from orchestrator.run.scheduling import run_experiment
+    from orchestrator.run.command import run_experiment
 
     return run_experiment(_load(args), address=args.address, fresh=args.fresh)
 
@@ -64,7 +59,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from orchestrator.run import fill
+    from orchestrator.run import fill, fill_cluster
     from orchestrator.specs.grid import Plan
 
     plan = Plan.of(_load(args).spec)
@@ -74,7 +69,7 @@ def _cache(args: argparse.Namespace) -> int:
         from orchestrator.run.ray_session import joined_ray
 
         with joined_ray(args.address):
-            fill.fill_on_cluster(plan)
+            fill_cluster.fill_on_cluster(plan)
     print(f"Feature cache: {plan.spec.cache_dir}")
     return 0
 
@@ -93,52 +88,15 @@ def _tune_packing(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    name = None
-    if args.spec:
-        spec = _load(args, check_data=False).spec
-        uri, name = spec.tracking_uri, spec.name
-    else:
-        try:
-            uri = resolve_tracking_uri(args.tracking_uri)
-        except ValueError as error:
-            raise UserInputError(f"--tracking-uri: {error}") from None
-    require_existing_store(uri, "run `python -m orchestrator run SPEC` first")
-    if uri.startswith(("http://", "https://")):
-        print(f"The tracking server has its own UI: open {uri}")
-        return 0
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
-    command += ["--host", args.host, "--port", str(args.port)]
-    address = f"http://{args.host}:{args.port}"
-    print(f"MLflow UI on {address} (Ctrl-C stops it); the trial runs of each experiment, best first:")
-    for experiment, page in _runs_pages(uri, address, name):
-        print(f"  {experiment}: {page}")
-    sys.stdout.flush()
-    os.execv(sys.executable, command)
-    return 0  # reached only where execv is replaced (the tests)
+    from orchestrator.report import ui
 
-
-def _runs_pages(tracking_uri: str, address: str, experiment_name: str | None) -> list[tuple[str, str]]:
-    """(experiment, address of its runs view in the UI) for `experiment_name`, or every experiment
-    with runs; the id comes from the store, so the address opens the right page."""
-    from mlflow.tracking import MlflowClient
-
-    from orchestrator.track.schema import runs_page
-
-    client = MlflowClient(tracking_uri)
-    if experiment_name is not None:
-        experiment = client.get_experiment_by_name(experiment_name)
-        if experiment is None:
-            raise UserInputError(f"no experiment '{experiment_name}' in {tracking_uri} (run the spec first)")
-        experiments = [experiment]
-    else:
-        experiments = [e for e in client.search_experiments() if client.search_runs([e.experiment_id], max_results=1)]
-    return [(e.name, runs_page(address, e.experiment_id)) for e in experiments]
+    return ui.run(_load(args, check_data=False).spec if args.spec else None, args)
 
 
 def _table(args: argparse.Namespace) -> int:
-    from orchestrator.report import aggregate
+    from orchestrator.report import table
 
-    return aggregate.run(args)
+    return table.run(args)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -183,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with: python -m orchestrator run smoke.yaml",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_spec_commands(commands)
+    _add_store_commands(commands)
+    return parser
+
+
+def _add_spec_commands(commands) -> None:
+    """The commands that read a spec: run, validate, describe, cache, tune-packing."""
 
     run = _add_spec_command(
         commands,
@@ -236,15 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     packing.add_argument("--processes", default="1,2,4,8", help="trial processes sharing the device (default: 1,2,4,8)")
     packing.add_argument("--seconds", type=float, default=30.0, help="seconds of training each packing is measured over")
 
+
+def _add_store_commands(commands) -> None:
+    """The commands that read the tracking store: table, status, ui."""
     table = commands.add_parser(
         "table",
         help="tables and plots of finished runs from MLflow",
         description="Read the finished trial runs of an experiment from MLflow and print or save "
         "tables and plots.",
     )
-    from orchestrator.report import aggregate
+    from orchestrator.report import table as table_command
 
-    aggregate.configure_parser(table)
+    table_command.configure_parser(table)
     table.set_defaults(handler=_table)
 
     status = commands.add_parser(
@@ -269,7 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     ui.set_defaults(handler=_ui)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ def describe(loaded: LoadedSpec) -> str:
     spec = loaded.spec
     plan = grid.Plan.of(spec)
     per_cell = max(plan.trials_per_cell.values(), default=1)
+    search = ""
     if spec.search.kind == "optuna":
         searched = dict.fromkeys(
             name for setup in spec.setups if (family := of_setup(setup)) for name in family.search_space(spec, setup)
@@ -19,20 +20,20 @@ def describe(loaded: LoadedSpec) -> str:
             f"Optuna ({spec.search.sampler}, seed {spec.search.seed}) over {', '.join(searched)}, "
             f"{per_cell} trials per cell, {spec.search.mode} {spec.search.metric}"
         )
-    else:
-        axes = spec.loss.axes()
-        search = f"grid over {', '.join(axes)} ({per_cell} trials per cell)" if axes else "grid (1 trial per cell)"
-    scheduler = "none" if spec.scheduler.kind == "none" else (
-        f"ASHA per cell (grace period {spec.scheduler.grace_period}, reduction factor {spec.scheduler.reduction_factor:g}, "
-        f"max {spec.training.epochs} epochs)"
-    )  # fmt: skip
     resources = spec.resources
-    said: dict[str, list[str]] = {"cells": [], "training": [], "details": []}
+    said: dict[str, list[str]] = {"cells": [], "grid": [], "training": [], "details": []}
     for family in in_spec(spec):
         cells = [cell for cell in plan.cells if cell.family == family.name]
         if cells:
             for part, lines in family.describe(loaded, cells).items():
                 said[part] += lines
+    if spec.search.kind != "optuna":
+        search = f"grid over {', '.join(said['grid'])} ({per_cell} trials per cell)" if said["grid"] else "grid (1 trial per cell)"
+    epochs = max((epochs for family in in_spec(spec) if (epochs := family.epochs(spec)) is not None), default=None)
+    scheduler = "none" if spec.scheduler.kind == "none" else (
+        f"ASHA per cell (grace period {spec.scheduler.grace_period}, reduction factor {spec.scheduler.reduction_factor:g}"
+        + (f", max {epochs} epochs)" if epochs is not None else ")")
+    )  # fmt: skip
     return "\n".join(
         [
             f"Spec {spec.name} ({loaded.path}), hash {spec_hash(spec)}",

@@ -15,6 +15,7 @@ nothing of the orchestrator, so that every floor may ask it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 FAMILY_MODULES = (
@@ -30,7 +31,7 @@ class Family:
 
     The arguments are the orchestrator's own objects: `spec` an `specs.ExperimentSpec`, `loaded` a
     `specs.LoadedSpec`, `cell` and `plan` a `specs.grid.Cell` and `Plan`, `store` a
-    `track.store.TrackingStore`, `report` a `report.aggregate.Report`; `config` is a trial config
+    `track.store.TrackingStore`, `report` a `report.aggregate.TableInput`; `config` is a trial config
     of the family's task (`task.config`).
     """
 
@@ -38,8 +39,11 @@ class Family:
     """Its `trainables.lifecycle.TaskFamily`: name (the runs' `family` tag), trial config, loop and ranking metric."""
     section: str | None = None
     """The spec key of the family's own section (`ood:`), validated by `section_model` (a pydantic
-    model); None: the family reads only the spec's common fields."""
+    model), None when a spec has none; None: the family has no such section."""
     section_model: Any = None
+    default_sections: dict[str, Any] = {}
+    """Spec keys the family owns at the spec's top level, by their pydantic models, that every spec
+    holds (at the model's defaults when absent), read as `spec.<key>`: MLR's `loss` and `training`."""
 
     @property
     def name(self) -> str:
@@ -86,8 +90,13 @@ class Family:
         raise NotImplementedError(f"the {self.name} family has no searched cells")
 
     def describe(self, loaded, cells: list) -> dict[str, list[str]]:
-        """`describe`'s lines about the family's cells: `cells` (what the grid is), `training`, `details`."""
+        """`describe`'s lines about the family's cells: `cells` (what the grid is), `training`,
+        `details`; and `grid`, the names of the settings a grid search runs each value of."""
         return {}
+
+    def epochs(self, spec) -> int | None:
+        """The most epochs the family's trials train (ASHA's horizon, as `describe` says); None: not known in advance."""
+        return None
 
     # -- running -------------------------------------------------------------------------------
 
@@ -100,6 +109,14 @@ class Family:
         (`trainables.features.decoded`), built before they start."""
         return []
 
+    def encode_batch_size(self, spec) -> int:
+        """Images a fill encodes at once for the family's entries (its evaluation batch)."""
+        return 100
+
+    def settings_lines(self, spec, device) -> list[str]:
+        """What `run` prints once the cache is filled: what the family's `auto` settings become on this machine's `device`."""
+        return []
+
     def open_cached_set(self, dataset, split: str, data_dir):
         """The dataset of one of the family's cache entries."""
         raise NotImplementedError
@@ -107,6 +124,26 @@ class Family:
     def heaviest_trial(self, plan):
         """The trial config `tune-packing` measures (None: the family's trials are not measured)."""
         return None
+
+    def training_steps(self, config) -> tuple[Any, Iterator[int]]:
+        """`tune-packing`'s measurement of a `heaviest_trial`: the trial of `config` built, its device
+        (a `torch.device`), and its training steps one after another, each yielding the images it trained."""
+        raise NotImplementedError(f"the {self.name} family's trials are not measured")
+
+    def trial_label(self, config) -> str:
+        """What `tune-packing` calls trials of `config` (`dual_coop trials on coco (RN101 at 448 px, batch 32)`)."""
+        return f"{self.name} trials"
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def ranking_metrics(self) -> tuple[str, ...]:
+        """The final metrics a trial can be judged by (which trial is a cell's best, a table cell's
+        value, what an Optuna study is told), the default first: `best_<metric>`."""
+        return (f"best_{self.task.metric}",)
+
+    def final_metrics(self) -> tuple[str, ...]:
+        """The final metrics every trial run of the family has a column for in `table`'s frame (NaN where not logged)."""
+        return self.ranking_metrics()
 
     # -- tracking ------------------------------------------------------------------------------
 
@@ -119,7 +156,7 @@ class Family:
         """What a cell's run holds beside its tags, logged when it is made."""
 
     def epoch_metrics(self, result: dict) -> dict[str, float]:
-        """What of one epoch's result a trial run logs at that step."""
+        """What of one epoch's result a trial run logs at that step (`train_loss` among them)."""
         return {k: v for k, v in result.items() if k in ("train_loss", self.task.metric)}
 
     def log_final(self, store, run_id: str, result: dict) -> None:
@@ -157,13 +194,19 @@ def unregister(name: str) -> None:
 
 
 def registered() -> list[Family]:
-    """Every family, the built-in ones first."""
+    """Every family: the built-in ones in the order of `FAMILY_MODULES` (whichever was imported first),
+    then the others in the order they were registered."""
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
         for module in FAMILY_MODULES:
             importlib.import_module(module)
-    return list(_registered.values())
+    return sorted(_registered.values(), key=_builtin_position)
+
+
+def _builtin_position(family: Family) -> int:
+    module = type(family).__module__
+    return next((i for i, name in enumerate(FAMILY_MODULES) if module == name or module.startswith(f"{name}.")), len(FAMILY_MODULES))
 
 
 def named(name: str) -> Family:
@@ -182,9 +225,27 @@ def setup_names() -> list[str]:
 
 def sections() -> dict[str, Any]:
     """The spec sections of the families (their pydantic models), by key."""
-    return {family.section: family.section_model for family in registered() if family.section is not None}
+    found = {family.section: family.section_model for family in registered() if family.section is not None}
+    return found | {key: model for family in registered() for key, model in family.default_sections.items()}
+
+
+def defaulted_sections() -> set[str]:
+    """The keys of `sections` that every spec holds (`Family.default_sections`)."""
+    return {key for family in registered() for key in family.default_sections}
 
 
 def in_spec(spec) -> list[Family]:
     """The families whose setups `spec` runs."""
     return [family for family in registered() if family.setups_in(spec)]
+
+
+def ranking_metrics() -> list[str]:
+    """Every family's ranking metrics, each family's default first, the families in registry order."""
+    return list(dict.fromkeys(metric for family in registered() for metric in family.ranking_metrics()))
+
+
+def of_trial(ray_config: dict) -> Family:
+    """The family of a trial's Ray config (one made before the second family names none)."""
+    from trainables.tasks import task_of
+
+    return named(task_of(ray_config).name)

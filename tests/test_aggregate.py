@@ -19,7 +19,7 @@ from trainables.errors import UserInputError
 
 from orchestrator import cli
 from orchestrator.families.mlr import tables as mlr_tables
-from orchestrator.report import aggregate
+from orchestrator.report import table as table_command
 from orchestrator.report.experiment import Target, launch_run, read_spec, spec_source
 from orchestrator.report.reader import check_metric
 from orchestrator.report.render import FILE_NAMES, FORMATS
@@ -76,7 +76,7 @@ def store(tmp_path_factory, log_trial) -> dict:
 
 def table_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    aggregate.configure_parser(parser)
+    table_command.configure_parser(parser)
     return parser.parse_args(list(argv))
 
 
@@ -106,7 +106,7 @@ def test_parser_choices_are_the_tables_choices():
 
 
 def test_markdown_on_stdout_best_configurations_on_stderr(store, capsys):
-    assert aggregate.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--format", "markdown", "--no-log")) == 0
+    assert table_command.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--format", "markdown", "--no-log")) == 0
     out, err = capsys.readouterr()
     header = [field.strip() for field in out.splitlines()[0].strip("|").split("|")]
     assert header == ["Dataset", "Setup", "10%", "50%", "Avg", "#Params", "Train h"]
@@ -121,7 +121,7 @@ def test_markdown_on_stdout_best_configurations_on_stderr(store, capsys):
 
 
 def test_rerun_commands_reproduce_the_best_configuration(store, capsys):
-    aggregate.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--format", "csv", "--no-log"))
+    table_command.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--format", "csv", "--no-log"))
     commands = commands_from(capsys.readouterr().err)
     assert len(commands) == len(SEARCHES)
     expected_gamma = {(setup, ratio): max(trials, key=trials.get) for (setup, ratio), trials in SEARCHES.items()}
@@ -153,7 +153,7 @@ def test_rerun_command_picks_the_cells_dataset_from_a_multi_dataset_spec(tmp_pat
 
 def test_out_writes_every_format_and_the_plots_and_logs_them(store, tmp_path, capsys):
     out = tmp_path / "out"
-    assert aggregate.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--out", str(out), "--reference", "paper")) == 0
+    assert table_command.run(table_args(SEARCH_NAME, "--tracking-uri", store["uri"], "--out", str(out), "--reference", "paper")) == 0
     written = {path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()}
     tables_written = {f"tables/{name}" for name in FILE_NAMES.values()} | {"tables/best_configs.csv"}
     plots_written = {f"plots/{stem}.{fmt}" for stem in ("map_vs_ratio", "search_scatter", "param_importances") for fmt in ("png", "svg")}
@@ -174,7 +174,7 @@ def test_a_launch_run_is_made_when_the_experiment_has_none(store, capsys):
     client = store["client"]
     experiment = client.get_experiment_by_name("grid-only").experiment_id
     assert launch_run(client, experiment) is None
-    assert aggregate.run(table_args("grid-only", "--tracking-uri", store["uri"])) == 0
+    assert table_command.run(table_args("grid-only", "--tracking-uri", store["uri"])) == 0
     launch = launch_run(client, experiment)
     assert launch is not None and launch.info.status == "FINISHED"
     assert {info.path for info in client.list_artifacts(launch.info.run_id, "plots")} == {"plots/map_vs_ratio.png", "plots/map_vs_ratio.svg"}
@@ -185,7 +185,7 @@ def test_a_launch_run_is_made_when_the_experiment_has_none(store, capsys):
 
 def test_a_spec_names_the_experiment_and_its_store(store, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # not where the store is: the spec's tracking_uri finds it
-    assert aggregate.run(table_args(str(store["spec_path"]), "--format", "csv", "--no-log")) == 0
+    assert table_command.run(table_args(str(store["spec_path"]), "--format", "csv", "--no-log")) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert set(frame["setup"]) == {"baseline", "positive_coop"}
     assert frame.set_index("setup").loc["positive_coop", "10%_mean"] == 66.0
@@ -219,13 +219,13 @@ def test_spec_source_order(store, tmp_path):
 )
 def test_bad_input_is_a_one_line_user_error(store, argv, message):
     with pytest.raises(UserInputError, match=message) as error:
-        aggregate.run(table_args(*argv, "--tracking-uri", store["uri"], "--no-log"))
+        table_command.run(table_args(*argv, "--tracking-uri", store["uri"], "--no-log"))
     assert "\n" not in str(error.value)
 
 
 def test_a_missing_store_is_not_created(tmp_path):
     with pytest.raises(UserInputError, match="no MLflow store at"):
-        aggregate.run(table_args("anything", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        table_command.run(table_args("anything", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert not (tmp_path / "mlflow.db").exists()
 
 

@@ -7,15 +7,11 @@ import pytest
 import torch
 from sklearn.metrics import (
     average_precision_score,
-    f1_score,
-    precision_recall_fscore_support,
 )
 
 from trainables.mlr.metrics import (
     average_precision_per_class,
     map_summary,
-    mean_average_precision,
-    overall_and_per_class_f1,
 )
 
 
@@ -68,7 +64,6 @@ def test_map_is_percent_mean_over_classes_with_positives():
     assert summary["classes_without_positives"] == 2
     np.testing.assert_allclose(summary["per_class_ap"], expected, rtol=1e-12)
     assert summary["mAP"] == pytest.approx(100.0 * np.nanmean(expected), rel=1e-12)
-    assert mean_average_precision(scores, targets) == summary["mAP"]
 
 
 def test_map_is_nan_when_no_class_has_a_positive():
@@ -79,7 +74,7 @@ def test_map_is_nan_when_no_class_has_a_positive():
 
 def test_perfect_ranking_scores_100():
     targets = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
-    assert mean_average_precision(targets * 0.5 + 0.25, targets) == pytest.approx(100.0)
+    assert map_summary(targets * 0.5 + 0.25, targets)["mAP"] == pytest.approx(100.0)
 
 
 def test_torch_inputs_match_numpy():
@@ -104,45 +99,3 @@ def test_bad_inputs_are_rejected():
     scores[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         map_summary(scores, targets)
-
-
-def test_f1_without_unknowns_matches_sklearn_macro_and_micro():
-    scores, targets = random_problem(15, n=80, unknown=0.0, decimals=3)
-    predicted = (scores > 0.5).astype(int)
-    cp, cr, _, _ = precision_recall_fscore_support(targets, predicted, average="macro", zero_division=0)
-    op, o_r, of1, _ = precision_recall_fscore_support(targets, predicted, average="micro", zero_division=0)
-    result = overall_and_per_class_f1(scores, targets, threshold=0.5)
-    assert result["CP"] == pytest.approx(100 * cp)
-    assert result["CR"] == pytest.approx(100 * cr)
-    assert result["CF1"] == pytest.approx(100 * 2 * cp * cr / (cp + cr))
-    assert result["CF1_mean"] == pytest.approx(100 * f1_score(targets, predicted, average="macro", zero_division=0))
-    assert result["OP"] == pytest.approx(100 * op)
-    assert result["OR"] == pytest.approx(100 * o_r)
-    assert result["OF1"] == pytest.approx(100 * of1)
-
-
-@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
-def test_f1_ignores_unknown_entries(threshold):
-    scores, targets = random_problem(16, n=80, decimals=3)
-    per_class = []
-    true_flat, predicted_flat = [], []
-    for column in range(scores.shape[1]):
-        known = targets[:, column] != -1
-        y, predicted = targets[known, column], (scores[known, column] > threshold).astype(int)
-        per_class.append(precision_recall_fscore_support(y, predicted, average="binary", zero_division=0)[:3])
-        true_flat.append(y)
-        predicted_flat.append(predicted)
-    cp, cr, cf1_mean = 100 * np.mean(per_class, axis=0)
-    op, o_r, of1, _ = precision_recall_fscore_support(
-        np.concatenate(true_flat), np.concatenate(predicted_flat), average="binary", zero_division=0
-    )
-    result = overall_and_per_class_f1(scores, targets, threshold=threshold)
-    expected = {"CP": cp, "CR": cr, "CF1": 2 * cp * cr / (cp + cr), "CF1_mean": cf1_mean,
-                "OP": 100 * op, "OR": 100 * o_r, "OF1": 100 * of1}
-    assert result == pytest.approx(expected)
-
-
-def test_f1_threshold_is_strict_and_empty_predictions_score_zero():
-    targets = np.array([[1, 0], [0, 1]])
-    at_threshold = overall_and_per_class_f1(np.full((2, 2), 0.5), targets, threshold=0.5)
-    assert at_threshold == {"CP": 0.0, "CR": 0.0, "CF1": 0.0, "CF1_mean": 0.0, "OP": 0.0, "OR": 0.0, "OF1": 0.0}

@@ -18,8 +18,9 @@ from trainables.data import synthetic
 from trainables.mlr import negation
 from trainables.mlr.config import TrialConfig
 
-from orchestrator.report import aggregate, negation_table
-from orchestrator.report.paired import paired_difference
+from orchestrator.families.mlr import negation_table
+from orchestrator.families.mlr.paired import paired_difference
+from orchestrator.report import table as table_command
 from orchestrator.report.reader import read_trials
 from orchestrator.report.render import FILE_NAMES
 from orchestrator.specs import SpecError, grid, load_spec, spec_hash
@@ -215,10 +216,10 @@ def test_testbed_differences_are_scipys_paired_tests_across_seeds(testbed_store)
 
 def test_table_command_adds_the_testbed_table_and_plot(testbed_store, tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    aggregate.configure_parser(parser)
+    table_command.configure_parser(parser)
     out = tmp_path / "out"
     args = parser.parse_args(["testbed", "--tracking-uri", testbed_store["uri"], "--format", "markdown", "--out", str(out), "--no-log"])
-    assert aggregate.run(args) == 0
+    assert table_command.run(args) == 0
     printed = capsys.readouterr().out
     lines = [line for line in printed.splitlines() if "NegativeCoOp − PositiveCoOp" in line]
     assert len(lines) == len(RATES)

@@ -12,7 +12,7 @@ import pytest
 from trainables.ood.config import OODTrialConfig
 
 from orchestrator.cli import main
-from orchestrator.report import ood_table
+from orchestrator.families.ood import table as ood_table
 from orchestrator.specs import grid
 
 OOD_SECTION = {
@@ -60,7 +60,7 @@ def test_ood_cells_one_trial_each_untuned_variants_once(write_spec, ood_spec):
     ("changes", "field", "words"),
     [
         ({"ood": None}, "ood", "setup 'lapt' needs an ood section"),
-        ({"scheduler": {"kind": "asha"}}, "scheduler.kind", "reports AUROC: run it without asha"),
+        ({"scheduler": {"kind": "asha", "grace_period": 1000}}, "scheduler.grace_period", "is more than ood.training.epochs"),
         ({"setups": ["dual_coop"], "datasets": []}, "datasets", "need at least one multi-label dataset"),
     ],
 )

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.report import plots
+from orchestrator.families.mlr import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -116,12 +116,14 @@ def test_optuna_search_continues_after_restore_and_fails_orphans(make_spec, tmp_
     assert orphan["trial_name"] not in {c["trial_name"] for c in rest}
 
 
-def _trial(trial_id: str, cell_key: str) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=trial_id, config={"cell_key": cell_key})
+def _trial(trial_id: str, cell_key: str, family: str = "mlr", epochs: int = 10) -> SimpleNamespace:
+    return SimpleNamespace(
+        trial_id=trial_id, config={"cell_key": cell_key, "family": family, "trial_config": {"training": {"epochs": epochs}}}
+    )
 
 
 def test_asha_compares_trials_of_the_same_cell_only():
-    scheduler = CellASHA(max_t=10, grace_period=1, reduction_factor=2)
+    scheduler = CellASHA(grace_period=1, reduction_factor=2)
     strong, weak, other = _trial("a1", "cell-a"), _trial("a2", "cell-a"), _trial("b1", "cell-b")
     for trial in (strong, weak, other):
         scheduler.on_trial_add(None, trial)
@@ -130,15 +132,31 @@ def test_asha_compares_trials_of_the_same_cell_only():
     assert scheduler.on_trial_result(None, weak, {"training_iteration": 1, "mAP": 20.0}) == TrialScheduler.STOP
     # Cell b's first trial is compared with nobody: a harder cell is not stopped by an easier one.
     assert scheduler.on_trial_result(None, other, {"training_iteration": 1, "mAP": 20.0}) == TrialScheduler.CONTINUE
-    # max_t: the last epoch stops a trial.
+    # max_t, the trials' epochs: the last epoch stops a trial.
     assert scheduler.on_trial_result(None, strong, {"training_iteration": 10, "mAP": 90.0}) == TrialScheduler.STOP
 
 
-def test_asha_survives_pickling():
-    scheduler = CellASHA(max_t=4, grace_period=1, reduction_factor=3)
-    scheduler.on_trial_add(None, _trial("x", "c"))
+def test_asha_ranks_each_cell_by_its_familys_metric_and_epochs():
+    """An OOD cell is halved on AUROC (what LAPT trials report), up to its own trials' epochs."""
+    scheduler = CellASHA(grace_period=1, reduction_factor=2)
+    strong, weak = _trial("o1", "lapt-cell", "ood", epochs=3), _trial("o2", "lapt-cell", "ood", epochs=3)
+    for trial in (strong, weak):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, strong, {"training_iteration": 1, "auroc": 90.0}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, weak, {"training_iteration": 1, "auroc": 60.0}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, strong, {"training_iteration": 3, "auroc": 95.0}) == TrialScheduler.STOP
+
+
+def test_asha_survives_pickling_and_a_scheduler_pickled_before_metrics_came_from_families():
+    scheduler = CellASHA(grace_period=1, reduction_factor=3)
+    scheduler.on_trial_add(None, _trial("x", "c", epochs=4))
     copy = pickle.loads(pickle.dumps(scheduler))
-    assert copy.on_trial_result(None, _trial("x", "c"), {"training_iteration": 1, "mAP": 5.0}) == TrialScheduler.CONTINUE
+    assert copy.on_trial_result(None, _trial("x", "c", epochs=4), {"training_iteration": 1, "mAP": 5.0}) == TrialScheduler.CONTINUE
+    # The previous version's pickle held the metric and max_t among its settings: the cell's family's replace them.
+    older = CellASHA(grace_period=1, reduction_factor=3)
+    older._settings |= {"metric": "mAP", "max_t": 50}
+    older.on_trial_add(None, _trial("y", "d", epochs=2))
+    assert older.on_trial_result(None, _trial("y", "d", epochs=2), {"training_iteration": 2, "mAP": 5.0}) == TrialScheduler.STOP
 
 
 def test_a_grown_grid_hands_out_only_the_trials_no_finished_run_holds(make_spec):

@@ -112,6 +112,11 @@ def test_loss_axis_bounds_come_from_the_loss_config(write_spec, minimal_spec):
         ({"setup_options": {"dual_coop": {"n_kontext": 4}}, "setups": ["baseline"]}, "setup_options.dual_coop", "n_kontext"),
         ({"scheduler": {"kind": "asha", "grace_period": 5}}, "scheduler.grace_period", "more than training.epochs (2)"),
         ({"cache_dir": "runs/unit/cache"}, "cache_dir", "inside this spec's folder"),
+        (
+            {"loss": {"gamma_neg": {"low": 0, "high": 4}}, "search": {"kind": "optuna", "num_samples": 2, "metric": "best_auroc"}},
+            "search.metric",
+            "'best_auroc' is not a metric the trials report: use one of best_mAP, mAP",
+        ),
         ({"datasets": [{"name": "voc", "kind": "voc", "root": "no/such/voc"}]}, "datasets.0", "no/such/voc"),
     ],
 )
@@ -119,6 +124,24 @@ def test_cross_field_rules(write_spec, minimal_spec, change, field, words):
     path = write_spec(minimal_spec(**change))
     found = problems(path)
     assert any(line.startswith(f"{path}: {field}: ") and words in line for line in found), found
+
+
+def test_an_optuna_search_tells_its_studies_the_familys_ranking_metric_unless_told_one(write_spec, minimal_spec):
+    searched = {"loss": {"gamma_neg": {"low": 0, "high": 4}}}
+    spec = load_spec(write_spec(minimal_spec(**searched, search={"kind": "optuna", "num_samples": 2}))).spec
+    assert spec.search.metric == "best_mAP"  # the MLR family's first ranking metric, as the default always was
+    told = minimal_spec(**searched, search={"kind": "optuna", "num_samples": 2, "metric": "mAP"})
+    assert load_spec(write_spec(told, "told.yaml")).spec.search.metric == "mAP"
+
+
+def test_the_mlr_familys_sections_are_top_level_keys_every_spec_holds(write_spec, minimal_spec):
+    """`loss` and `training` are the MLR family's (`default_sections`), read and hashed as the spec's own."""
+    spec = load_spec(write_spec(minimal_spec())).spec
+    assert spec.loss == spec.section("loss") and spec.loss.gamma_neg == 2.0  # its default, absent from the file
+    assert spec.training.epochs == 2 and spec.model_dump(mode="json")["training"]["epochs"] == 2
+    with pytest.raises(SpecError) as error:
+        load_spec(write_spec(minimal_spec(traning={"epochs": 3}), "typo.yaml"))
+    assert "traning: unknown key; expected one of: name, datasets" in str(error.value) and "training" in str(error.value)
 
 
 def test_narrowing_setups_keeps_the_other_setups_settings(write_spec, minimal_spec):

@@ -17,13 +17,13 @@ from mlflow.tracking import MlflowClient
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.comparison_table import (
+from orchestrator.families.mlr.comparison_table import (
     ComparisonTable,
     build_table,
     format_params,
     load_reference,
 )
-from orchestrator.report.comparison_text import (
+from orchestrator.families.mlr.comparison_text import (
     display_frame,
     render,
     to_csv,

@@ -1,2 +1,2 @@
-"""What the stored runs say: the trial runs read once, the comparison, OOD and negation tables in
-every text format, the plots, the `table` and `status` commands."""
+"""What the stored runs say: the trial runs read once, the text formats every family's table is
+written in, the `table`, `status` and `ui` commands. The tables themselves are the families'."""

@@ -15,14 +15,14 @@ import pandas as pd
 
 from trainables.errors import UserInputError
 
+from orchestrator.compat import UNTAGGED_FAMILY
+from orchestrator.family import ranking_metrics, registered
 from orchestrator.track.schema import (
     CELL_KEY_TAG,
     CONFIG_HASH_TAG,
     ERROR_TAG,
     FAMILY_TAG,
-    FINAL_METRICS,
     KEY_TAGS,
-    RANKING_METRICS,
     STUDY_TAG,
     TRIAL_KEY_TAG,
     TRIAL_ROLE,
@@ -41,8 +41,15 @@ CELL = [*ROW, "label_ratio", "seed"]
 
 
 def check_metric(metric: str) -> None:
-    if metric not in RANKING_METRICS:
-        raise UserInputError(f"unknown metric '{metric}': choose one of {', '.join(RANKING_METRICS)}")
+    """A metric a trial can be judged by, some family's (`Family.ranking_metrics`)."""
+    known = ranking_metrics()
+    if metric not in known:
+        raise UserInputError(f"unknown metric '{metric}': choose one of {', '.join(known)}")
+
+
+def final_metrics() -> list[str]:
+    """The families' final metrics, which every trial row has a column for."""
+    return list(dict.fromkeys(metric for family in registered() for metric in family.final_metrics()))
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, condition: str = "") -> Iterator[Run]:
@@ -61,10 +68,10 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
     """One row per trial run of the experiment, whatever its status.
 
     Columns: `run_id`, `run_name`, `status`, `error` (a failed run's reason, else None), `start_time`, the key tags (`label_ratio` as float, `seed` as int),
-    `cell_key`, `family`, `trial_key`, every metric the run holds (its last value; the MLR final
+    `cell_key`, `family`, `trial_key`, every metric the run holds (its last value; the families' final
     metrics NaN where not logged) and every param as `params.<dotted name>` (strings, as MLflow stores them).
     """
-    rows = []
+    rows, finals = [], final_metrics()
     for run in trial_runs(client, experiment_id):
         tags = run.data.tags
         missing = [tag for tag in KEY_TAGS if tag not in tags]
@@ -79,17 +86,17 @@ def read_trials(client: MlflowClient, experiment_id: str) -> pd.DataFrame:
                 "start_time": run.info.start_time,
                 **{tag: tags[tag] for tag in KEY_TAGS},
                 "cell_key": tags.get(CELL_KEY_TAG),
-                "family": tags.get(FAMILY_TAG, "mlr"),
+                "family": tags.get(FAMILY_TAG, UNTAGGED_FAMILY),
                 "trial_key": tags.get(TRIAL_KEY_TAG),
                 "config_hash": tags.get(CONFIG_HASH_TAG),
                 "study": tags.get(STUDY_TAG),
-                **{metric: math.nan for metric in FINAL_METRICS},
+                **{metric: math.nan for metric in finals},
                 **run.data.metrics,
                 **{f"params.{name}": value for name, value in run.data.params.items()},
             }
         )
     columns = ["run_id", "run_name", "status", "error", "start_time", *KEY_TAGS, "cell_key", "family", "trial_key",
-               "config_hash", "study", *FINAL_METRICS]  # fmt: skip
+               "config_hash", "study", *finals]  # fmt: skip
     return pd.DataFrame(rows, columns=None if rows else columns).astype({"label_ratio": float, "seed": int})
 
 
@@ -98,7 +105,7 @@ def _finished_with(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return trials[(trials["status"] == "FINISHED") & trials[metric].notna()]
 
 
-def best_per_cell(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
+def best_per_cell(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The best FINISHED trial of every cell by `metric` (a cell has several trials in a search or a loss grid).
 
     Adds `trials_in_cell`: how many finished trials the best was chosen from.
@@ -120,7 +127,7 @@ def searched_params(trials: pd.DataFrame) -> list[str]:
     return sorted(varying[varying].index)
 
 
-def search_trials(trials: pd.DataFrame, metric: str = "best_mAP") -> pd.DataFrame:
+def search_trials(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Finished trials of the cells that were searched (more than one finished trial with the metric)."""
     check_metric(metric)
     finished = _finished_with(trials, metric)

@@ -1,8 +1,8 @@
 """The text formats every table here is written in, with their file names: rich (plain text),
 Markdown, CSV, LaTeX (booktabs, pandas Styler) and HTML (pandas Styler), best cells marked bold.
 
-`render_marked` renders any table of strings with marked cells in those conventions (the OOD and
-negation tables); `write_formats` writes a table in every format.
+`render_marked` renders any table of strings with marked cells in those conventions (the families'
+tables); `write_formats` writes a table in every format.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from orchestrator.report.experiment import (
     trials_of_spec,
 )
 from orchestrator.specs import ExperimentSpec, grid
-from orchestrator.track.schema import EPOCH_METRICS
+from orchestrator.track.schema import TRAIN_LOSS
 
 
 def expected_trials(client, launch) -> int | None:
@@ -56,7 +56,7 @@ def status_report(client, experiment_id: str, name: str, tracking_uri: str) -> s
         lines.append("  (RUNNING as last logged: if the driver was killed, `run` the spec again to resume)")
     for row in trials.sort_values("run_name").itertuples():
         if row.status == "RUNNING":
-            epochs = len(client.get_metric_history(row.run_id, EPOCH_METRICS[0]))
+            epochs = len(client.get_metric_history(row.run_id, TRAIN_LOSS))
             lines.append(f"  running  {row.run_name}: {epochs} epoch(s) logged")
         elif row.status in ("FAILED", "KILLED"):
             lines.append(f"  failed   {row.run_name}: {row.error or 'stopped before it finished (no error recorded)'}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs
 
@@ -94,3 +96,44 @@ def check_shared_storage(results: str) -> None:
             f"storage {results.rsplit('/', 1)[0]} is not shared: Ray node(s) {names} cannot see it; a multi-node run "
             "needs --storage on a filesystem every node mounts at the same path, or an object store URI (s3://bucket/prefix)"
         )
+
+
+@dataclass(frozen=True)
+class _Marker:
+    """A file written on one node and looked for on the others."""
+
+    path: Path
+
+    def touch(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("written by the first GPU node\n")
+
+    def seen(self) -> bool:
+        return self.path.is_file()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def shares_folder(folder: Path, nodes: list[str]) -> bool:
+    """Whether every one of `nodes` sees the same `folder` (the feature cache): a marker written on the
+    first node is looked for on each."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if len(nodes) < 2:
+        return True
+    marker = _Marker(Path(folder) / f".shared-cache-check-{uuid.uuid4().hex}")
+
+    @ray.remote(num_cpus=0)
+    def run(method: str) -> bool | None:
+        return getattr(marker, method)()
+
+    def on(node: str):
+        return run.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+
+    ray.get(on(nodes[0]).remote("touch"))
+    try:
+        return all(ray.get([on(node).remote("seen") for node in nodes[1:]]))
+    finally:
+        ray.get(on(nodes[0]).remote("remove"))

@@ -19,7 +19,7 @@ from orchestrator.specs.grid import synthetic_variant
 @dataclass(frozen=True)
 class Entry:
     """One cache entry the trials read: a split of a dataset at a view and an encoding (dense
-    features of an MLR dataset, CLIP's global embedding of an OOD family's image set), on a backbone."""
+    features, or CLIP's global embedding), on a backbone."""
 
     family: str
     """The task family that reads the entry, and opens its dataset (`Family.open_cached_set`)."""

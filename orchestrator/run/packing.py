@@ -1,7 +1,7 @@
 """`tune-packing SPEC`: how many trials should share one GPU, measured on the GPU it runs on.
 
-K = 1, 2, 4, 8 processes each run a real trial (`trainables.mlr.train.MLRTrial`) of the spec's
-heaviest setup on its largest dataset, built with the share of the device that
+K = 1, 2, 4, 8 processes each run a real trial of the spec's costliest cell, as its family picks
+it and steps it (`Family.heaviest_trial`, `Family.training_steps`), built with the share of the device that
 `resources.gpus_per_trial = 1/K` gives it (so each keeps on the device the features such a trial
 would), start together and train for a while; the total training images/s of each K and the peak
 memory of its processes are printed, with the `gpus_per_trial` to use: the K with the most images/s
@@ -40,28 +40,23 @@ class Packed:
     resident set."""
 
 
-def _train_for(config_json: str, seconds: float, start, results) -> None:
+def _train_for(family_name: str, config_json: str, seconds: float, start, results) -> None:
     """One of K processes: build the trial, wait for the others, train until `seconds` have passed;
     report (images trained, peak bytes)."""
-    from trainables.mlr.config import TrialConfig
-    from trainables.mlr.train import MLRTrial
+    from orchestrator.family import named
 
     try:
-        trial = MLRTrial(TrialConfig.model_validate_json(config_json))
+        family = named(family_name)
+        device, steps = family.training_steps(family.task.config.model_validate_json(config_json))
         start.wait()
-        deadline, images, epoch = time.monotonic() + seconds, 0, 0
-        while time.monotonic() < deadline:
-            trial.set_learning_rates(epoch)
-            for feats, targets in trial.train_batches(epoch):
-                trial.step(feats, targets)
-                images += len(feats)
-                if time.monotonic() >= deadline:
-                    break
-            trial.step.end_epoch(epoch)
-            epoch += 1
-        if trial.device.type == "cuda":
-            torch.cuda.synchronize(trial.device)
-            peak = torch.cuda.max_memory_reserved(trial.device) + context_bytes(trial.device)
+        deadline, images = time.monotonic() + seconds, 0
+        for trained in steps:
+            images += trained
+            if time.monotonic() >= deadline:
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_reserved(device) + context_bytes(device)
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         results.put((images, peak))
@@ -93,12 +88,13 @@ def context_bytes(device: torch.device) -> int:
     return max(used - torch.cuda.memory_reserved(device), 0)
 
 
-def measure(config, processes: int, seconds: float) -> Packed:
-    """Total training images/s of `processes` trials of `config` (a `TrialConfig`) sharing the device."""
+def measure(family, config, processes: int, seconds: float) -> Packed:
+    """Total training images/s of `processes` trials of `config` (a trial config of `family`, with a
+    `gpu_share`) sharing the device."""
     config = config.model_copy(update={"gpu_share": 1.0 / processes})
     context = multiprocessing.get_context("spawn")
     start, results = context.Barrier(processes + 1), context.Queue()
-    workers = [context.Process(target=_train_for, args=(config.model_dump_json(), seconds, start, results)) for _ in range(processes)]
+    workers = [context.Process(target=_train_for, args=(family.name, config.model_dump_json(), seconds, start, results)) for _ in range(processes)]
     for worker in workers:
         worker.start()
     start.wait(timeout=1800)
@@ -131,7 +127,7 @@ def device_memory(device: torch.device) -> int:
 
 
 def heaviest_trial(loaded: LoadedSpec):
-    """The trial config of the spec's costliest cell, as its task family picks it (`Family.heaviest_trial`)."""
+    """The family and trial config of the spec's costliest cell, as its task family picks it (`Family.heaviest_trial`)."""
     from trainables.errors import UserInputError
 
     from orchestrator.family import in_spec
@@ -141,8 +137,8 @@ def heaviest_trial(loaded: LoadedSpec):
     for family in in_spec(spec):
         config = family.heaviest_trial(plan)
         if config is not None:
-            return config
-    raise UserInputError(f"spec {spec.name} has no trials tune-packing can measure (it measures multi-label setups' trials)")
+            return family, config
+    raise UserInputError(f"spec {spec.name} has no trials tune-packing can measure (no family of its setups measures its trials)")
 
 
 def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:
@@ -152,12 +148,12 @@ def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:
     from orchestrator.run import fill
 
     fill.fill_locally(grid.Plan.of(loaded.spec))  # the trials read the cache; encode it first if needed
-    config = heaviest_trial(loaded)
+    family, config = heaviest_trial(loaded)
     device = trial_device(config.device)
     measured = []
     for count in processes:
-        measured.append(measure(config, count, seconds))
-        print(f"  {count} x {config.setup}: {measured[-1].images_per_second:.0f} training images/s", flush=True)
+        measured.append(measure(family, config, count, seconds))
+        print(f"  {count} at once: {measured[-1].images_per_second:.0f} training images/s", flush=True)
     one = measured[0].images_per_second
     table = tabulate(
         [[m.processes, f"{m.images_per_second:.0f}", f"{m.images_per_second / one:.2f}x", f"{m.peak_bytes / 2**30:.2f}",
@@ -173,8 +169,7 @@ def run(loaded: LoadedSpec, processes: list[int], seconds: float) -> str:
         advice = (f"{chosen.processes} trials at once on this machine (no GPU here: set resources.cpus_per_trial so that "
                   f"{chosen.processes} fit; on a GPU, run tune-packing there)")  # fmt: skip
     return "\n".join([
-        f"Packing {config.setup} trials on {config.dataset.name} ({config.backbone.model} at {config.backbone.image_size} px, "
-        f"batch {config.training.batch_size}) on {where}, {seconds:g} s of training each:",
+        f"Packing {family.trial_label(config)} on {where}, {seconds:g} s of training each:",
         table,
         f"Use: {advice}",
     ])  # fmt: skip

@@ -31,7 +31,7 @@ def _epochs(trial) -> int:
 
 def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(name, status, epoch/epochs, "best <metric> <value>") per trial: running first, then by name.
-    The metric is the trial's family's (`mAP`, `auroc`, ...)."""
+    The metric is the one the trial's family ranks by."""
     rows = []
     for trial in sorted(trials, key=lambda t: (_ORDER.get(statuses[t.trial_id], 9), t.config["trial_name"])):
         result = trial.last_result or {}

@@ -21,8 +21,10 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
+from trainables.tasks import task_of
+
+from orchestrator import compat
 from orchestrator.family import named
-from orchestrator.run import moved
 from orchestrator.specs.grid import Cell, Plan
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ class CellSearcher(Searcher):
             pickle.dump(self.__getstate__(), file)
 
     def restore(self, checkpoint_path: str) -> None:
-        moved.resolve_moved_modules()
+        compat.resolve_moved_modules()
         with open(checkpoint_path, "rb") as file:
             self.__setstate__(pickle.load(file))
         self._reconcile = True
@@ -216,33 +218,35 @@ class CellSearcher(Searcher):
 class CellASHA(FIFOScheduler):
     """ASHA per cell: trials are compared only with trials of the same cell.
 
-    Different setups, datasets and label ratios reach very different mAPs, so one ASHA over the
+    Different setups, datasets and label ratios reach very different scores, so one ASHA over the
     whole grid would stop every trial of the harder cells. This keeps one
-    `AsyncHyperBandScheduler` per `cell_key` (metric `mAP`, time `training_iteration`, max_t =
-    epochs) and delegates to it; trials run in FIFO order.
+    `AsyncHyperBandScheduler` per `cell_key` (on the metric its family ranks by, time
+    `training_iteration`, max_t = its trials' epochs) and delegates to it; trials run in FIFO order.
     """
 
-    def __init__(self, max_t: int, grace_period: int, reduction_factor: float, metric: str = "mAP", mode: str = "max"):
+    def __init__(self, grace_period: int, reduction_factor: float, mode: str = "max"):
         super().__init__()
         self._settings = {
             "time_attr": "training_iteration",
-            "metric": metric,
             "mode": mode,
-            "max_t": max_t,
             "grace_period": grace_period,
             "reduction_factor": reduction_factor,
         }
-        self._metric = metric
         self._by_cell: dict[str, AsyncHyperBandScheduler] = {}
 
     def _of(self, trial: RayTrial) -> AsyncHyperBandScheduler:
         key = trial.config["cell_key"]
         if key not in self._by_cell:
-            self._by_cell[key] = AsyncHyperBandScheduler(**self._settings)
+            # A scheduler pickled by an earlier version holds a metric and max_t of its own: these replace them.
+            self._by_cell[key] = AsyncHyperBandScheduler(**{
+                **self._settings,
+                "metric": task_of(trial.config).metric,
+                "max_t": trial.config["trial_config"]["training"]["epochs"],
+            })  # fmt: skip
         return self._by_cell[key]
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
-        return True  # metric and mode are the spec's, set at construction
+        return True  # the mode is the spec's, each cell's metric its family's
 
     def on_trial_add(self, tune_controller, trial: RayTrial) -> None:
         self._of(trial).on_trial_add(tune_controller, trial)

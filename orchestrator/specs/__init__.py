@@ -2,7 +2,8 @@
 
 `load_spec(file, overrides)` gives a validated `ExperimentSpec` or one `SpecError` listing every
 problem; `orchestrator.specs.grid` expands a spec into cells and trials. Tune's saved experiments
-pickle the spec's models, so they stay importable from here (`orchestrator.run.moved`).
+pickle the spec's models, so they stay importable from here (and, for those that moved to their
+family, `orchestrator.compat.MOVED_CLASSES`).
 """
 
 from orchestrator.specs.load import (
@@ -25,17 +26,15 @@ from orchestrator.specs.sections import (
     AshaScheduler,
     BackboneSpec,
     GridSearch,
-    LossSpec,
     NoScheduler,
     OptunaSearch,
     Resources,
     SearchRange,
-    TrainingSpec,
 )
 
 __all__ = [
     "SEARCH_SPACES_DIR", "RESULT_FIELDS", "AshaScheduler", "BackboneSpec", "ExperimentSpec", "GridSearch", "LoadedSpec",
-    "LossSpec", "NoScheduler", "OptunaSearch", "Resources", "SearchRange", "SpecError", "TrainingSpec", "apply_override",
+    "NoScheduler", "OptunaSearch", "Resources", "SearchRange", "SpecError", "apply_override",
     "is_uri", "load_spec", "read_yaml", "require_existing_store", "resolve_spec_path", "resolve_tracking_uri", "spec_hash",
     "without_paths",
 ]  # fmt: skip

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from trainables.errors import UserInputError
 
-from orchestrator.family import registered
+from orchestrator.family import in_spec, registered
 from orchestrator.specs.models import ExperimentSpec
 
 
@@ -19,13 +19,7 @@ def semantic_problems(spec: ExperimentSpec, check_data: bool = True) -> list[tup
     for family in registered():
         problems += family.problems(spec)
     problems += _backbone_problems(spec)
-    if spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
-        problems.append(
-            (
-                "scheduler.grace_period",
-                f"{spec.scheduler.grace_period} is more than training.epochs ({spec.training.epochs})",
-            )
-        )
+    problems += _search_metric_problems(spec)
     for field in ("data_dir", "cache_dir"):
         # `--fresh` deletes the experiment folder; it must not hold data shared with other specs.
         if getattr(spec, field).is_relative_to(spec.state_dir):
@@ -51,3 +45,13 @@ def _backbone_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
         if spec.backbone.pretrained != SYNTHETIC_WEIGHTS and values != [0]:
             problems.append((f"backbone.{field}", f"only `pretrained: {SYNTHETIC_WEIGHTS}` weights are pre-trained here"))
     return problems
+
+
+def _search_metric_problems(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """An Optuna study is told a metric the trials report: a family's best epoch's or last epoch's."""
+    if spec.search.kind != "optuna":
+        return []
+    reported = [name for family in in_spec(spec) for name in (f"best_{family.task.metric}", family.task.metric)]
+    if spec.search.metric in reported:
+        return []
+    return [("search.metric", f"'{spec.search.metric}' is not a metric the trials report: use one of {', '.join(reported)}")]

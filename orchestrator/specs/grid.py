@@ -17,6 +17,7 @@ from typing import Any
 
 from trainables.config import BackboneConfig
 
+from orchestrator.compat import run_holds, with_family
 from orchestrator.family import in_spec, named
 from orchestrator.specs.models import ExperimentSpec
 from orchestrator.specs.paths import without_paths
@@ -34,15 +35,18 @@ def synthetic_variant(negation_rate: float, pretraining_seed: int) -> str:
 @dataclass(frozen=True)
 class Cell:
     dataset: Any
-    """What the cell's trials learn from (a config with a `name`: an MLR dataset, an OOD family's ID set)."""
+    """What the cell's trials learn from, as its family configures it (a config with a `name`)."""
     setup: str
-    """A setup of the cell's family (an MLR setup; a LAPT variant, `lapt`, `neglabel`, ...)."""
+    """A setup of the cell's family (`Family.setups`, or a variant the family names its cells by)."""
     label_ratio: float
     seed: int
     backbone: BackboneConfig
     """The spec's backbone, at this cell's point of its synthetic axes (negation rate, pre-training seed)."""
-    family: str = "mlr"
+    family: str
     """The task family (`trainables.tasks.TASKS`) that runs the cell's trials."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(with_family(state))
 
     @property
     def key(self) -> str:
@@ -61,9 +65,12 @@ class Trial:
     """The resolved config of the family (`TrialConfig`, `OODTrialConfig`), JSON-able (what the trainable validates and runs)."""
     setup: str
     """The cell's setup: the `setup` tag of its runs."""
-    family: str = "mlr"
+    family: str
     study: str | None = None
     """The Optuna study that sampled it (a searched cell's trial)."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(with_family(state))
 
     @cached_property
     def config_hash(self) -> str:
@@ -88,12 +95,12 @@ class Trial:
 
 
 def cells(spec: ExperimentSpec) -> list[Cell]:
-    """Every cell, family by family (`orchestrator.family.registered`: the MLR cells before the OOD ones)."""
+    """Every cell, family by family, in the order of `orchestrator.family.registered`."""
     return [cell for family in in_spec(spec) for cell in family.cells(spec)]
 
 
 def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial] | None:
-    """Every trial of `cell` when they are known in advance (a grid search, an OOD cell); None when Optuna samples them."""
+    """Every trial of `cell` when they are known in advance (a grid search, a cell of one trial); None when Optuna samples them."""
     return named(cell.family).fixed_trials(spec, cell)
 
 
@@ -104,14 +111,6 @@ def config_hash(trial_config: dict) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def run_holds(trial_hash: str, run_hash: str | None, run_key: str | None) -> bool:
-    """Whether a trial run (its config hash tag, its trial key) is of the trial whose config hash is
-    `trial_hash`; a run made before the hash was a tag is matched by its trial key's last 8 digits."""
-    if run_hash:
-        return run_hash == trial_hash
-    return bool(run_key) and run_key.endswith(f"-{trial_hash[:8]}")
-
-
 def trial_key(trial_name: str, trial_config: dict) -> str:
     """The trial name plus a short hash of what it computes."""
     return f"{trial_name}-{config_hash(trial_config)[:8]}"
@@ -120,7 +119,7 @@ def trial_key(trial_name: str, trial_config: dict) -> str:
 @dataclass(frozen=True)
 class Plan:
     """A spec resolved once: its cells (each with its task family), how many trials each gets, and
-    the trials fixed in advance (a grid search's, an OOD cell's); an Optuna cell's are sampled as it runs."""
+    the trials fixed in advance (a grid search's, a cell of one trial); an Optuna cell's are sampled as it runs."""
 
     spec: ExperimentSpec
     cells: tuple[Cell, ...]

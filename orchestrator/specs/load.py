@@ -21,7 +21,7 @@ from trainables.errors import UserInputError
 from orchestrator.family import sections as family_sections
 from orchestrator.specs.checks import semantic_problems
 from orchestrator.specs.models import ExperimentSpec
-from orchestrator.specs.sections import _TAG
+from orchestrator.specs.sections import TAG
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 """Where a bare spec file name (`smoke.yaml`) is looked up when it is not in the working directory."""
@@ -113,6 +113,8 @@ def _valid_keys(loc: tuple) -> list[str]:
     sections = family_sections()
     if len(loc) > 1 and loc[0] in sections:  # a task family's section is a model of its own
         annotation, loc = sections[loc[0]], loc[1:]
+    elif len(loc) == 1:  # the top level: the spec's fields and the families' sections
+        return [*ExperimentSpec.model_fields, *sections]
     for part in loc[:-1]:
         annotation = _field_type(annotation, part)
     while typing.get_origin(annotation) is Annotated:
@@ -123,7 +125,7 @@ def _valid_keys(loc: tuple) -> list[str]:
 
 
 def _dotted(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith(_TAG))) or "(top level)"
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith(TAG))) or "(top level)"
 
 
 def _format_error(error: dict) -> tuple[str, str]:

@@ -29,7 +29,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainables.config import DatasetConfig, FeatureConfig, Strict
 
-from orchestrator.family import sections, setup_names
+from orchestrator.compat import spec_state
+from orchestrator.family import defaulted_sections, registered, sections, setup_names
 from orchestrator.specs.paths import (
     STORAGE_SCHEMES,
     absolute,
@@ -40,12 +41,10 @@ from orchestrator.specs.paths import (
 from orchestrator.specs.sections import (
     BackboneSpec,
     GridSearch,
-    LossSpec,
     NoScheduler,
     Resources,
     Scheduler,
     Search,
-    TrainingSpec,
     _unique,
 )
 
@@ -57,20 +56,18 @@ class ExperimentSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Names the MLflow experiment and the results `<storage>/<name>`."""
     datasets: list[DatasetConfig] = Field(default_factory=list)
-    """The multi-label datasets of the MLR setups."""
+    """The multi-label datasets the setups that train on them read (a family with a section names its own)."""
     backbone: BackboneSpec = BackboneSpec()
     features: FeatureConfig = FeatureConfig()
     setups: list[str] = Field(min_length=1)
     setup_options: dict[str, dict] = Field(default_factory=dict)
-    """Keyword options per setup name, passed to `trainables.mlr.setups.build`."""
+    """Keyword options per setup name, passed to its family's setup."""
     label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=list)
-    """The MLR setups' fractions of known labels (LAPT's are `ood.label_ratios`)."""
+    """The fractions of known labels of the setups that train on `datasets` (a family with a section may have its own)."""
     seeds: list[int] = Field(min_length=1)
-    training: TrainingSpec = TrainingSpec()
     lr_per_setup: dict[str, dict[str, Annotated[float, Field(ge=0.0)]]] = Field(default_factory=dict)
     """Learning rates of one setup's groups that replace `training.lr`'s for that setup's trials
     (`{negative_coop: {prompt: 0.02}}`): each setup at the rates its own search found."""
-    loss: LossSpec = LossSpec()
     search: Search = GridSearch()
     scheduler: Scheduler = NoScheduler()
     resources: Resources = Resources()
@@ -89,7 +86,8 @@ class ExperimentSpec(Strict):
     tracking_uri: str | None = Field(None, validate_default=True)
     """MLflow tracking URI; default `sqlite:///<working dir>/mlflow.db`."""
     _sections: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
-    """The task families' own sections (`ood:`), by key: `section(key)`."""
+    """The task families' own sections, by key (`section(key)`, or `spec.<key>`): a family's section
+    (the spec has it or not) and the top-level keys a family owns (every spec has them)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -98,13 +96,16 @@ class ExperimentSpec(Strict):
         validated by the family's model; its errors are reported under the key like any field's."""
         if not isinstance(data, dict):
             return handler(data)
-        models = sections()
+        models, defaulted = sections(), defaulted_sections()
         errors: list[InitErrorDetails] = []
         validated = {}
-        for key, value in data.items():
-            if key in models and value is not None:
+        for key, model in models.items():
+            value = data.get(key)
+            if value is None and key in defaulted:
+                value = {}
+            if value is not None:
                 try:
-                    validated[key] = models[key].model_validate(value)
+                    validated[key] = model.model_validate(value)
                 except ValidationError as error:
                     errors += [_under(key, detail) for detail in error.errors()]
         spec = None
@@ -127,17 +128,30 @@ class ExperimentSpec(Strict):
         return dumped
 
     def __setstate__(self, state: dict) -> None:
-        # A spec pickled before the families had sections of their own (in Tune's saved searcher
-        # state) holds its `ood` section as a field, and no private attributes.
-        fields = dict(state["__dict__"])
-        legacy = {key: fields.pop(key) for key in list(fields) if key not in type(self).model_fields}
-        private = state.get("__pydantic_private__") or {"_sections": {k: v for k, v in legacy.items() if v is not None}}
-        fields_set = set(state.get("__pydantic_fields_set__", ())) - set(legacy)
-        super().__setstate__({**state, "__dict__": fields, "__pydantic_private__": private, "__pydantic_fields_set__": fields_set})
+        super().__setstate__(spec_state(state, type(self).model_fields))
+
+    def __getattr__(self, name: str):
+        """A family's section as an attribute (`spec.loss`, `spec.training`), as the spec's own fields are."""
+        sections = (self.__pydantic_private__ or {}).get("_sections", {}) if name != "__pydantic_private__" else {}
+        if name in sections:
+            return sections[name]
+        return super().__getattr__(name)
 
     def section(self, key: str) -> BaseModel | None:
-        """A task family's section (`ood`), None when the spec has none."""
+        """A task family's section, None when the spec has none."""
         return self._sections.get(key)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_metric(cls, data):
+        """An Optuna search not told a metric tells its studies the ranking metric of the first family
+        whose setups the spec runs."""
+        search = data.get("search") if isinstance(data, dict) else None
+        if not (isinstance(search, dict) and search.get("kind") == "optuna" and search.get("metric") is None):
+            return data
+        named = [setup for setup in data.get("setups") or [] if isinstance(setup, str)]
+        families = [family for family in registered() if set(named) & set(family.setups())]
+        return {**data, "search": {**search, "metric": families[0].ranking_metrics()[0]}} if families else data
 
     @field_validator("setups")
     @classmethod
@@ -203,9 +217,9 @@ class ExperimentSpec(Strict):
 
 
 RESULT_FIELDS = ("name", "datasets", "backbone", "features", "setups", "setup_options", "label_ratios",
-                 "seeds", "training", "lr_per_setup", "loss", "search", "scheduler")  # fmt: skip
-"""What decides the trials and their results, with the families' sections; paths, resources and the
-tracking URI do not."""
+                 "seeds", "lr_per_setup", "search", "scheduler")  # fmt: skip
+"""What decides the trials and their results, with the families' sections; paths, resources and
+the tracking URI do not."""
 
 
 def _under(key: str | None, error: dict) -> InitErrorDetails:
@@ -218,7 +232,8 @@ def _under(key: str | None, error: dict) -> InitErrorDetails:
 def spec_hash(spec: ExperimentSpec) -> str:
     """A short stable hash of what decides the results; resuming with a different one is refused."""
     payload = without_paths(spec.model_dump(mode="json", include=set(RESULT_FIELDS)))
-    # A family's section counts when the spec has it: specs without one keep the hashes they had before the family.
+    # A family's section counts when the spec has it: specs without one keep the hashes they had before the family
+    # (the sections every spec holds were its fields then, hashed the same).
     payload |= without_paths({key: section.model_dump(mode="json") for key, section in spec._sections.items()})
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 
 from trainables.errors import UserInputError
 
+from orchestrator.compat import FORMER_BEHAVIOUR, FORMER_DEFAULTS
+
 STORAGE_SCHEMES = ("s3", "gs", "abfs", "abfss", "hdfs")
 """Object stores Ray Tune writes to through pyarrow.fs (S3, through MinIO, is the one tested here)."""
 
@@ -62,15 +64,6 @@ PATH_FIELDS = frozenset({"root", "train_manifest", "test_manifest", "classnames_
 EXECUTION_FIELDS = frozenset({"cuda_graph", "device_memory", "gpu_share", "cpus", "decoded_store"})
 """How a trial uses its device, not what it computes: hashes and keys leave these out too, so
 that tuning them neither reruns a finished trial nor changes the keys of runs made before them."""
-
-FORMER_DEFAULTS = {"num_workers": 0}
-"""Fields whose default became None (settled when the trial runs): None is hashed as the default
-every earlier key was made with, so those keys stay."""
-
-FORMER_BEHAVIOUR = {"augmentation": "torchvision"}
-"""Fields added later, at the value that computes what trials computed before they existed: left out
-of hashes there, so those keys stay (and a trial's key changes only where the new value does)."""
-
 
 def without_paths(value: Any) -> Any:
     """`value` (JSON-able) with every `PATH_FIELDS` and `EXECUTION_FIELDS` key dropped, at any depth

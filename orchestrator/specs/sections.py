@@ -1,8 +1,7 @@
-"""The sections of an experiment spec: loss settings (a value, a grid axis or a search range), the
-backbone and training sections with their axes and ranges, the search, the scheduler, the resources.
-
-A numeric loss setting or learning rate may be a number, a list (a grid axis) or a `{low, high}`
-range (searched by Optuna); the union's tags (`~number`, `~list`, `~range`) steer pydantic's errors.
+"""The sections of an experiment spec every family shares: the backbone with its synthetic axes,
+the search, the scheduler, the resources, and the search range (`{low, high}`) a family's setting
+may be given as; a family's own sections are its own (`Family.section`, `Family.default_sections`).
+The union tags (`~number`, `~list`, `~range`, `~optuna`) steer pydantic's errors.
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from trainables.config import BackboneConfig, Strict
-from trainables.mlr.config import LossConfig, TrainingConfig
 
-_TAG = "~"
-"""Prefix of the union tags below; pydantic puts tags in error locations, and the report drops them."""
+TAG = "~"
+"""Prefix of the union tags of the spec's sections (a family's too); pydantic puts tags in error
+locations, and the report drops them."""
 
-_ALL_GROUPS = frozenset({"prompt", "embedding", "projector"})
-"""Every learning-rate group a setup may have (docs/ARCHITECTURE.md); the default `training.lr` names all three."""
-
-# -- loss settings: a fixed value, a grid axis or a search range -----------------------------------
+# -- search ranges -------------------------------------------------------------------------------
 
 
 class SearchRange(Strict):
@@ -41,66 +37,13 @@ class SearchRange(Strict):
         return self
 
 
-def _axis_kind(value: Any) -> str:
+def axis_kind(value: Any) -> str:
     if isinstance(value, (dict, SearchRange)):
-        return f"{_TAG}range"
+        return f"{TAG}range"
     if isinstance(value, (list, tuple)):
-        return f"{_TAG}list"
-    return f"{_TAG}number"
+        return f"{TAG}list"
+    return f"{TAG}number"
 
-
-def _loss_axis(name: str) -> Any:
-    """The type of a numeric loss setting, with the bounds `LossConfig` puts on that field."""
-    value = Annotated[float, *LossConfig.model_fields[name].metadata]
-    return Annotated[
-        Annotated[value, Tag(f"{_TAG}number")]
-        | Annotated[list[value], Field(min_length=1), Tag(f"{_TAG}list")]
-        | Annotated[SearchRange, Tag(f"{_TAG}range")],
-        Discriminator(_axis_kind),
-    ]
-
-
-def _loss_default(name: str) -> Any:
-    return LossConfig.model_fields[name].default
-
-
-NUMERIC_LOSS_FIELDS = ("gamma_neg", "gamma_pos", "clip", "eps", "weight")
-"""The loss settings that may be a grid axis (a list) or a search range; the rest are fixed."""
-
-
-class LossSpec(Strict):
-    """`LossConfig`'s fields; the numeric ones may also be a list (grid axis) or a range (Optuna)."""
-
-    activation: Literal["softmax", "sigmoid"] = _loss_default("activation")
-    gamma_neg: _loss_axis("gamma_neg") = _loss_default("gamma_neg")
-    gamma_pos: _loss_axis("gamma_pos") = _loss_default("gamma_pos")
-    clip: _loss_axis("clip") = _loss_default("clip")
-    eps: _loss_axis("eps") = _loss_default("eps")
-    reduction: Literal["sum", "mean"] = _loss_default("reduction")
-    weight: _loss_axis("weight") = _loss_default("weight")
-    detach_focal_weight: bool = _loss_default("detach_focal_weight")
-
-    def axes(self) -> dict[str, list[float]]:
-        """The grid axes: numeric settings given as lists."""
-        return {f: getattr(self, f) for f in NUMERIC_LOSS_FIELDS if isinstance(getattr(self, f), list)}
-
-    def ranges(self) -> dict[str, SearchRange]:
-        """The Optuna search space: numeric settings given as ranges."""
-        return {f: getattr(self, f) for f in NUMERIC_LOSS_FIELDS if isinstance(getattr(self, f), SearchRange)}
-
-    def fixed(self) -> dict[str, Any]:
-        """Every setting given as a single value."""
-        return {
-            f: getattr(self, f)
-            for f in LossSpec.model_fields
-            if not isinstance(getattr(self, f), (list, SearchRange))
-        }
-
-
-LearningRate = Annotated[
-    Annotated[Annotated[float, Field(ge=0.0)], Tag(f"{_TAG}number")] | Annotated[SearchRange, Tag(f"{_TAG}range")],
-    Discriminator(_axis_kind),
-]
 
 NegationRate = Annotated[float, Field(ge=0.0, le=1.0)]
 PretrainingSeed = Annotated[int, Field(ge=0)]
@@ -138,31 +81,12 @@ class BackboneSpec(BackboneConfig):
         ]
 
 
-class TrainingSpec(TrainingConfig):
-    """`TrainingConfig`, where a learning-rate group may also be a search range for Optuna
-    (`lr: {prompt: {low: 1e-5, high: 1e-1, log: true}}`)."""
-
-    lr: dict[str, LearningRate] = Field(default_factory=lambda: dict(TrainingConfig().lr))
-
-    def lr_ranges(self) -> dict[str, SearchRange]:
-        """The learning-rate groups Optuna searches."""
-        return {group: value for group, value in self.lr.items() if isinstance(value, SearchRange)}
-
-    def config(self, lr: dict[str, float]) -> TrainingConfig:
-        """The trial's `TrainingConfig`, with `lr` (every group, searched ones sampled)."""
-        return TrainingConfig(**{**self.model_dump(exclude={"lr"}), "lr": lr})
-
-
-LR_PARAM_PREFIX = "lr."
-"""Optuna parameter names of learning-rate groups (`lr.prompt`); loss settings are named by field (`gamma_neg`)."""
-
-
 # -- search, scheduler, resources ------------------------------------------------------------------
 
 
 def _kind_of(value: Any) -> str | None:
     kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
-    return f"{_TAG}{kind}" if kind is not None else None
+    return f"{TAG}{kind}" if kind is not None else None
 
 
 class GridSearch(Strict):
@@ -177,8 +101,9 @@ class OptunaSearch(Strict):
     kind: Literal["optuna"]
     sampler: Literal["tpe", "random", "cmaes"] = "tpe"
     num_samples: int = Field(ge=1)
-    metric: Literal["best_mAP", "mAP"] = "best_mAP"
-    """What a finished trial tells its study: the best epoch's mAP, or the last epoch's (`mAP`)."""
+    metric: str | None = None
+    """What a finished trial tells its study: `best_<metric>` (its best epoch's) or `<metric>` (its
+    last epoch's) of the metric its family ranks by; None: the best epoch's of the spec's first family."""
     mode: Literal["max", "min"] = "max"
     seed: int = 0
 
@@ -188,7 +113,7 @@ class NoScheduler(Strict):
 
 
 class AshaScheduler(Strict):
-    """Asynchronous successive halving on the per-epoch mAP, within each cell (max_t = epochs)."""
+    """Asynchronous successive halving within each cell, on the per-epoch metric its family ranks by (max_t = epochs)."""
 
     kind: Literal["asha"]
     grace_period: int = Field(1, ge=1)
@@ -196,11 +121,11 @@ class AshaScheduler(Strict):
 
 
 Search = Annotated[
-    Annotated[GridSearch, Tag(f"{_TAG}grid")] | Annotated[OptunaSearch, Tag(f"{_TAG}optuna")],
+    Annotated[GridSearch, Tag(f"{TAG}grid")] | Annotated[OptunaSearch, Tag(f"{TAG}optuna")],
     Discriminator(_kind_of, custom_error_type="invalid_kind", custom_error_message="kind must be grid or optuna"),
 ]
 Scheduler = Annotated[
-    Annotated[NoScheduler, Tag(f"{_TAG}none")] | Annotated[AshaScheduler, Tag(f"{_TAG}asha")],
+    Annotated[NoScheduler, Tag(f"{TAG}none")] | Annotated[AshaScheduler, Tag(f"{TAG}asha")],
     Discriminator(_kind_of, custom_error_type="invalid_kind", custom_error_message="kind must be none or asha"),
 ]
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from trainables.errors import UserInputError
-from trainables.tasks import task_of
 
-from orchestrator.family import Family, named
+from orchestrator.family import Family, of_trial
 from orchestrator.track.outage import PROBE_INTERVAL_S, Undelivered, is_unreachable
 from orchestrator.track.schema import (
     CELL_KEY_TAG,
@@ -80,7 +79,7 @@ def _unless_unreachable(handler):
 
 def _family(trial) -> Family:
     """The task family of a Ray trial, which says what its runs are tagged with and log."""
-    return named(task_of(trial.config).name)
+    return of_trial(trial.config)
 
 
 class MlflowCallback(Callback):
@@ -183,12 +182,12 @@ class MlflowCallback(Callback):
         family = _family(trial)
         config = family.task.config.model_validate(trial.config["trial_config"])
         cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
-        setup = trial.config.get("setup", config.setup)  # configs made before the OOD family name no setup
+        setup = trial.config.get("setup", config.setup)  # configs made before the second family name no setup
         existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
         if existing is not None and trial.checkpoint is None and existing.data.metrics:
             # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
             # knows of): a clean run, so that its history holds each epoch once.
-            self.store.client.delete_run(existing.info.run_id)
+            self.store.delete(existing.info.run_id)
             existing = None
         if existing is None:
             tags = {**self._tags(family, config, cell_key, setup), ROLE_TAG: TRIAL_ROLE, TRIAL_KEY_TAG: trial_key,
@@ -197,13 +196,12 @@ class MlflowCallback(Callback):
                 tags[CONFIG_HASH_TAG] = trial.config["config_hash"]
             if "study" in trial.config:
                 tags[STUDY_TAG] = trial.config["study"]
-            run = self.store.client.create_run(self.store.experiment_id, tags=tags, run_name=trial.config["trial_name"])
-            run_id = run.info.run_id
+            run_id = self.store.create(trial.config["trial_name"], tags)
             self.store.log(run_id, params=flatten(trial.config["trial_config"]))
             self._logged_up_to[trial.trial_id] = 0
         else:
             run_id = existing.info.run_id
-            self.store.client.update_run(run_id, status="RUNNING")
+            self.store.restart(run_id)
             self._cell_run(family, config, cell_key, setup)  # a cell run left FAILED by a crash is RUNNING again
             self._logged_up_to[trial.trial_id] = self.store.max_step(run_id, family.task.metric)
             if f"best_{family.task.metric}" in existing.data.metrics:
@@ -225,11 +223,11 @@ class MlflowCallback(Callback):
         self._logged_up_to[trial.trial_id] = epoch
         for setting, warning in result.get("warnings", {}).items():  # the same text each epoch: set once
             if (trial.trial_id, setting) not in self._warned:
-                self.store.client.set_tag(run_id, WARNING_TAG_PREFIX + setting, warning)
+                self.store.tag(run_id, {WARNING_TAG_PREFIX + setting: warning})
                 self._warned.add((trial.trial_id, setting))
         node = f"{result['node_id']} ({result['hostname']})"
         if self._nodes.get(trial.trial_id) != node:  # a trial restarted elsewhere moves on
-            self.store.client.set_tag(run_id, RAY_NODE_TAG, node)
+            self.store.tag(run_id, {RAY_NODE_TAG: node})
             self._nodes[trial.trial_id] = node
 
     @_unless_unreachable
@@ -254,8 +252,7 @@ class MlflowCallback(Callback):
         path = error_path(trial)
         if path is not None:
             tags[ERROR_FILE_TAG] = str(path)
-        for name, value in tags.items():
-            self.store.client.set_tag(run_id, name, value)
+        self.store.tag(run_id, tags)
         traceback = traceback_text(trial)
         if traceback:
             self.store.log_file(run_id, "error.txt", lambda file: Path(file).write_text(traceback))
@@ -267,6 +264,5 @@ class MlflowCallback(Callback):
         run_id = self._trial_runs.get(trial.trial_id)
         if run_id is None:
             return
-        retries = int(self.store.client.get_run(run_id).data.tags.get(RETRIES_TAG, "0")) + 1
-        self.store.client.set_tag(run_id, RETRIES_TAG, str(retries))
-        self.store.client.set_tag(run_id, LAST_FAILURE_TAG, error_summary(trial))
+        retries = int(self.store.tag_of(run_id, RETRIES_TAG) or "0") + 1
+        self.store.tag(run_id, {RETRIES_TAG: str(retries), LAST_FAILURE_TAG: error_summary(trial)})

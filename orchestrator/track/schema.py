@@ -56,7 +56,7 @@ SHARED_VIEW_TAG_PREFIX = "mlflow.sharedViewState."
 """MLflow's experiment tags that hold a saved runs view (filter, order, columns); the UI opens one
 given `viewStateShareKey=<key>` in the address, as after its own "Share" button."""
 TRIALS_VIEW_KEY = "orchestrator-trials"
-"""The saved view of an experiment's trial runs, best first, with their cell and mAP columns."""
+"""The saved view of an experiment's trial runs, best first, with their cell and ranking metrics' columns."""
 
 # -- role values (of ROLE_TAG) ---------------------------------------------------------------------
 
@@ -73,35 +73,26 @@ the others are its config, flattened with dots (`loss.gamma_neg`)."""
 
 # -- metrics ---------------------------------------------------------------------------------------
 
-EPOCH_METRICS = ("train_loss", "mAP")
-"""Logged by every trial run at every epoch (step = epoch), with every `lr_<group>`."""
-LAST_MAP = "last_mAP"
-"""The last epoch's mAP, logged as a final metric."""
-ABSENCE_METRICS = ("absence_cosine.not_a_photo", "absence_cosine.photo_without")
-"""The backbone's section 5.2 measurement (`trainables.mlr.negation`) on the trial's class names."""
-FINAL_METRICS = (
-    "best_mAP", LAST_MAP, "best_epoch", "trainable_params", "train_seconds", "gpu_seconds", "kept_fraction",
-    *ABSENCE_METRICS,
-)  # fmt: skip
-"""Logged by a trial run when the trial ends (mAP in percent)."""
-RANKING_METRICS = ("best_mAP", LAST_MAP)
-"""The final metrics a trial can be judged by: which trial is a cell's best, and a table cell's value."""
+TRAIN_LOSS = "train_loss"
+"""Logged by every trial run at every epoch (step = epoch), whatever its family; the family's own
+metrics are its `Family.epoch_metrics`, `final_metrics` and `ranking_metrics`."""
 
 FAMILY_TAG = "family"
-"""A trial run's task family (`orchestrator.families`: `mlr`, `ood`, ...; absent on runs made before the OOD family: `mlr`)."""
+"""A trial run's task family (`orchestrator.families`; absent on runs made before the second family: `compat.UNTAGGED_FAMILY`)."""
 
 def runs_page(ui_address: str, experiment_id: str) -> str:
     """The MLflow UI's runs view of an experiment, opened on the saved trials view (`experiment_tags`)."""
     return f"{ui_address.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={TRIALS_VIEW_KEY}"
 
 
-def experiment_tags() -> dict[str, str]:
-    """The tags of a training experiment: its kind, and the saved trials view that `runs_page` opens."""
+def experiment_tags(ranking_metrics: list[str]) -> dict[str, str]:
+    """The tags of a training experiment: its kind, and the saved trials view that `runs_page` opens,
+    ordered by the first of the families' `ranking_metrics`, showing each."""
     columns = [f"tags.`{tag}`" for tag in ("setup", "dataset", "label_ratio", "seed")]
-    columns += [f"metrics.`{metric}`" for metric in ("best_mAP", LAST_MAP, "best_auroc", "best_epoch")]
+    columns += [f"metrics.`{metric}`" for metric in (*ranking_metrics, "best_epoch")]
     trials_view = {
         "searchFilter": role_filter(TRIAL_ROLE),
-        "orderByKey": "metrics.`best_mAP`",
+        "orderByKey": f"metrics.`{ranking_metrics[0]}`",
         "orderByAsc": False,
         "selectedColumns": columns,
     }

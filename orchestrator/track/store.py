@@ -30,6 +30,7 @@ from mlflow.utils.validation import (
 
 from trainables.errors import UserInputError
 
+from orchestrator.family import ranking_metrics
 from orchestrator.specs.grid import Membership, synthetic_variant
 from orchestrator.track.schema import (
     CELL_KEY_TAG,
@@ -144,7 +145,7 @@ class TrackingStore:
     def _experiment(self) -> str:
         """The experiment's id, created if missing, tagged as a training experiment with the saved
         trials view for the UI (`schema.experiment_tags`)."""
-        tags = experiment_tags()
+        tags = experiment_tags(ranking_metrics())
         experiment = self.client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             return self.client.create_experiment(
@@ -190,11 +191,29 @@ class TrackingStore:
         existing = self.find(**{key: tags[key] for key in key_tags})
         if existing is not None:
             if existing.info.status != "RUNNING":
-                self.client.update_run(existing.info.run_id, status="RUNNING")
+                self.restart(existing.info.run_id)
             return existing.info.run_id, False
-        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id, True
+        return self.create(run_name, tags), True
+
+    def tag_of(self, run_id: str, tag: str) -> str | None:
+        return self.client.get_run(run_id).data.tags.get(tag)
 
     # -- writing -------------------------------------------------------------------------------
+
+    def create(self, run_name: str, tags: dict[str, str]) -> str:
+        """A new RUNNING run of the experiment; its id."""
+        return self.client.create_run(self.experiment_id, tags=tags, run_name=run_name).info.run_id
+
+    def delete(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
+    def restart(self, run_id: str) -> None:
+        """A run ended (by a crash, a stop) RUNNING again: its trial or cell goes on."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        for name, value in tags.items():
+            self.client.set_tag(run_id, name, value)
 
     def log(
         self,
@@ -232,10 +251,11 @@ class TrackingStore:
         """Delete every run of the experiment (`--fresh`); return how many."""
         everything = self.runs()
         for run in everything:
-            self.client.delete_run(run.info.run_id)
+            self.delete(run.info.run_id)
         return len(everything)
 
-    def max_step(self, run_id: str, metric: str = "mAP") -> int:
+    def max_step(self, run_id: str, metric: str) -> int:
+        """The last step `metric` was logged at in a run (0: never)."""
         history = self.client.get_metric_history(run_id, metric)
         return max((m.step for m in history), default=0)
 

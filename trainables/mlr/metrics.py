@@ -1,4 +1,4 @@
-"""Multi-label evaluation with partial labels: per-class AP, mAP, and the C*/O* precision-recall-F1.
+"""Multi-label evaluation with partial labels: per-class AP and mAP.
 
 Targets are in {1, 0, -1}; entries with -1 (unknown) are ignored by every metric here.
 
@@ -61,52 +61,6 @@ def map_summary(scores: ArrayLike, targets: ArrayLike) -> dict:
     defined = ~np.isnan(per_class)
     mean = float(per_class[defined].mean() * 100.0) if defined.any() else float("nan")
     return {"mAP": mean, "per_class_ap": per_class, "classes_without_positives": int((~defined).sum())}
-
-
-def mean_average_precision(scores: ArrayLike, targets: ArrayLike) -> float:
-    """mAP in percent over the classes that have a known positive (see `map_summary`)."""
-    return map_summary(scores, targets)["mAP"]
-
-
-def overall_and_per_class_f1(scores: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> dict:
-    """CP, CR, CF1, OP, OR, OF1 in percent, predicting presence where score > threshold.
-
-    As the DualCoOp/ASL validation: per-class precision and recall are 0 for a class without a true
-    positive; CP and CR are their means over all classes; OP, OR pool the counts of all classes;
-    OF1 = 2·OP·OR/(OP+OR). CF1 = 2·CP·CR/(CP+CR), the harmonic mean of the class averages used in
-    the multi-label literature; `CF1_mean` is the mean of the per-class F1 instead, which is what
-    DualCoOp's `validate` prints as F_C. Unknown (-1) entries are not counted.
-    """
-    scores, targets = (value.cpu().numpy() for value in _checked(scores, targets))
-    predicted = scores > threshold
-    known = targets != -1
-    positive = targets == 1
-    tp = (predicted & positive).sum(axis=0)
-    fp = (predicted & known & ~positive).sum(axis=0)
-    fn = (~predicted & positive).sum(axis=0)
-
-    has_tp = tp > 0
-    precision = np.divide(tp, tp + fp, out=np.zeros(tp.shape), where=has_tp)
-    recall = np.divide(tp, tp + fn, out=np.zeros(tp.shape), where=has_tp)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(tp.shape), where=has_tp)
-
-    cp, cr = precision.mean() * 100.0, recall.mean() * 100.0
-    op = _ratio(tp.sum(), (tp + fp).sum()) * 100.0
-    o_r = _ratio(tp.sum(), (tp + fn).sum()) * 100.0
-    return {
-        "CP": float(cp),
-        "CR": float(cr),
-        "CF1": float(_ratio(2 * cp * cr, cp + cr)),
-        "CF1_mean": float(f1.mean() * 100.0),
-        "OP": float(op),
-        "OR": float(o_r),
-        "OF1": float(_ratio(2 * op * o_r, op + o_r)),
-    }
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator, 0 when the denominator is 0 (nothing predicted or nothing positive)."""
-    return float(numerator / denominator) if denominator > 0 else 0.0
 
 
 def _checked(scores: ArrayLike, targets: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:

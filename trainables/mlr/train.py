@@ -12,6 +12,7 @@ On a GPU the loop keeps the device busy: cached features stay on it when they fi
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,6 +229,16 @@ class MLRTrial:
             return torch.sigmoid(logits[..., 0])
         return torch.softmax(logits, dim=-1)[..., 0]
 
+    def steps(self) -> Iterator[int]:
+        """Training steps without end, epoch after epoch, each yielding the images it trained (what
+        `tune-packing` and the benchmarks time)."""
+        for epoch in itertools.count():
+            self.set_learning_rates(epoch)
+            self.setup.train()
+            for feats, targets in self.train_batches(epoch):
+                self.step(feats, targets)
+                yield len(feats)
+            self.step.end_epoch(epoch)
 
     # -- the lifecycle's checkpoint and report ----------------------------------------------
 

@@ -16,8 +16,9 @@ import pandas as pd
 from trainables import mlr as mlr_task
 
 from orchestrator.families.mlr import checks, trials
+from orchestrator.families.mlr.schema import EPOCH_METRICS, FINAL_METRICS, LAST_MAP, RANKING_METRICS
+from orchestrator.families.mlr.sections import LossSpec, TrainingSpec
 from orchestrator.family import Family, register
-from orchestrator.track.schema import EPOCH_METRICS, FINAL_METRICS, LAST_MAP
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,6 +34,7 @@ def _train_set(dataset_json: str, data_dir: str):
 
 class MLR(Family):
     task = mlr_task.TASK
+    default_sections = {"loss": LossSpec, "training": TrainingSpec}
 
     def setups(self) -> list[str]:
         from trainables.mlr import setups
@@ -113,6 +115,33 @@ class MLR(Family):
                 for name in self.setups_in(spec)}  # fmt: skip
         cell = max(cells, key=lambda c: (cost[c.setup], sizes[c.dataset.name]))
         return trials.resolve(spec, cell, spec.loss.fixed(), {name: r.low for name, r in trials.search_space(spec, cell.setup).items()})
+
+    def epochs(self, spec):
+        return spec.training.epochs
+
+    def encode_batch_size(self, spec):
+        return spec.training.eval_batch_size
+
+    def settings_lines(self, spec, device):
+        from trainables.backbone import precision
+
+        return [precision.resolve(spec.training.precision, device)[1].capitalize()]
+
+    def training_steps(self, config):
+        from trainables.mlr.train import MLRTrial
+
+        trial = MLRTrial(config)
+        return trial.device, trial.steps()
+
+    def trial_label(self, config):
+        return (f"{config.setup} trials on {config.dataset.name} ({config.backbone.model} at {config.backbone.image_size} px, "
+                f"batch {config.training.batch_size})")  # fmt: skip
+
+    def ranking_metrics(self):
+        return RANKING_METRICS
+
+    def final_metrics(self):
+        return FINAL_METRICS
 
     def log_cell(self, store, run_id, config):
         """The cell's partial-label mask, as every trial of the cell draws it (cheap, deterministic)."""

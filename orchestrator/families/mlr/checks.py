@@ -10,8 +10,8 @@ from trainables.errors import UserInputError
 from trainables.mlr.config import LossConfig
 
 from orchestrator.families.mlr import trials
+from orchestrator.families.mlr.sections import ALL_GROUPS
 from orchestrator.specs import ExperimentSpec
-from orchestrator.specs.sections import _ALL_GROUPS
 
 
 def needs(spec: ExperimentSpec, setups: list[str]) -> list[tuple[str, str]]:
@@ -41,6 +41,10 @@ def search_problems(spec: ExperimentSpec, running: list[str]) -> list[tuple[str,
             problems.append((f"loss.{field}", "a range {low, high} needs search.kind optuna; give a number or a list"))
         for group in lr_ranges:
             problems.append((f"training.lr.{group}", "a range {low, high} needs search.kind optuna; give a number"))
+    if running and spec.scheduler.kind == "asha" and spec.scheduler.grace_period > spec.training.epochs:
+        problems.append(
+            ("scheduler.grace_period", f"{spec.scheduler.grace_period} is more than training.epochs ({spec.training.epochs})")
+        )
     # Range ends must themselves be valid loss values (gamma >= 0, 0 <= clip < 1, ...).
     for field, interval in ranges.items():
         for end in ("low", "high"):
@@ -77,9 +81,9 @@ def setup_problems(spec: ExperimentSpec, running: list[str]) -> list[tuple[str, 
         except UserInputError as error:
             problems.append((f"setup_options.{name}", str(error)))
     known = {group for name in setups.names() for group in setups.lr_groups(name)}
-    unknown = sorted(set(spec.training.lr) - (_ALL_GROUPS | known))
+    unknown = sorted(set(spec.training.lr) - (ALL_GROUPS | known))
     if unknown:
-        problems.append(("training.lr", f"unknown parameter group(s) {unknown}; groups: {sorted(_ALL_GROUPS)}"))
+        problems.append(("training.lr", f"unknown parameter group(s) {unknown}; groups: {sorted(ALL_GROUPS)}"))
     for name in running:
         missing = sorted(set(setups.lr_groups(name)) - set(spec.training.lr) - set(spec.lr_per_setup.get(name, {})))
         if missing:

@@ -103,6 +103,7 @@ def lines(loaded: LoadedSpec, setups: list[str], cells: list) -> dict[str, list[
             f"Cells: {len(cells)} = {len(spec.datasets)} datasets x {backbones}{len(setups)} setups x "
             f"{len(spec.label_ratios)} label ratios x {len(spec.seeds)} seeds",
         ],
+        "grid": list(spec.loss.axes()),
         "training": [
             f"Training: {spec.training.epochs} epochs, batch {spec.training.batch_size}, features {spec.features.mode}",
             *_decoded_store(loaded),

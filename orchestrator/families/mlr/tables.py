@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from orchestrator.report.aggregate import Report, TablePart
+from orchestrator.families.mlr.schema import RANKING_METRICS
+from orchestrator.report.aggregate import TableInput, TablePart
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from orchestrator.report.comparison_table import ComparisonTable
+    from orchestrator.families.mlr.comparison_table import ComparisonTable
 
 
 def rerun_command(best: pd.Series, params: list[str], spec: str, spec_raw: dict | None, experiment_name: str) -> str:
@@ -52,7 +53,7 @@ def best_configs(
     trials: pd.DataFrame, metric: str, spec: str, spec_raw: dict | None, experiment_name: str
 ) -> pd.DataFrame:
     """The best trial of every searched cell, its searched params and the command that reruns it."""
-    from orchestrator.report.comparison_table import best_search_configs
+    from orchestrator.families.mlr.comparison_table import best_search_configs
     from orchestrator.report.reader import CELL, searched_params
 
 
@@ -66,7 +67,7 @@ def best_configs(
 
 
 def describe_best(configs: pd.DataFrame, metric: str) -> str:
-    from orchestrator.report.comparison_table import SETUP_LABELS, ratio_label
+    from orchestrator.families.mlr.comparison_table import SETUP_LABELS, ratio_label
 
     params = [column for column in configs.columns if column.startswith("params.")]
     lines = [f"Best configuration per setup and searched cell (by {metric}):"]
@@ -86,8 +87,8 @@ def write_outputs(
     table: ComparisonTable, trials: pd.DataFrame, configs: pd.DataFrame, metric: str, title: str, out_dir: Path
 ) -> list[Path]:
     """Every table format under `out_dir/tables`, the plots under `out_dir/plots`."""
-    from orchestrator.report import plots
-    from orchestrator.report.comparison_text import render
+    from orchestrator.families.mlr import plots
+    from orchestrator.families.mlr.comparison_text import render
     from orchestrator.report.render import write_formats
 
     written = write_formats(out_dir, "comparison", lambda fmt: render(table, fmt, title=title))
@@ -99,15 +100,15 @@ def write_outputs(
     return written
 
 
-def tables(report: Report, trials: pd.DataFrame) -> list[TablePart]:
-    from orchestrator.report import negation_table
-    from orchestrator.report.comparison_table import build_table, load_reference
-    from orchestrator.report.comparison_text import print_rich, render
+def tables(report: TableInput, trials: pd.DataFrame) -> list[TablePart]:
+    from orchestrator.families.mlr import negation_table
+    from orchestrator.families.mlr.comparison_table import build_table, load_reference
+    from orchestrator.families.mlr.comparison_text import print_rich, render
     from orchestrator.report.experiment import spec_source
 
     if trials.empty:
         return []
-    metric, name = report.metric, report.target.experiment_name
+    metric, name = report.metric or RANKING_METRICS[0], report.target.experiment_name
     table = build_table(trials, metric, load_reference() if report.reference == "paper" else None)
     spec, spec_raw = spec_source(report.client, report.target, report.launch)
     configs = best_configs(trials, metric, spec, spec_raw, name)

@@ -7,17 +7,22 @@ import hashlib
 import itertools
 import json
 
+from trainables import mlr
 from trainables.mlr.config import TrialConfig
 
+from orchestrator.families.mlr.sections import LR_PARAM_PREFIX
 from orchestrator.specs import ExperimentSpec
 from orchestrator.specs.grid import Cell, Trial, config_hash, trial_key
-from orchestrator.specs.sections import LR_PARAM_PREFIX, SearchRange
+from orchestrator.specs.sections import SearchRange
+
+FAMILY = mlr.TASK.name
+"""The family of the cells and trials made here."""
 
 
 def cells(spec: ExperimentSpec, setups: list[str]) -> list[Cell]:
     """Datasets outermost, then backbones (the points of the synthetic axes), setups, ratios, seeds innermost."""
     return [
-        Cell(dataset, setup, ratio, seed, backbone)
+        Cell(dataset, setup, ratio, seed, backbone, family=FAMILY)
         for dataset, backbone, setup, ratio, seed in itertools.product(
             spec.datasets, spec.backbone.configs(), setups, spec.label_ratios, spec.seeds
         )
@@ -98,7 +103,7 @@ def make_trial(
     sampled it); the name gets `-t<number>` when the cell has several trials."""
     config = resolve(spec, cell, loss, sampled).model_dump(mode="json")
     name = cell.key if trials_per_cell(spec) == 1 else f"{cell.key}-t{number}"
-    return Trial(cell.key, name, trial_key(name, config), config, cell.setup, study=study)
+    return Trial(cell.key, name, trial_key(name, config), config, cell.setup, family=FAMILY, study=study)
 
 
 def grid_trials(spec: ExperimentSpec, cell: Cell) -> list[Trial]:

@@ -31,11 +31,6 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def option_names(name: str) -> list[str]:
-    """Options accepted by setup `name`."""
-    return list(_setup_class(name).Options.model_fields)
-
-
 def lr_groups(name: str) -> tuple[str, ...]:
     """The learning-rate groups of setup `name` (`prompt`, `embedding`, `projector`)."""
     return _setup_class(name).lr_groups

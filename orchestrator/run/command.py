@@ -10,14 +10,15 @@ holds are run (`Pending`). One driver runs an experiment at a time (`orchestrato
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import yaml
 
-from trainables.backbone import precision
 from trainables.errors import UserInputError
 
-from orchestrator import interrupt
-from orchestrator.run import cluster, fill, moved
+from orchestrator import compat, interrupt
+from orchestrator.family import in_spec
+from orchestrator.run import cluster, fill, fill_cluster
 from orchestrator.run.launch import (
     EXIT_FAILED_TRIALS,
     Outcome,
@@ -66,15 +67,11 @@ def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pend
         run_trial, {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial}
     )
     if resume:
-        moved.resolve_moved_modules()  # Tune unpickles what it saved, perhaps under the flat layout's names
+        compat.resolve_moved_modules()  # Tune unpickles what it saved, perhaps under the flat layout's names
         return tune.Tuner.restore(location, trainable, resume_unfinished=True, resume_errored=True, param_space={})
     scheduler = None
     if spec.scheduler.kind == "asha":
-        scheduler = CellASHA(
-            max_t=spec.training.epochs,
-            grace_period=spec.scheduler.grace_period,
-            reduction_factor=spec.scheduler.reduction_factor,
-        )
+        scheduler = CellASHA(grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
     searcher = CellSearcher(
         plan, optuna_storage(spec) if spec.search.kind == "optuna" else None, pending.finished, pending.studies, pending.budgets
     )
@@ -119,7 +116,20 @@ def run_experiment(loaded: LoadedSpec, address: str | None = None, fresh: bool =
         return _run(loaded, plan, address, fresh)
 
 
-def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) -> int:
+@dataclass(frozen=True)
+class _Launch:
+    """A launch made ready: where its results go, whether it resumes, what it still runs, its runs."""
+
+    store: TrackingStore
+    digest: str
+    location: str
+    resume: bool
+    pending: Pending
+    membership: grid.Membership
+
+
+def _prepare(loaded: LoadedSpec, plan: grid.Plan, fresh: bool) -> _Launch:
+    """The results' place and metadata, runs a crash left RUNNING closed, what is still pending, the launch run."""
     spec = loaded.spec
     digest = spec_hash(spec)
     store = TrackingStore(spec.tracking_uri, spec.name)
@@ -144,6 +154,15 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
     for cell in pending.changed_spaces:
         print(f"Cell {cell} searches another space than its Optuna study did: a new study, "
               f"{pending.studies[cell]} (the earlier one stays in {optuna_storage(spec)})", flush=True)  # fmt: skip
+    return _Launch(store, digest, location, resume, pending, membership)
+
+
+def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) -> int:
+    spec = loaded.spec
+    launch = _prepare(loaded, plan, fresh)
+    store, digest, location, resume, pending, membership = (
+        launch.store, launch.digest, launch.location, launch.resume, launch.pending, launch.membership
+    )
     results, stopped, started_ray = None, False, False
     try:
         if address is None:
@@ -151,14 +170,16 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
             # nothing else runs; on a cluster the GPU nodes do (below).
             interrupt.phase("preparing the backbone and the feature cache")
             fill.fill_locally(plan)
-            print(precision.resolve(spec.training.precision, fill.local_trial_device(spec))[1].capitalize(), flush=True)
+            for family in in_spec(spec):  # what the trials' `auto` settings become on this machine
+                for line in family.settings_lines(spec, fill.local_trial_device(spec)):
+                    print(line, flush=True)
         interrupt.phase("starting Ray")
         started_ray = start_ray(address)
         keep_resources_busy(spec)
         if address is not None:
             cluster.check_shared_storage(spec.results)
             interrupt.phase("filling the feature cache on the cluster's GPUs")
-            fill.fill_on_cluster(plan)
+            fill_cluster.fill_on_cluster(plan)
         _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
         interrupt.phase("running trials")
         # Ctrl-C, or SIGTERM handed on as SIGUSR1: Tune stops its trials (each keeps its last

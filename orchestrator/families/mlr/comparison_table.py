@@ -3,7 +3,7 @@
 One block per dataset and backbone, a row per setup, a column per label ratio, Avg, #Params and
 hours; a table cell is the mean ± std over seeds of the cells' values (`orchestrator.report.reader`).
 `--reference paper` adds the paper's rows and a delta row per setup. Its text is
-`orchestrator.report.comparison_text`.
+`orchestrator.families.mlr.comparison_text`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,7 @@ from importlib import resources
 
 import pandas as pd
 
-from orchestrator.report.reader import (
-    BLOCK,
-    ROW,
-    best_per_cell,
-    check_metric,
-    search_trials,
-)
+from orchestrator.report.reader import BLOCK, ROW, best_per_cell, check_metric, search_trials
 from orchestrator.report.render import MISSING
 
 SETUP_ORDER = ("baseline", "negative_coop", "dual_coop", "positive_coop")

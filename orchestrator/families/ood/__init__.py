@@ -1,5 +1,5 @@
-"""Out-of-distribution detection with LAPT (`trainables.ood`): the `ood:` section of a spec, its
-cells and trial configs, its checks, what its runs log, and its table.
+"""Out-of-distribution detection with LAPT (`trainables.ood`): the `ood:` section of a spec
+(`section`), its cells and trial configs, its checks, what its runs log, and its table (`table`).
 
 A spec runs LAPT when `setups` names `lapt`; the `ood` section then says on what (an ID set and OOD
 sets), with which negative labels, training images and mixings, and which variants to compare
@@ -11,96 +11,14 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import Field, model_validator
 
 from trainables import ood as ood_task
-from trainables.config import BackboneConfig, Strict
 from trainables.errors import UserInputError
-from trainables.ood.config import (
-    CollectorConfig,
-    IDDatasetConfig,
-    MixingConfig,
-    NegativesConfig,
-    OODSetConfig,
-    OODTrainingConfig,
-    OODTrialConfig,
-)
+from trainables.ood.config import OODTrialConfig
 
+from orchestrator.families.ood.section import LAPT_SETUP, UNTUNED, OODSpec, variant_config
 from orchestrator.family import Family, register
 from orchestrator.specs.grid import Cell, Trial, trial_key
-
-LAPT_SETUP = "lapt"
-"""The setup name that puts the OOD family's cells into a spec."""
-
-VARIANTS: dict[str, dict] = {
-    "lapt": {"variant": "lapt"},
-    "lapt_no_cross_modal": {"variant": "lapt", "mixing": {"cross_modal": False}},
-    "lapt_no_cross_distribution": {"variant": "lapt", "mixing": {"cross_distribution": False}},
-    "lapt_no_mixing": {"variant": "lapt", "mixing": {"cross_modal": False, "cross_distribution": False}},
-    "neglabel": {"variant": "neglabel"},
-    "zero_shot": {"variant": "zero_shot"},
-}
-"""The OOD table's rows: LAPT, LAPT without each mixing, NegLabel's untuned score, and the zero-shot
-maximum softmax probability of hand-crafted ID prompts."""
-
-UNTUNED = ("neglabel", "zero_shot")
-"""Variants that train nothing: one cell each, whatever the label ratios and seeds."""
-
-Variant = Literal["lapt", "lapt_no_cross_modal", "lapt_no_cross_distribution", "lapt_no_mixing", "neglabel", "zero_shot"]
-
-
-class OODSpec(Strict):
-    """What the `lapt` setup runs on (`trainables.ood.config` holds each field's meaning)."""
-
-    id_dataset: IDDatasetConfig
-    ood_sets: list[OODSetConfig] = Field(min_length=1)
-    variants: list[Variant] = Field(default_factory=lambda: ["lapt"], min_length=1)
-    label_ratios: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(default_factory=lambda: [1.0], min_length=1)
-    """For LAPT: the fraction of each label's collected training images used."""
-    backbone: BackboneConfig | None = None
-    """Default: the spec's backbone."""
-    n_ctx: int = Field(2, ge=1)
-    groups: int = Field(100, ge=1)
-    negatives: NegativesConfig = NegativesConfig()
-    collector: CollectorConfig = CollectorConfig(kind="id_train")
-    mixing: MixingConfig = MixingConfig()
-    training: OODTrainingConfig = OODTrainingConfig()
-
-    @model_validator(mode="after")
-    def _distinct(self) -> "OODSpec":
-        names = [s.name for s in self.ood_sets]
-        if len(set(names)) != len(names):
-            raise ValueError(f"ood_sets names repeat: {names}")
-        if len(set(self.variants)) != len(self.variants):
-            raise ValueError(f"variants repeat: {self.variants}")
-        return self
-
-
-def variant_config(
-    ood: OODSpec, variant: str, backbone: BackboneConfig, label_ratio: float, seed: int, cache_dir, data_dir, device: str = "auto"
-) -> OODTrialConfig:
-    """The trial config of one variant's cell."""
-    overrides = VARIANTS[variant]
-    mixing = ood.mixing.model_copy(update=overrides.get("mixing", {}))
-    return OODTrialConfig(
-        options={"variant": overrides["variant"], "n_ctx": ood.n_ctx, "groups": ood.groups},
-        id_dataset=ood.id_dataset,
-        ood_sets=ood.ood_sets,
-        backbone=ood.backbone or backbone,
-        negatives=ood.negatives,
-        collector=ood.collector,
-        mixing=mixing,
-        # An untuned variant evaluates once: its one "epoch" trains nothing.
-        training=ood.training if overrides["variant"] == "lapt" else ood.training.model_copy(update={"epochs": 1}),
-        label_ratio=label_ratio,
-        seed=seed,
-        cache_dir=cache_dir,
-        data_dir=data_dir,
-        device=device,
-    )
-
 
 FINAL_METRICS = ("best_auroc", "best_epoch", "trainable_params", "train_seconds", "num_negative_labels")
 """Logged by an OOD trial run when the trial ends; its per-epoch metrics (`auroc`, `auroc.near`,
@@ -123,8 +41,9 @@ class OOD(Family):
         problems = []
         if spec.section(self.section) is None:
             problems.append(("ood", f"setup '{LAPT_SETUP}' needs an ood section (id_dataset, ood_sets, ...)"))
-        if spec.scheduler.kind == "asha":
-            problems.append(("scheduler.kind", f"asha stops trials by their mAP; setup '{LAPT_SETUP}' reports AUROC: run it without asha"))
+        ood = spec.section(self.section)
+        if ood is not None and spec.scheduler.kind == "asha" and spec.scheduler.grace_period > ood.training.epochs:
+            problems.append(("scheduler.grace_period", f"{spec.scheduler.grace_period} is more than ood.training.epochs ({ood.training.epochs})"))
         axes = {"synthetic_negation_rate": spec.backbone.negation_rates, "synthetic_seed": spec.backbone.pretraining_seeds}
         for field, values in axes.items():
             if len(values) > 1:
@@ -201,6 +120,10 @@ class OOD(Family):
                     found += [Entry(self.name, s, config.backbone, split, encoding="global") for s, split in image_sets(config)]
         return found
 
+    def epochs(self, spec):
+        ood = spec.section(self.section)
+        return None if ood is None else ood.training.epochs
+
     def open_cached_set(self, dataset, split, data_dir: Path):
         from trainables.ood.data import open_image_set
 
@@ -218,7 +141,7 @@ class OOD(Family):
         store.log_file(run_id, "negative_labels.txt", lambda path: Path(path).write_text(labels))
 
     def tables(self, report):
-        from orchestrator.report import ood_table
+        from orchestrator.families.ood import table as ood_table
         from orchestrator.report.aggregate import TablePart
         from orchestrator.report.render import write_formats
 

@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.report.comparison_table import (
+from orchestrator.families.mlr.comparison_table import (
     SETUP_LABELS,
     SETUP_ORDER,
     setup_sort_key,

@@ -5,7 +5,7 @@ An experiment whose trials ran on synthetic backbones pre-trained at several neg
 gets, from the `table` command, one more table and one more plot: NegativeCoOp - PositiveCoOp and
 DualCoOp - PositiveCoOp mAP against the negation rate, per label ratio and over all ratios, each as
 the mean over seeds of the paired difference, its 95% interval and the paired t-test
-(`orchestrator.report.paired`); beside them the backbone's section 5.2 cosines (`trainables.mlr.negation`).
+(`orchestrator.families.mlr.paired`); beside them the backbone's section 5.2 cosines (`trainables.mlr.negation`).
 
 A cell's value is its best trial, as in the comparison table. The unit of the test is the seed, or,
 when a rate has checkpoints of several pre-training seeds (`backbone.synthetic_seed: [0, 1, 2]`),
@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from orchestrator.report import plots
-from orchestrator.report.comparison_table import SETUP_LABELS, ratio_label
-from orchestrator.report.paired import paired_difference
+from orchestrator.families.mlr import plots
+from orchestrator.families.mlr.comparison_table import SETUP_LABELS, ratio_label
+from orchestrator.families.mlr.paired import paired_difference
+from orchestrator.families.mlr.schema import ABSENCE_METRICS
 from orchestrator.report.reader import best_per_cell
 from orchestrator.report.render import MISSING, render_marked, write_formats
-from orchestrator.track.schema import ABSENCE_METRICS
 
 RATE_PARAM = "params.backbone.synthetic_negation_rate"
 SEED_PARAM = "params.backbone.synthetic_seed"

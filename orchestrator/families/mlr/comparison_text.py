@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from trainables.errors import UserInputError
 
-from orchestrator.report.comparison_table import (
+from orchestrator.families.mlr.comparison_table import (
     SETUP_LABELS,
     ComparisonTable,
     _fewer_seeds,
