@@ -97,7 +97,7 @@ def time_trial(config: TrialConfig, repeats: int = 20) -> dict:
     a training epoch and an evaluation."""
     trial = MLRTrial(config)
     device = trial.device
-    steps = math.ceil(len(trial.train_features[0][1]) / config.training.batch_size)
+    steps = math.ceil(len(trial.stream.train_features[0][1]) / config.training.batch_size)
     started = time.perf_counter()
     for _ in trial.train_batches(0):
         pass

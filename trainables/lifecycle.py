@@ -52,26 +52,39 @@ def run_epochs(trial: Trial, state: dict | None = None) -> Iterator[tuple[dict, 
     keeps of it (`best_of`), the seconds trained and what the trial learned; the metrics hold the
     epoch's `train_loss` and the trial's `report`, with `best_<metric>`, `best_epoch` and `train_seconds`.
     """
-    best = f"best_{trial.metric}"
-    state = _resumed(state, best)
-    if state["epoch"]:
-        trial.load(state)
+    state = resumed(trial, state)
     for epoch in range(state["epoch"], trial.epochs):
         started = time.perf_counter()
         trained = trial.train_epoch(epoch)
-        evaluated = trial.evaluate()
-        seconds = state["train_seconds"] + time.perf_counter() - started
-        improved = evaluated[trial.metric] > state[best]
-        kept = trial.best_of(evaluated) if improved else {k: v for k, v in state.items() if k.startswith("best_")}
-        state = kept | {
-            "epoch": epoch + 1,
-            best: evaluated[trial.metric] if improved else state[best],
-            "best_epoch": epoch + 1 if improved else state["best_epoch"],
-            "train_seconds": seconds,
-            **trial.learned(),
-        }
-        metrics = {"epoch": epoch + 1, **trained, **trial.report(evaluated, state)}
-        yield metrics | {best: state[best], "best_epoch": state["best_epoch"], "train_seconds": seconds}, state
+        metrics, state = end_epoch(trial, epoch, trained, state, started)
+        yield metrics, state
+
+
+def end_epoch(trial: Trial, epoch: int, trained: dict, state: dict, started: float) -> tuple[dict, dict]:
+    """Evaluate `trial` after epoch `epoch` (begun at `started`, `time.perf_counter`'s; `trained`: what
+    its training reports) and keep its best: (the epoch's metrics, the state to checkpoint)."""
+    best = f"best_{trial.metric}"
+    evaluated = trial.evaluate()
+    seconds = time.perf_counter() - started
+    improved = evaluated[trial.metric] > state[best]
+    kept = trial.best_of(evaluated) if improved else {k: v for k, v in state.items() if k.startswith("best_")}
+    state = kept | {
+        "epoch": epoch + 1,
+        best: evaluated[trial.metric] if improved else state[best],
+        "best_epoch": epoch + 1 if improved else state["best_epoch"],
+        "train_seconds": state["train_seconds"] + seconds,
+        **trial.learned(),
+    }
+    metrics = {"epoch": epoch + 1, **trained, **trial.report(evaluated, state)}
+    return metrics | {best: state[best], "best_epoch": state["best_epoch"], "train_seconds": state["train_seconds"]}, state
+
+
+def resumed(trial: Trial, state: dict | None) -> dict:
+    """`state` as `end_epoch` continues it, loaded into `trial` (None: a fresh trial's)."""
+    state = _resumed(state, f"best_{trial.metric}")
+    if state["epoch"]:
+        trial.load(state)
+    return state
 
 
 def _resumed(state: dict | None, best: str) -> dict:

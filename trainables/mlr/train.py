@@ -15,31 +15,19 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
-import numpy as np
 import torch
 
 from trainables import data, lifecycle
-from trainables.backbone import precision
 from trainables.backbone.precision import autocast
-from trainables.backbone.weights import (
-    SYNTHETIC_WEIGHTS,
-    load_backbone,
-    recipe_of,
-    resolve_pretrained,
-)
-from trainables.devices import default_workers, device_name, trial_device
 from trainables.errors import UserInputError
 from trainables.features import rows as feature_rows
-from trainables.features.cache import FeatureCache
-from trainables.features.decoded import DecodedStore
-from trainables.features.encoding import RowLoader, train_views
-from trainables.mlr import negation, setups
+from trainables.mlr import setups
 from trainables.mlr.config import TrainingConfig, TrialConfig
 from trainables.mlr.losses import AsymmetricLoss
 from trainables.mlr.metrics import map_summary
-from trainables.step import TrainingStep, snapshot, use_cuda_graph
+from trainables.mlr.stream import MLRStream
+from trainables.step import TrainingStep, snapshot
 
 
 def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float:
@@ -56,89 +44,38 @@ def learning_rate(base_lr: float, epoch: int, training: TrainingConfig) -> float
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * (epoch - training.warmup_epochs) / training.epochs))
 
 
-class OnlineImages(RowLoader):
-    """The `online` mode's training images: decoded and augmented by the trial's workers (started
-    once, kept for every epoch), as uint8, pinned for a CUDA device; normalised there. Image i of
-    epoch e is augmented under the seed (trial seed, e, i), whichever worker decodes it, so a
-    resumed trial sees what it would have seen."""
-
-    def __init__(self, dataset: data.MultiLabelDataset, config: TrialConfig, device: torch.device):
-        size = config.backbone.image_size
-        workers = config.training.num_workers
-        if workers is None:
-            workers = max(1, int(config.cpus)) if config.cpus is not None else default_workers()
-        if config.features.decoded_store:  # decoded and resized once, for every epoch and trial
-            dataset = DecodedStore(config.cache_dir).images(dataset, size, workers)
-        transform = data.train_transform(size, normalised=False, augmentation=config.features.augmentation)
-        images = data.ImageTensors(dataset, transform, size, augmentation_seed=config.seed, dtype=torch.uint8)
-        super().__init__(images, config.training.batch_size, workers, device)
-
-
 class MLRTrial:
     """One MLR trial (`trainables.lifecycle.Trial`): set up once, in the named steps below, then
     driven epoch by epoch by `trainables.lifecycle.run_epochs`."""
 
     metric = "mAP"
 
-    def __init__(self, config: TrialConfig):
+    def __init__(self, config: TrialConfig, stream: MLRStream | None = None):
+        """`stream`: the shared part, when the trial is one of a group reading it (else its own)."""
         self.config = config
         self.epochs = config.training.epochs
-        self.device = trial_device(config.device)
-        self._set_up_backbone()
-        self._set_up_data()
-        self._set_up_features()
+        self.stream = stream or MLRStream(config)
+        self.device = self.stream.device
+        self._set_up_shared()
+        self._set_up_labels()
         self._set_up_setup()
         self._set_up_optimiser()
 
     # -- set up -----------------------------------------------------------------------------
 
-    def _set_up_backbone(self) -> None:
-        config = self.config
-        self.precision, _ = precision.resolve(config.training.precision, self.device)
-        self.graphed = use_cuda_graph(config.training.cuda_graph, self.device)
-        self.clip = load_backbone(config.backbone, config.data_dir, self.device)
-        self.resolved = {
-            "training.precision": self.precision, "backbone.quick_gelu": self.clip.quick_gelu,
-            "training.cuda_graph": self.graphed, "device": device_name(self.device),
-        }  # fmt: skip
-        """What `auto` settings became on this device and these weights: logged with the trial's run."""
-        if config.backbone.pretrained == SYNTHETIC_WEIGHTS:  # the checkpoint, named by the hash of its recipe, and the recipe
-            checkpoint = Path(resolve_pretrained(config.backbone, config.data_dir))
-            self.resolved["backbone.synthetic_checkpoint"] = checkpoint.name
-            self.resolved["backbone.synthetic_recipe"] = recipe_of(checkpoint)
+    def _set_up_shared(self) -> None:
+        """What the stream holds, under the names the steps below use."""
+        stream = self.stream
+        self.clip, self.precision, self.graphed = stream.clip, stream.precision, stream.graphed
+        self.train_set, self.absence_cosines = stream.train_set, stream.absence_cosines
+        self.test_features, self.test_rows, self.test_targets = stream.test_features, stream.test_rows, stream.test_targets
+        self.resolved = dict(stream.resolved)
 
-    def _set_up_data(self) -> None:
-        config = self.config
-        data.check(config.dataset, config.data_dir)
-        self.train_set = data.build_dataset(config.dataset, "train", config.data_dir)
-        self.test_set = data.build_dataset(config.dataset, "test", config.data_dir)
-        # Can this backbone's text encoder tell "no X" from "X"? (PositiveCoOp section 5.2)
-        self.absence_cosines = {
-            f"absence_cosine.{key}": value for key, value in negation.absence_cosines(self.clip, self.train_set.classnames).items()
-        }
-        partial = data.dataset_partial_labels(self.train_set, config.label_ratio, config.seed)
+    def _set_up_labels(self) -> None:
+        """The labels this trial knows: its label ratio's partial labels of the training set."""
+        partial = data.dataset_partial_labels(self.train_set, self.config.label_ratio, self.config.seed)
         self.kept_fraction = data.kept_fraction(partial, self.train_set.labels)
         self.train_targets = torch.from_numpy(partial).to(self.device)
-
-    def _set_up_features(self) -> None:
-        """The test split is always evaluated at the test transform, a pure function of the image:
-        encoded once for every trial and epoch, whatever the training feature mode. What is read
-        most goes on the device first: the test split (every epoch), then the train views."""
-        config = self.config
-        cache = FeatureCache(config.cache_dir, augmentation=config.features.augmentation)
-        stored = [cache.dense_features(self.clip, self.test_set, "test")]
-        views = train_views(config.features)
-        stored += [cache.dense_features(self.clip, self.train_set, view) for view in views]
-        budget = feature_rows.memory_budget(self.device, config.features.device_memory, config.gpu_share)
-        placed = feature_rows.place([s.features for s in stored], self.device, budget)
-        self.test_features, self.test_rows = placed[0], np.flatnonzero(stored[0].valid)
-        self.test_targets = torch.from_numpy(self.test_set.labels[self.test_rows]).to(self.device)
-        self.train_features = [(rows, np.flatnonzero(s.valid)) for rows, s in zip(placed[1:], stored[1:])]
-        self.resolved["features.resident"] = ",".join(
-            name for name, rows in zip(["test", *(f"train{i}" for i in range(len(views)))], placed) if rows.resident
-        ) or "none"
-        if config.features.mode == "online":
-            self.online_images = OnlineImages(self.train_set, config, self.device)
 
     def _set_up_setup(self) -> None:
         config = self.config
@@ -172,22 +109,8 @@ class MLRTrial:
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (dense features [B,L,d] float32, targets [B,K]) for one epoch, shuffled by (seed, epoch)."""
-        cfg = self.config
-        dataset, size = self.train_set, cfg.training.batch_size
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        if cfg.features.mode == "online":
-            order = torch.randperm(len(dataset), generator=generator).tolist()
-            rows = [(epoch, index) for index in order]  # image i's draws: (seed, epoch, i)
-            encoder_precision = precision.encoder_precision(self.device)
-            for batch, idx, valid in self.online_images.batches(rows):
-                with torch.no_grad(), autocast(encoder_precision, self.device):
-                    pixels = data.normalise(batch[valid].to(self.device, non_blocking=True))
-                    feats = self.clip.encode_dense(pixels).float()
-                yield feats, self.train_targets[idx[valid].to(self.device)]
-            return
-        features, rows = self.train_features[epoch % len(self.train_features)]  # `cached`: one view
-        for index, feats in features.batches(feature_rows.batch_rows(rows, size, generator)):
-            yield feats, self.train_targets.index_select(0, index)
+        for feats, rows in self.stream.batches(epoch):
+            yield feats, self.train_targets.index_select(0, rows)
 
     # -- one epoch --------------------------------------------------------------------------
 
