@@ -111,7 +111,7 @@ def measure(configs: list[TrialConfig], steps: int) -> dict:
 
 
 def compare(args: argparse.Namespace, mode: str, workdir: Path) -> list[dict]:
-    alone = {setup: measure([c], args.steps) for c in member_configs(args, len(SETUPS), mode, workdir) for setup in [c.setup]}
+    alone = {c.setup: measure([c], args.steps) for c in member_configs(args, len(SETUPS), mode, workdir)}
     rows = []
     for count in args.member_counts:
         configs = member_configs(args, count, mode, workdir)

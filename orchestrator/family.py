@@ -244,6 +244,11 @@ def ranking_metrics() -> list[str]:
     return list(dict.fromkeys(metric for family in registered() for metric in family.ranking_metrics()))
 
 
+def final_metrics() -> list[str]:
+    """Every family's final metrics (the columns every trial row of `table`'s frame has), in registry order."""
+    return list(dict.fromkeys(metric for family in registered() for metric in family.final_metrics()))
+
+
 def of_trial(ray_config: dict) -> Family:
     """The family of a trial's Ray config (one made before the second family names none)."""
     from trainables.tasks import task_of

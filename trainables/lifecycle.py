@@ -81,18 +81,14 @@ def end_epoch(trial: Trial, epoch: int, trained: dict, state: dict, started: flo
 
 def resumed(trial: Trial, state: dict | None) -> dict:
     """`state` as `end_epoch` continues it, loaded into `trial` (None: a fresh trial's)."""
-    state = _resumed(state, f"best_{trial.metric}")
-    if state["epoch"]:
-        trial.load(state)
-    return state
-
-
-def _resumed(state: dict | None, best: str) -> dict:
+    best = f"best_{trial.metric}"
     if state is None:
         return {"epoch": 0, best: -math.inf, "best_epoch": 0, "train_seconds": 0.0}
     if "best" in state:  # an OOD trial's checkpoint written before this lifecycle named its best value `best`
         state = {**state, best: state["best"]}
         del state["best"]
+    if state["epoch"]:
+        trial.load(state)
     return state
 
 

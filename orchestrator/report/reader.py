@@ -16,7 +16,7 @@ import pandas as pd
 from trainables.errors import UserInputError
 
 from orchestrator.compat import UNTAGGED_FAMILY
-from orchestrator.family import ranking_metrics, registered
+from orchestrator.family import final_metrics, ranking_metrics
 from orchestrator.track.schema import (
     CELL_KEY_TAG,
     CONFIG_HASH_TAG,
@@ -46,10 +46,6 @@ def check_metric(metric: str) -> None:
     if metric not in known:
         raise UserInputError(f"unknown metric '{metric}': choose one of {', '.join(known)}")
 
-
-def final_metrics() -> list[str]:
-    """The families' final metrics, which every trial row has a column for."""
-    return list(dict.fromkeys(metric for family in registered() for metric in family.final_metrics()))
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, condition: str = "") -> Iterator[Run]:

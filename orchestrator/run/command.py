@@ -160,9 +160,6 @@ def _prepare(loaded: LoadedSpec, plan: grid.Plan, fresh: bool) -> _Launch:
 def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) -> int:
     spec = loaded.spec
     launch = _prepare(loaded, plan, fresh)
-    store, digest, location, resume, pending, membership = (
-        launch.store, launch.digest, launch.location, launch.resume, launch.pending, launch.membership
-    )
     results, stopped, started_ray = None, False, False
     try:
         if address is None:
@@ -180,30 +177,30 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
             cluster.check_shared_storage(spec.results)
             interrupt.phase("filling the feature cache on the cluster's GPUs")
             fill_cluster.fill_on_cluster(plan)
-        _deliver(spec, digest)  # what an earlier launch could not log (the server is up: checked above)
+        _deliver(spec, launch.digest)  # what an earlier launch could not log (the server is up: checked above)
         interrupt.phase("running trials")
         # Ctrl-C, or SIGTERM handed on as SIGUSR1: Tune stops its trials (each keeps its last
         # checkpoint) and returns; their runs are closed as KILLED below.
-        results = _build_tuner(plan, digest, location, resume, pending).fit()
+        results = _build_tuner(plan, launch.digest, launch.location, launch.resume, launch.pending).fit()
         if Undelivered(spec.state_dir).trials():
             check_reachable(spec.tracking_uri)  # still down: the results wait (below)
-            _deliver(spec, digest)
+            _deliver(spec, launch.digest)
     except KeyboardInterrupt:
         stopped = True  # before Tune ran, or while it was setting up or stopping
     except UserInputError as error:
         waiting = Undelivered(spec.state_dir).trials()
         if not waiting:
-            store.close_running("FAILED")
+            launch.store.close_running("FAILED")
             raise
         # Tune has finished; only MLflow is missing results. Nothing is lost: Ray's results hold them.
         print(
-            f"{error}\nThe results of {len(waiting)} trial(s) wait in {location}; run the same command "
+            f"{error}\nThe results of {len(waiting)} trial(s) wait in {launch.location}; run the same command "
             "again once the server answers to deliver them (finished trials are not rerun).",
             file=sys.stderr,
         )
         return EXIT_FAILED_TRIALS
     except BaseException:
-        store.close_running("FAILED")
+        launch.store.close_running("FAILED")
         raise
     finally:
         if started_ray:
@@ -211,7 +208,7 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
 
             ray.shutdown()
     interrupt.stopping()  # closing the runs takes a moment: a Ctrl-C meanwhile ends the process at once
-    outcome = finalize(store, plan, stopped, membership, digest)
+    outcome = finalize(launch.store, plan, stopped, launch.membership, launch.digest)
     user_errors = sorted({str(cause) for cause in map(user_error_cause, results.errors if results else []) if cause})
     if user_errors:
         raise UserInputError("\n".join(user_errors))  # the runs are closed; fix the input and rerun

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from trainables import lifecycle
 from trainables.mlr.config import TrialConfig
 from trainables.mlr.stream import MLRStream, stream_key
-from trainables.mlr.train import MLRTrial
+from trainables.mlr.train import MLRTrial, train_together
 
 Outcome = tuple[dict, dict] | BaseException
 """A member's epoch: (metrics, state) as `run_epochs` yields them, or the error it failed with."""
@@ -36,21 +36,6 @@ class FusedMLRTrials:
         self.members = [MLRTrial(config, self.stream) for config in configs]
         self.epochs = configs[0].training.epochs
 
-    def train_epoch(self, epoch: int, members: Sequence[MLRTrial]) -> list[dict | FloatingPointError]:
-        """Epoch `epoch` of `members`, the stream's batches read once for all: what each reports, or its error."""
-        rates = [member.set_learning_rates(epoch) for member in members]
-        for member in members:
-            member.setup.train()
-        for feats, rows in self.stream.batches(epoch):
-            for member in members:
-                member.step(feats, member.train_targets.index_select(0, rows))
-        trained: list[dict | FloatingPointError] = []
-        for member, rate in zip(members, rates):
-            try:
-                trained.append({"train_loss": member.step.end_epoch(epoch), **rate})
-            except FloatingPointError as error:
-                trained.append(error)
-        return trained
 
 
 def run_group_epochs(group: FusedMLRTrials, states: Sequence[dict | None]) -> Iterator[list[Outcome | None]]:
@@ -62,7 +47,7 @@ def run_group_epochs(group: FusedMLRTrials, states: Sequence[dict | None]) -> It
     for epoch in range(min(state["epoch"] for state in states), group.epochs):
         started = time.perf_counter()
         due = [i for i, state in enumerate(states) if i not in failed and state["epoch"] == epoch]
-        trained = dict(zip(due, group.train_epoch(epoch, [group.members[i] for i in due])))
+        trained = dict(zip(due, train_together(group.stream, [group.members[i] for i in due], epoch)))
         outcomes: list[Outcome | None] = [None] * len(group.members)
         for i, result in trained.items():
             if isinstance(result, BaseException):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -127,11 +127,10 @@ class MLRTrial:
         return self.loss(logits.float(), targets) * self.config.loss.weight
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        rates = self.set_learning_rates(epoch)
-        self.setup.train()
-        for feats, targets in self.train_batches(epoch):
-            self.step(feats, targets)
-        return {"train_loss": self.step.end_epoch(epoch), **rates}
+        (trained,) = train_together(self.stream, [self], epoch)
+        if isinstance(trained, FloatingPointError):
+            raise trained
+        return trained
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -188,6 +187,25 @@ class MLRTrial:
             "warnings": self.step.warnings(),
             **self.absence_cosines,
         }
+
+
+def train_together(stream: MLRStream, trials: Sequence[MLRTrial], epoch: int) -> list[dict | FloatingPointError]:
+    """Epoch `epoch` of `trials` (trials of `stream`: one alone, or a fused group's members), the
+    stream's batches read once for all and every trial stepping on each: what each reports
+    (`train_loss`, its learning rates), or the error it diverged with."""
+    rates = [trial.set_learning_rates(epoch) for trial in trials]
+    for trial in trials:
+        trial.setup.train()
+    for feats, rows in stream.batches(epoch):
+        for trial in trials:
+            trial.step(feats, trial.train_targets.index_select(0, rows))
+    trained: list[dict | FloatingPointError] = []
+    for trial, rate in zip(trials, rates):
+        try:
+            trained.append({"train_loss": trial.step.end_epoch(epoch), **rate})
+        except FloatingPointError as error:
+            trained.append(error)
+    return trained
 
 
 def run_epochs(config: TrialConfig, state: dict | None = None) -> Iterator[tuple[dict, dict]]:
