@@ -121,7 +121,7 @@ def compare(args: argparse.Namespace, mode: str, workdir: Path) -> list[dict]:
         ideal_s = fused["shared_s"] + sum(alone[c.setup]["member_s"][0] for c in configs)
         images = count * args.batch
         rows.append({
-            "mode": mode, "members": count,
+            "mode": mode, "members": count, "setups": [c.setup for c in configs],
             "fused_member_images_per_s": images / fused_s, "apart_member_images_per_s": images / apart_s,
             "speedup": apart_s / fused_s, "of_ideal": ideal_s / fused_s,
             "shared_ms": 1000 * fused["shared_s"], "member_ms": [1000 * s for s in fused["member_s"]],

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from trainables.errors import UserInputError
 
@@ -50,11 +51,17 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of at least 1")
+    return int(text)
+
+
 def _describe(args: argparse.Namespace) -> int:
     from orchestrator.describe import describe
 
     # Describing needs no data on disk: COCO's, VOC's and the generated set's classes are known.
-    print(describe(_load(args, check_data=False)))
+    print(describe(_load(args, check_data=False), devices=args.devices, profile=args.profile))
     return 0
 
 
@@ -172,14 +179,17 @@ def _add_spec_commands(commands) -> None:
         description="Check a spec (fields, cross-field rules, dataset layouts) and list every problem, "
         "one line each: <file>: <field>: <message>. Exit code 2 if there are any.",
     )
-    _add_spec_command(
+    describe = _add_spec_command(
         commands,
         "describe",
         _describe,
-        help="show trials, trainable parameters per setup and output paths, without running",
-        description="How many cells and trials a spec has, the trainable parameters of each setup on "
-        "its backbone, and where results, MLflow runs and cached features go. Runs nothing.",
+        help="show trials, trainable parameters per setup, fused groups, cost and output paths, without running",
+        description="How many cells and trials a spec has, the trainable parameters and memory of each setup on "
+        "its backbone, how its trials are fused in groups, what they cost (from a measured --profile), and "
+        "where results, MLflow runs and cached features go. Runs nothing.",
     )
+    describe.add_argument("--devices", type=_positive, metavar="N", help="the trial slots (GPUs) to group and cost for (default: this machine's)")
+    describe.add_argument("--profile", type=Path, metavar="FILE", help="a benchmarks.gpu_check or benchmarks.fused --json JSON to estimate the cost from")
     cache = _add_spec_command(
         commands,
         "cache",

@@ -117,6 +117,26 @@ class Family:
         """What `run` prints once the cache is filled: what the family's `auto` settings become on this machine's `device`."""
         return []
 
+    def stream_key(self, config) -> str | None:
+        """What defines the data stream a trial of `config` reads: trials with one key see the same
+        batches and may train fused in a group (`resources.fuse`, `task.run_group`); None: not fused."""
+        return None
+
+    def member_bytes(self, spec) -> tuple[int, int, str] | None:
+        """(bytes a fused group of the family's trials holds once, bytes each member adds, where they
+        were measured) at the spec's heaviest trial; None: not measured (groups bounded by `max_members` only)."""
+        return None
+
+    def group_seconds(self, spec, profile: dict, trials: list) -> tuple[float, list[float]] | None:
+        """From a measured `profile` (a JSON object: `benchmarks.gpu_check`'s, `benchmarks.fused`'s):
+        the seconds of the shared part of a group of `trials` (`specs.grid.Trial`, one stream; one
+        trial: alone) over its training, and each member's; None: the profile does not say."""
+        return None
+
+    def profile_notes(self, spec, profile: dict) -> list[str]:
+        """Where `profile` was measured and how it differs from the spec's trials, for `describe --profile`."""
+        return []
+
     def open_cached_set(self, dataset, split: str, data_dir):
         """The dataset of one of the family's cache entries."""
         raise NotImplementedError

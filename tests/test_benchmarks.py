@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -44,33 +46,25 @@ def test_grid_cost_counts_every_trial_step_and_the_cache_fill(make_spec):
     assert hours["project"] == pytest.approx((2 * steps * (0.01 + 1.0) + fill) / 3600)
 
 
-def test_the_gpu_trial_benchmark_runs_small_on_a_cpu(tmp_path, capsys):
-    from benchmarks import gpu_trial
+def test_the_gpu_check_runs_small_on_a_cpu_and_writes_a_profile(tmp_path):
+    from benchmarks import gpu_check
 
-    result = gpu_trial.main([
-        "--model", "RN-tiny", "--image-size", "64", "--train", "40", "--test", "16", "--batch", "8",
-        "--setups", "baseline,dual_coop", "--processes", "1,2", "--seconds", "2", "--workers", "0", "--workdir", str(tmp_path),
-    ])  # fmt: skip
-    assert [(row["setup"], row["cuda_graph"]) for row in result["trials"]] == [("baseline", False), ("dual_coop", False)]
-    for row in result["trials"]:
+    out = gpu_check.main(["--quick", "--out", str(tmp_path / "check")])
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert {name: step["status"] for name, step in report["steps"].items()} == dict.fromkeys(("cuda_tests", "step", "fused", "loop"), "ok")
+    if not torch.cuda.is_available():
+        assert report["steps"]["cuda_tests"]["summary"].startswith("24 skipped")
+    assert [entry["setup"] for entry in report["steps"]["step"]["figures"]["summary"]] == ["baseline", "dual_coop"]
+    loop = report["steps"]["loop"]["figures"]
+    assert [(row["setup"], row["cuda_graph"]) for row in loop["trials"]] == [("baseline", False), ("dual_coop", False)]
+    for row in loop["trials"]:
         assert row["steps"] == 5 and row["step_ms"] > 0 and row["eval_s"] > 0 and row["coco_trial_min"] > 0
         assert row["resident"] == "test,train0"
-    assert result["fill_images_per_s"] > 0 and set(result["packing"]) == {1, 2}
-    printed = capsys.readouterr().out
-    assert "feature fill:" in printed and "dual_coop trials sharing the device: 1:" in printed
-
-
-def test_the_augmentation_benchmark_runs_and_prints_its_figures(monkeypatch, capsys):
-    import json
-    import sys
-
-    from benchmarks import augmentation
-
-    monkeypatch.setattr(sys, "argv", ["augmentation", "--images", "4", "--size", "64", "--repeats", "1", "--json"])
-    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # one thread for the rest of the suite: no
-    augmentation.main()
-    figures = json.loads(capsys.readouterr().out)
-    assert set(figures["images_per_second_per_core"]) == {
-        "before", "jpeg, reference", "store, reference", "jpeg, torchvision", "store, torchvision",
-    }  # fmt: skip
-    assert all(rate > 0 for rate in figures["images_per_second_per_core"].values())
+    assert loop["fill_images_per_s"] > 0 and set(loop["packing"]) == {"1", "2"}
+    (row,) = report["fused"]["rows"]
+    assert (row["mode"], row["members"], row["setups"]) == ("cached", 2, ["dual_coop", "positive_coop"])
+    # The profile costs smoke.yaml's MLR trials, fused and not.
+    assert report["cost"][0].startswith(f"Cost from {out / 'gpu_check.json'} (RN-tiny at 64 px, batch 8")
+    assert report["cost"][1].lstrip().startswith("fused (") and report["cost"][2].lstrip().startswith("unfused (8 trials)")
+    table = (out / "gpu_check.md").read_text()
+    assert "| fused cached K=2 | " in table and "| packing 2 | " in table and "| feature fill | " in table

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from trainables.errors import UserInputError
-from trainables.step import WARMUP_STEPS, TrainingStep
+from trainables.step import WARMUP_STEPS, GroupStep, TrainingStep
 
 
-class StandInGraphStep(TrainingStep):
-    """`TrainingStep` with a stand-in for CUDA's stream and graph."""
+class StandInGraph:
+    """A stand-in for CUDA's stream and graph, for a `GraphedStep`."""
 
     def __init__(self, *args, capture_error: Exception | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -39,6 +39,14 @@ class StandInGraphStep(TrainingStep):
                 step._step(step._static_inputs)
 
         return Replay()
+
+
+class StandInGraphStep(StandInGraph, TrainingStep):
+    """`TrainingStep` with the stand-in graph."""
+
+
+class StandInGroupStep(StandInGraph, GroupStep):
+    """`GroupStep` with the stand-in graph."""
 
 
 def _problem(seed: int = 0):
@@ -134,3 +142,52 @@ def test_an_eager_step_has_no_warnings():
     step = TrainingStep(loss_of, optimizer, torch.device("cpu"))
     _train(step, batches, epochs=1)
     assert step.warnings() == {}
+
+
+def _members(count: int):
+    """`count` regressions on the same features with targets of their own: (weight, step, targets of every row)."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(28, 3, generator=generator)
+    members = []
+    for _ in range(count):
+        weight = torch.nn.Parameter(torch.zeros(3))
+        targets = torch.randn(28, generator=generator)
+        step = TrainingStep(lambda f, t, w=weight: ((f @ w - t) ** 2).mean(), torch.optim.SGD([weight], lr=0.05, momentum=0.9),
+                            torch.device("cpu"))  # fmt: skip
+        members.append((weight, step, targets))
+    batches = [(x[i : i + 8], torch.arange(i, min(i + 8, 28))) for i in range(0, 28, 8)]
+    return members, batches
+
+
+def test_a_graphed_group_step_trains_each_member_as_its_own_eager_steps():
+    members, batches = _members(3)
+    group = StandInGroupStep([(step, targets) for _, step, targets in members], torch.device("cpu"), True, full_rows=8)
+    losses = [[] for _ in members]
+    for epoch in range(3):
+        for features, rows in batches:
+            group(features, rows)
+        for i, (_, step, _) in enumerate(members):
+            losses[i].append(step.end_epoch(epoch))
+    assert len(group.captures) == 1 and group.replays == 3 * 3 - WARMUP_STEPS  # one graph for every member's step
+    alone, batches = _members(3)
+    for i, (weight, step, targets) in enumerate(alone):
+        eager = []
+        for epoch in range(3):
+            for features, rows in batches:
+                step(features, targets[rows])
+            eager.append(step.end_epoch(epoch))
+        assert eager == losses[i] and torch.equal(weight.detach(), members[i][0].detach())
+
+
+def test_a_group_capture_that_fails_under_auto_warns_on_every_members_run():
+    members, batches = _members(2)
+    error = RuntimeError("operation not permitted when stream is capturing")
+    group = StandInGroupStep([(step, targets) for _, step, targets in members], torch.device("cpu"), True, full_rows=8,
+                             capture_error=error)  # fmt: skip
+    for _ in range(2):
+        for features, rows in batches:
+            group(features, rows)
+    assert group.graphed is False and len(group.captures) == 1
+    for _, step, _ in members:
+        assert step.warnings() == {"training.cuda_graph": "the step could not be captured as a CUDA graph, so it ran eagerly: "
+                                   "operation not permitted when stream is capturing"}  # fmt: skip

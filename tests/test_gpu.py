@@ -53,6 +53,24 @@ def test_a_graphed_trial_learns_what_the_eager_one_does(tmp_path, setup):
         _assert_same_weights(s1["setup"], s2["setup"], **BF16)
 
 
+def test_a_fused_group_is_one_graph_and_each_member_learns_what_it_learns_alone(tmp_path):
+    from trainables.mlr.fused import FusedMLRTrials, run_group_epochs
+
+    setups = ["baseline", "positive_coop", "negative_coop", "dual_coop"]
+    group = FusedMLRTrials([_config(tmp_path, setup, True) for setup in setups])
+    fused = list(run_group_epochs(group, [None] * len(setups)))
+    step = group.stream.group_step(group.members)
+    assert step._graph is not None and step._static_inputs[0].shape[0] == 8  # one graph, every member's step in it
+    assert all(member.step._graph is None for member in group.members)
+    for i, setup in enumerate(setups):
+        alone = list(run_epochs(_config(tmp_path, setup, True)))
+        for epoch, (metrics, state) in enumerate(alone):
+            member_metrics, member_state = fused[epoch][i]
+            assert member_metrics["train_loss"] == pytest.approx(metrics["train_loss"], rel=1e-3)
+            assert member_metrics["mAP"] == pytest.approx(metrics["mAP"], abs=1e-3)
+            _assert_same_weights(member_state["setup"], state["setup"], **BF16)
+
+
 def test_resuming_a_graphed_trial_gives_the_uninterrupted_weights(tmp_path):
     config = _config(tmp_path, "dual_coop", True)
     straight = list(run_epochs(config))

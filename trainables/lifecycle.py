@@ -102,6 +102,11 @@ class TaskFamily:
     """`run(config, state)`: the family's loop, `run_epochs` over its trial for the built-in families."""
     metric: str
     """The per-epoch metric trials are ranked by (maximised): `best_<metric>` is its best epoch's."""
+    run_group: Callable[..., Iterator[list]] | None = None
+    """`run_group(configs, states)`: the family's loop for trials fused in a group (trials of one
+    stream, trained in one process on one device, each batch read once for all), yielding after each
+    epoch each member's (metrics, state), the error it failed with, or None where it did not train
+    that epoch; None: the family's trials are not fused."""
     source: str | None = None
     """`module:attribute` naming this object, for a family outside `trainables.tasks.TASKS`: Ray
     workers import `trainables` only, and find such a family through its trials' configs (`family_source`)."""

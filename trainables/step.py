@@ -87,8 +87,10 @@ def snapshot(state: dict) -> dict:
     return state.detach().cpu().clone() if isinstance(state, torch.Tensor) else state
 
 
-class TrainingStep:
-    """One optimiser step per call, on `loss_of(*inputs)`; see the module docstring.
+class GraphedStep:
+    """One step per call, eager or replayed from a CUDA graph (see the module docstring): what
+    `TrainingStep` (one trial's) and `GroupStep` (a fused group's members') share. A subclass says
+    what a step is (`_step`) and how its gradients are cleared (`_zero_grad`).
 
     `graphed`: capture the step as a CUDA graph (`use_cuda_graph`); `graph_required`: the spec said
     `true`, so a capture that fails is the trial's one-line error instead of a warning and eager
@@ -96,39 +98,26 @@ class TrainingStep:
     that is warmed up, captured and replayed.
     """
 
-    def __init__(
-        self,
-        loss_of: LossFunction,
-        optimizer: torch.optim.SGD,
-        device: torch.device,
-        graphed: bool = False,
-        *,
-        graph_required: bool = False,
-        full_rows: int | None = None,
-    ):
-        self.loss_of = loss_of
-        self.optimizer = optimizer
+    def __init__(self, device: torch.device, graphed: bool = False, *, graph_required: bool = False, full_rows: int | None = None):
         self.device = device
         self.graphed = graphed
         self.graph_required = graph_required
         self.full_rows = full_rows
         self.fallback: str | None = None
         """Why the step runs eagerly although a graph was asked for (`auto` and a capture that failed)."""
-        self.learning_rates = [torch.tensor(float(g["lr"]), device=device) for g in optimizer.param_groups]
-        # Read by `end_epoch` only: the steps of this epoch, their loss sum, the first non-finite one.
-        self._steps = torch.zeros((), dtype=torch.int64, device=device)
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-        self._first_bad_loss = torch.zeros((), dtype=torch.float32, device=device)
         self._warmup_left = WARMUP_STEPS
         self._graph = None
         self._static_inputs: list[torch.Tensor] = []
 
-    def set_learning_rates(self, values: Sequence[float]) -> None:
-        """Each group's learning rate from now on; written to the device without waiting for it."""
-        for group, tensor, value in zip(self.optimizer.param_groups, self.learning_rates, values, strict=True):
-            group["lr"] = value  # what the optimiser's state_dict reports
-            tensor.fill_(value)
+    def _step(self, inputs: Sequence[torch.Tensor], zero_grad: bool = True) -> None:
+        raise NotImplementedError
+
+    def _zero_grad(self) -> None:
+        raise NotImplementedError
+
+    def _fall_back(self, reason: str) -> None:
+        """From now on, eager steps: the capture failed for `reason`."""
+        self.graphed, self.fallback = False, reason
 
     def __call__(self, *inputs: torch.Tensor) -> None:
         if not self.graphed:
@@ -152,38 +141,6 @@ class TrainingStep:
         if self.fallback is None:
             return {}
         return {"training.cuda_graph": f"the step could not be captured as a CUDA graph, so it ran eagerly: {self.fallback}"}
-
-    def end_epoch(self, epoch: int) -> float:
-        """The mean loss of this epoch's steps (the one host sync of an epoch); raises FloatingPointError
-        if a loss was not finite, naming the epoch (0-based here) and its first such step."""
-        steps, first_bad, total, bad_loss = torch.stack(
-            [self._steps.double(), self._first_bad_step.double(), self._loss_sum, self._first_bad_loss.double()]
-        ).tolist()
-        self._steps.zero_()
-        self._loss_sum.zero_()
-        self._first_bad_step.fill_(-1)
-        if first_bad >= 0:
-            raise FloatingPointError(
-                f"training loss is {bad_loss} at epoch {epoch + 1}, step {int(first_bad) + 1}: "
-                "the learning rate or loss settings diverge"
-            )
-        return total / max(steps, 1)
-
-    # -- the step ------------------------------------------------------------------------------
-
-    def _step(self, inputs: Sequence[torch.Tensor], zero_grad: bool = True) -> None:
-        if zero_grad:
-            self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_of(*inputs)
-        loss.backward()
-        sgd_update(self.optimizer, self.learning_rates)
-        with torch.no_grad():
-            loss = loss.detach()
-            first_bad = torch.logical_and(~torch.isfinite(loss), self._first_bad_step < 0)
-            self._first_bad_step.copy_(torch.where(first_bad, self._steps, self._first_bad_step))
-            self._first_bad_loss.copy_(torch.where(first_bad, loss.float(), self._first_bad_loss))
-            self._loss_sum.add_(loss.double())
-            self._steps.add_(1)
 
     def _full(self, inputs: Sequence[torch.Tensor]) -> bool:
         """Whether `inputs` are a full batch: the shape to capture (any, where `full_rows` is not known)."""
@@ -218,14 +175,14 @@ class TrainingStep:
             if stream is not None:
                 torch.cuda.set_stream(stream)  # a capture that fails to end leaves its own stream current
             self._graph, self._static_inputs = None, []
-            self.optimizer.zero_grad(set_to_none=True)  # gradients the capture allocated in its pool
+            self._zero_grad()  # gradients the capture allocated in its pool
             reason = " ".join(str(error).split()) or type(error).__name__
             if self.graph_required:
                 raise UserInputError(
                     f"training.cuda_graph is true, but this trial's step cannot be captured as a CUDA graph ({reason}); "
                     "set training.cuda_graph to auto to run it eagerly"
                 ) from None
-            self.graphed, self.fallback = False, reason
+            self._fall_back(reason)
             log.warning("the training step cannot be captured as a CUDA graph (%s): running it eagerly", reason)
             self._step(inputs)
             return
@@ -236,7 +193,7 @@ class TrainingStep:
         self._static_inputs = [x.clone() for x in inputs]
         # Gradients allocated inside the capture belong to the graph's memory pool; every replay
         # writes them afresh, as backward does into a None gradient.
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         graph = torch.cuda.CUDAGraph()
         # thread_local: the loader's prefetch thread may allocate pinned memory meanwhile, which the
         # default (global) mode would count against this capture. The stream is the trial's device's:
@@ -244,3 +201,99 @@ class TrainingStep:
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
             self._step(self._static_inputs, zero_grad=False)
         return graph
+
+
+class TrainingStep(GraphedStep):
+    """One optimiser step of one trial per call, on `loss_of(*inputs)`; see the module docstring and
+    `GraphedStep` for `graphed`, `graph_required` and `full_rows`.
+    """
+
+    def __init__(
+        self,
+        loss_of: LossFunction,
+        optimizer: torch.optim.SGD,
+        device: torch.device,
+        graphed: bool = False,
+        *,
+        graph_required: bool = False,
+        full_rows: int | None = None,
+    ):
+        super().__init__(device, graphed, graph_required=graph_required, full_rows=full_rows)
+        self.loss_of = loss_of
+        self.optimizer = optimizer
+        self.learning_rates = [torch.tensor(float(g["lr"]), device=device) for g in optimizer.param_groups]
+        # Read by `end_epoch` only: the steps of this epoch, their loss sum, the first non-finite one.
+        self._steps = torch.zeros((), dtype=torch.int64, device=device)
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self._first_bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+
+    def set_learning_rates(self, values: Sequence[float]) -> None:
+        """Each group's learning rate from now on; written to the device without waiting for it."""
+        for group, tensor, value in zip(self.optimizer.param_groups, self.learning_rates, values, strict=True):
+            group["lr"] = value  # what the optimiser's state_dict reports
+            tensor.fill_(value)
+
+    def end_epoch(self, epoch: int) -> float:
+        """The mean loss of this epoch's steps (the one host sync of an epoch); raises FloatingPointError
+        if a loss was not finite, naming the epoch (0-based here) and its first such step."""
+        steps, first_bad, total, bad_loss = torch.stack(
+            [self._steps.double(), self._first_bad_step.double(), self._loss_sum, self._first_bad_loss.double()]
+        ).tolist()
+        self._steps.zero_()
+        self._loss_sum.zero_()
+        self._first_bad_step.fill_(-1)
+        if first_bad >= 0:
+            raise FloatingPointError(
+                f"training loss is {bad_loss} at epoch {epoch + 1}, step {int(first_bad) + 1}: "
+                "the learning rate or loss settings diverge"
+            )
+        return total / max(steps, 1)
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def _step(self, inputs: Sequence[torch.Tensor], zero_grad: bool = True) -> None:
+        if zero_grad:
+            self._zero_grad()
+        loss = self.loss_of(*inputs)
+        loss.backward()
+        sgd_update(self.optimizer, self.learning_rates)
+        with torch.no_grad():
+            loss = loss.detach()
+            first_bad = torch.logical_and(~torch.isfinite(loss), self._first_bad_step < 0)
+            self._first_bad_step.copy_(torch.where(first_bad, self._steps, self._first_bad_step))
+            self._first_bad_loss.copy_(torch.where(first_bad, loss.float(), self._first_bad_loss))
+            self._loss_sum.add_(loss.double())
+            self._steps.add_(1)
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+class GroupStep(GraphedStep):
+    """The steps of a fused group's members as one call on (the batch's features, its training-set
+    rows): every member's own step on its own targets, and on CUDA one graph for all of them. Each
+    member keeps its optimiser, learning rates and loss counters in its own `TrainingStep`, which
+    this runs through its `_step` (the member's step never captures a graph of its own)."""
+
+    def __init__(
+        self, members: Sequence[tuple[TrainingStep, torch.Tensor]], device: torch.device, graphed: bool = False,
+        *, graph_required: bool = False, full_rows: int | None = None,
+    ):  # fmt: skip
+        """`members`: each member's step and its targets of every training row (a batch's are gathered inside the step)."""
+        super().__init__(device, graphed, graph_required=graph_required, full_rows=full_rows)
+        self.members = list(members)
+
+    def _step(self, inputs: Sequence[torch.Tensor], zero_grad: bool = True) -> None:
+        features, rows = inputs
+        for step, targets in self.members:
+            step._step((features, targets.index_select(0, rows)), zero_grad)
+
+    def _zero_grad(self) -> None:
+        for step, _ in self.members:
+            step._zero_grad()
+
+    def _fall_back(self, reason: str) -> None:
+        super()._fall_back(reason)
+        for step, _ in self.members:  # each member's run carries the warning
+            step.fallback = reason

@@ -11,9 +11,15 @@ import importlib
 from trainables import mlr, ood
 from trainables.lifecycle import TaskFamily
 
-__all__ = ["SHIPPED", "TASKS", "TaskFamily", "task_of"]
+__all__ = ["MEMBER_ERRORS", "MEMBERS", "SHIPPED", "TASKS", "TaskFamily", "task_of"]
 
 TASKS: dict[str, TaskFamily] = {task.name: task for task in (mlr.TASK, ood.TASK)}
+
+MEMBERS = "members"
+"""Where a fused group's config lists its members' configs, its results their epochs and its checkpoints their states."""
+MEMBER_ERRORS = "member_errors"
+"""Where a fused group's result says which members failed at this epoch: trial key -> {"error":
+`Type: message`, "traceback": the traceback's text}."""
 
 SHIPPED = frozenset(TASKS)
 """The families that come with `trainables`, which no unregistering removes."""

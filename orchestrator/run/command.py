@@ -18,7 +18,7 @@ from trainables.errors import UserInputError
 
 from orchestrator import compat, interrupt
 from orchestrator.family import in_spec
-from orchestrator.run import cluster, fill, fill_cluster
+from orchestrator.run import cluster, fill, fill_cluster, fusion
 from orchestrator.run.launch import (
     EXIT_FAILED_TRIALS,
     Outcome,
@@ -52,7 +52,23 @@ def _deliver(spec: ExperimentSpec, digest: str) -> None:
         print(f"Delivered to MLflow the results of {delivered} trial(s) it had missed", flush=True)
 
 
-def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pending: Pending):
+def _fused_groups(plan: grid.Plan, pending: Pending, on_cluster: bool) -> list[fusion.Group]:
+    """The groups of two trials or more that a new Tuner hands out (`run.fusion`), said in a line or two."""
+    import ray
+
+    spec = plan.spec
+    if not fusion.fusing(spec) or not plan.fixed_trials:
+        return []
+    total = ray.cluster_resources()
+    slot_count = fusion.slots(spec, total.get("CPU", 1.0), total.get("GPU", 0.0))
+    size = fusion.sizing(spec, slot_count, fusion.capacity(spec, on_cluster, slot_count))
+    found = fusion.groups(plan, pending.finished, size)
+    for line in fusion.summary(spec, found, size):
+        print(line, flush=True)
+    return [group for group in found if len(group.members) > 1]
+
+
+def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pending: Pending, on_cluster: bool):
     """A new Tuner at `location`, or the one saved there (`resume`), whose callbacks were pickled with it."""
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -73,8 +89,9 @@ def _build_tuner(plan: grid.Plan, digest: str, location: str, resume: bool, pend
     if spec.scheduler.kind == "asha":
         scheduler = CellASHA(grace_period=spec.scheduler.grace_period, reduction_factor=spec.scheduler.reduction_factor)
     searcher = CellSearcher(
-        plan, optuna_storage(spec) if spec.search.kind == "optuna" else None, pending.finished, pending.studies, pending.budgets
-    )
+        plan, optuna_storage(spec) if spec.search.kind == "optuna" else None, pending.finished, pending.studies, pending.budgets,
+        _fused_groups(plan, pending, on_cluster),
+    )  # fmt: skip
     storage_path, name = location.rsplit("/", 1)
     return tune.Tuner(
         trainable,
@@ -181,7 +198,7 @@ def _run(loaded: LoadedSpec, plan: grid.Plan, address: str | None, fresh: bool) 
         interrupt.phase("running trials")
         # Ctrl-C, or SIGTERM handed on as SIGUSR1: Tune stops its trials (each keeps its last
         # checkpoint) and returns; their runs are closed as KILLED below.
-        results = _build_tuner(plan, launch.digest, launch.location, launch.resume, launch.pending).fit()
+        results = _build_tuner(plan, launch.digest, launch.location, launch.resume, launch.pending, address is not None).fit()
         if Undelivered(spec.state_dir).trials():
             check_reachable(spec.tracking_uri)  # still down: the results wait (below)
             _deliver(spec, launch.digest)

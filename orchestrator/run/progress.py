@@ -15,8 +15,10 @@ from rich.table import Table
 
 from trainables.tasks import task_of
 
+from orchestrator.track.members import Members, is_group
 from orchestrator.track.trial_errors import (
     error_path,
+    error_summary,
     trial_exception,
     user_error_cause,
 )
@@ -78,6 +80,7 @@ class ProgressTable(Callback):
         self._last_shown = 0.0
         self._shown: dict[str, tuple[str, int]] = {}  # what each trial's line last said
         self._statuses: dict[str, str] = {}  # as of the last step: stopping marks every trial TERMINATED
+        self._members = Members()  # what fused groups' results said of each member
 
     def __getstate__(self) -> dict:
         return {"interval_s": self.interval_s, "reused": self.reused}
@@ -93,7 +96,16 @@ class ProgressTable(Callback):
             self._live = Live(console=self._console, auto_refresh=False, transient=False)
             self._live.start()
 
+    def _rows_of(self, trials: list) -> list:
+        """The trials shown: each Ray trial, or each member of a fused group."""
+        return [one for trial in trials for one in self._members.of(trial)]
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        for member in self._members.record(trial, result)[1]:
+            self._console.print(f"{member.config['trial_name']} failed: {member.error}", style="red", highlight=False, soft_wrap=True)
+
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        trials = self._rows_of(trials)
         self._statuses = {trial.trial_id: trial.status for trial in trials}
         now = time.monotonic()
         if now - self._last_shown < self.interval_s:
@@ -113,9 +125,12 @@ class ProgressTable(Callback):
         name = trial.config["trial_name"]
         cause = user_error_cause(trial_exception(trial))
         message = f"{name} failed: {cause}" if cause else f"{name} failed; traceback in {error_path(trial)}"
+        if is_group(trial) and cause is None:  # its members' own failures were said as they happened
+            message = f"{name} failed: {error_summary(trial)}"
         self._console.print(message, style="red", highlight=False, soft_wrap=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
+        trials = self._rows_of(trials)
         # Trials that ended after the last step (or were stopped by Ctrl-C) keep their last status.
         statuses = {trial.trial_id: self._statuses.get(trial.trial_id, trial.status) for trial in trials}
         if self._live is not None:

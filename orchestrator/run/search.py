@@ -79,11 +79,12 @@ class CellSearcher(Searcher):
 
     def __init__(
         self, plan: Plan, optuna_storage: str | None = None, finished: frozenset[str] = frozenset(),
-        studies: dict[str, str] | None = None, budgets: dict[str, int] | None = None,
+        studies: dict[str, str] | None = None, budgets: dict[str, int] | None = None, fused: list | None = None,
     ):  # fmt: skip
         """`finished`: config hashes of fixed trials an earlier launch finished (not handed out);
         `studies`: the study of each searched cell (`study_names`); `budgets`: the trials each
-        searched cell still needs (default: `num_samples`)."""
+        searched cell still needs (default: `num_samples`); `fused`: groups of fixed trials
+        (`run.fusion.Group`, two members or more), handed out first, each as one Ray trial."""
         spec = plan.spec
         optuna_search = spec.search.kind == "optuna"
         super().__init__(
@@ -97,7 +98,9 @@ class CellSearcher(Searcher):
         self._cells = plan.cells
         self._optuna_storage = optuna_storage
         self._handed_out = {cell.key: 0 for cell in self._cells}
-        self._fixed = {key: [t for t in trials if t.config_hash not in finished] for key, trials in plan.fixed_trials.items()}
+        self._groups = [group.as_config() for group in fused or []]
+        grouped = {member.config_hash for group in fused or [] for member in group.members}
+        self._fixed = {key: [t for t in trials if t.config_hash not in finished | grouped] for key, trials in plan.fixed_trials.items()}
         self._study_names = dict(studies or {})
         self._budgets = {
             cell.key: len(self._fixed[cell.key]) if cell.key in self._fixed else (budgets or {}).get(cell.key, plan.trials_per_cell[cell.key])
@@ -117,6 +120,8 @@ class CellSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self._groups:
+            return self._groups.pop(0)
         for offset in range(len(self._cells)):
             cell = self._cells[(self._cursor + offset) % len(self._cells)]
             if self._handed_out[cell.key] < self._budgets[cell.key]:
@@ -155,7 +160,7 @@ class CellSearcher(Searcher):
 
     def __setstate__(self, state: dict) -> None:
         plan = state["_plan"]  # a searcher saved before launches could reuse trials: every trial of the plan
-        self.__dict__.update({"_fixed": dict(plan.fixed_trials), "_budgets": dict(plan.trials_per_cell), "_study_names": {}})
+        self.__dict__.update({"_fixed": dict(plan.fixed_trials), "_budgets": dict(plan.trials_per_cell), "_study_names": {}, "_groups": []})
         self.__dict__.update(state)
         self._studies = {}
 

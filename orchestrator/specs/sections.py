@@ -140,9 +140,24 @@ class Resources(Strict):
     (`cpu` runs on the CPU even on a node whose GPUs torch cannot use)."""
     max_concurrent_trials: int | None = Field(None, ge=1)
     """None: as many as the cluster's CPUs and GPUs allow."""
+    fuse: Literal["auto", "off"] = "auto"
+    """`auto`: the fixed trials that read the same data stream (same data, backbone, features, seed,
+    batch size and epochs: their family says which fields) train in groups, one Ray trial per group
+    on one device, each batch read, augmented and encoded once for all of them, every member still a
+    trial of its own (run, row, checkpoint, failure); `off`: a Ray trial per trial. Optuna's samples
+    and ASHA-scheduled specs run unfused (`orchestrator.run.fusion`)."""
+    max_members: int | None = Field(None, ge=1)
+    """The most trials in a fused group; None: as many as the device's memory holds beside the shared
+    backbone, measured as `describe` measures a trial, and no more than spreads them over every trial slot."""
     max_failures: int = Field(0, ge=0)
     """How often Ray restarts a failed trial from its last checkpoint, on any node: set it on a
     cluster whose nodes can go away. Every failure counts, a diverged (NaN) trial's too."""
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        """YAML reads `fuse: off` as false (and `on` as true)."""
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("gpus_per_trial")
     @classmethod

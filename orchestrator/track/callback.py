@@ -9,8 +9,6 @@ launch marks leftovers FAILED before resuming, and a resumed trial sets its run 
 
 from __future__ import annotations
 
-import functools
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,8 @@ from ray.tune import Callback
 from trainables.errors import UserInputError
 
 from orchestrator.family import Family, of_trial
-from orchestrator.track.outage import PROBE_INTERVAL_S, Undelivered, is_unreachable
+from orchestrator.track.members import Member, Members
+from orchestrator.track.outage import PROBE_INTERVAL_S, unless_unreachable
 from orchestrator.track.schema import (
     CELL_KEY_TAG,
     CELL_ROLE,
@@ -49,32 +48,6 @@ from orchestrator.track.store import (
     git_commit,
 )
 from orchestrator.track.trial_errors import error_path, error_summary, traceback_text
-
-
-def _unless_unreachable(handler):
-    """Run a trial event's handler unless the server is down or the trial already missed an
-    event: then list the trial as undelivered (its run is rebuilt later from Ray's results)."""
-
-    @functools.wraps(handler)
-    def guarded(self, iteration: int, trials: list, trial, *args, **info) -> None:
-        if self.results_dir is None:
-            return handler(self, iteration, trials, trial, *args, **info)
-        undelivered = Undelivered(self.results_dir)
-        if trial.trial_id in undelivered.trials() or not self._server_answers():
-            undelivered.add(trial.trial_id, self.tune_location)
-            return None
-        try:
-            return handler(self, iteration, trials, trial, *args, **info)
-        except Exception as error:
-            if not is_unreachable(error):
-                raise
-            self._down_until = time.monotonic() + PROBE_INTERVAL_S
-            undelivered.add(trial.trial_id, self.tune_location)
-            print(f"MLflow at {self.tracking_uri} does not answer; trial results are kept in {self.results_dir} "
-                  "and delivered when it does", file=sys.stderr, flush=True)  # fmt: skip
-            return None
-
-    return guarded
 
 
 def _family(trial) -> Family:
@@ -114,6 +87,8 @@ class MlflowCallback(Callback):
         self._nodes: dict[str, str] = {}  # Ray trial id -> the node its run's tag names
         self._warned: set[tuple[str, str]] = set()  # (Ray trial id, setting) whose warning tag is set
         self._down_until = 0.0  # while the server does not answer: when to ask it again
+        self._members = Members()  # what fused groups' results said of each member
+        self._closed: set[str] = set()  # trial ids whose run this callback ended (a group's members end one by one)
 
     def __getstate__(self) -> dict:
         # Pickled into Tune's experiment state: configuration only, never a client or a dataset.
@@ -177,13 +152,60 @@ class MlflowCallback(Callback):
             self._cell_runs[cell_key] = run_id
         return self._cell_runs[cell_key]
 
-    @_unless_unreachable
+    @unless_unreachable
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        for one in self._members.of(trial):
+            self._start(one)
+
+    @unless_unreachable
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        reported, failed = self._members.record(trial, result)
+        for one in reported:
+            self._result(one, one.last_result if one is not trial else result)
+            if one is not trial and one.done:  # a member ends with its last epoch: the group may go on for others
+                self._complete(one)
+        for one in failed:
+            self._fail(one, one.error, one.traceback)
+
+    @unless_unreachable
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        for one in self._members.of(trial):
+            if one.trial_id not in self._closed:
+                self._complete(one)
+
+    @unless_unreachable
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        """A failed trial: its runs (every member's that is still open) FAILED, the reason as a tag, the traceback as `error.txt`."""
+        path = error_path(trial)
+        for one in self._members.of(trial):
+            if one.trial_id not in self._closed:
+                self._fail(one, error_summary(trial), traceback_text(trial), path)
+
+    @unless_unreachable
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """Ray restarts a failed trial from its last checkpoint (`FailureConfig.max_failures`): say why on its runs."""
+        for one in self._members.of(trial):
+            run_id = self._trial_runs.get(one.trial_id)
+            if run_id is None or one.trial_id in self._closed:
+                continue
+            retries = int(self.store.tag_of(run_id, RETRIES_TAG) or "0") + 1
+            self.store.tag(run_id, {RETRIES_TAG: str(retries), LAST_FAILURE_TAG: error_summary(trial)})
+
+    # -- one trial's run (a Ray trial's, or a fused group member's) ------------------------------
+
+    def _start(self, trial) -> None:
         family = _family(trial)
         config = family.task.config.model_validate(trial.config["trial_config"])
         cell_key, trial_key = trial.config["cell_key"], trial.config["trial_key"]
         setup = trial.config.get("setup", config.setup)  # configs made before the second family name no setup
         existing = self.store.find(**{TRIAL_KEY_TAG: trial_key})
+        if isinstance(trial, Member) and existing is not None and f"best_{family.task.metric}" in existing.data.metrics:
+            # A member that finished before its group was stopped: its group trains it no more.
+            if existing.info.status != "FINISHED":
+                self.store.end(existing.info.run_id, "FINISHED")
+            self._trial_runs[trial.trial_id] = existing.info.run_id
+            self._closed.add(trial.trial_id)
+            return
         if existing is not None and trial.checkpoint is None and existing.data.metrics:
             # Tune starts this trial from scratch (its earlier attempt left no checkpoint Tune
             # knows of): a clean run, so that its history holds each epoch once.
@@ -209,9 +231,9 @@ class MlflowCallback(Callback):
                 # it from its last checkpoint, and it ends at once without a new epoch.
                 self._final_logged.add(trial.trial_id)
         self._trial_runs[trial.trial_id] = run_id
+        self._closed.discard(trial.trial_id)
 
-    @_unless_unreachable
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+    def _result(self, trial, result: dict) -> None:
         epoch = int(result["epoch"])
         if epoch <= self._logged_up_to.get(trial.trial_id, 0):
             return  # already logged before a restart from an older checkpoint
@@ -230,8 +252,7 @@ class MlflowCallback(Callback):
             self.store.tag(run_id, {RAY_NODE_TAG: node})
             self._nodes[trial.trial_id] = node
 
-    @_unless_unreachable
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+    def _complete(self, trial) -> None:
         run_id = self._trial_runs[trial.trial_id]
         result = trial.last_result
         if trial.trial_id in self._final_logged:
@@ -241,28 +262,17 @@ class MlflowCallback(Callback):
             self.store.end(run_id, "FINISHED")
         else:
             self.store.end(run_id, "FAILED")  # stopped before its first epoch
+        self._closed.add(trial.trial_id)
 
-    @_unless_unreachable
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        """A failed trial: its run FAILED, the reason as a tag, the traceback as `error.txt`."""
+    def _fail(self, trial, summary: str, traceback: str, path: Path | None = None) -> None:
         run_id = self._trial_runs.get(trial.trial_id)
         if run_id is None:
             return
-        tags = {ERROR_TAG: error_summary(trial)}
-        path = error_path(trial)
+        tags = {ERROR_TAG: summary}
         if path is not None:
             tags[ERROR_FILE_TAG] = str(path)
         self.store.tag(run_id, tags)
-        traceback = traceback_text(trial)
         if traceback:
             self.store.log_file(run_id, "error.txt", lambda file: Path(file).write_text(traceback))
         self.store.end(run_id, "FAILED")
-
-    @_unless_unreachable
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        """Ray restarts a failed trial from its last checkpoint (`FailureConfig.max_failures`): say why on its run."""
-        run_id = self._trial_runs.get(trial.trial_id)
-        if run_id is None:
-            return
-        retries = int(self.store.tag_of(run_id, RETRIES_TAG) or "0") + 1
-        self.store.tag(run_id, {RETRIES_TAG: str(retries), LAST_FAILURE_TAG: error_summary(trial)})
+        self._closed.add(trial.trial_id)

@@ -6,7 +6,10 @@ from Ray's results (`orchestrator.track.replay`).
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
+import time
 import urllib.error
 from pathlib import Path
 
@@ -56,3 +59,29 @@ class Undelivered:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def unless_unreachable(handler):
+    """A trial event's handler of `callback.MlflowCallback`, run unless the server is down or the trial already missed an
+    event: then list the trial as undelivered (its run is rebuilt later from Ray's results)."""
+
+    @functools.wraps(handler)
+    def guarded(self, iteration: int, trials: list, trial, *args, **info) -> None:
+        if self.results_dir is None:
+            return handler(self, iteration, trials, trial, *args, **info)
+        undelivered = Undelivered(self.results_dir)
+        if trial.trial_id in undelivered.trials() or not self._server_answers():
+            undelivered.add(trial.trial_id, self.tune_location)
+            return None
+        try:
+            return handler(self, iteration, trials, trial, *args, **info)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._down_until = time.monotonic() + PROBE_INTERVAL_S
+            undelivered.add(trial.trial_id, self.tune_location)
+            print(f"MLflow at {self.tracking_uri} does not answer; trial results are kept in {self.results_dir} "
+                  "and delivered when it does", file=sys.stderr, flush=True)  # fmt: skip
+            return None
+
+    return guarded

@@ -46,6 +46,15 @@ def memory_budget(device: torch.device, requested_gib: float | None, gpu_share: 
     return int(HOST_FRACTION * available_host_memory())
 
 
+def work_memory(device: torch.device, gpu_share: float = 1.0, sharing: int = 1) -> int:
+    """Bytes a trial's weights and steps may use on `device` beside its resident features: the part
+    of the device (its `gpu_share` of a GPU's memory) the feature budget leaves; on a CPU, the host
+    memory available now, split among the `sharing` trials that run on the host at once."""
+    if device.type == "cuda":
+        return int((1 - DEVICE_FRACTION) * torch.cuda.get_device_properties(device).total_memory * gpu_share)
+    return int((1 - HOST_FRACTION) * available_host_memory() / max(sharing, 1))
+
+
 def available_host_memory() -> int:
     """MemAvailable of /proc/meminfo (free memory plus what the page cache would give back), or the
     free pages where that file does not exist."""

@@ -9,6 +9,7 @@ of one stream trained together), `memory` (a trial's peak tensor memory, for `de
 
 from trainables.lifecycle import TaskFamily
 from trainables.mlr.config import TrialConfig
+from trainables.mlr.fused import run_group
 from trainables.mlr.train import MLRTrial, run_epochs
 
-TASK = TaskFamily("mlr", TrialConfig, run_epochs, MLRTrial.metric)
+TASK = TaskFamily("mlr", TrialConfig, run_epochs, MLRTrial.metric, run_group=run_group)

@@ -37,7 +37,6 @@ class FusedMLRTrials:
         self.epochs = configs[0].training.epochs
 
 
-
 def run_group_epochs(group: FusedMLRTrials, states: Sequence[dict | None]) -> Iterator[list[Outcome | None]]:
     """Train every member of `group` from its state (None: from scratch); yield, after each epoch, a
     list with each member's outcome, or None for a member that is not at this epoch (it failed
@@ -47,6 +46,8 @@ def run_group_epochs(group: FusedMLRTrials, states: Sequence[dict | None]) -> It
     for epoch in range(min(state["epoch"] for state in states), group.epochs):
         started = time.perf_counter()
         due = [i for i, state in enumerate(states) if i not in failed and state["epoch"] == epoch]
+        if not due:  # every member left at this epoch failed: the others are further on
+            continue
         trained = dict(zip(due, train_together(group.stream, [group.members[i] for i in due], epoch)))
         outcomes: list[Outcome | None] = [None] * len(group.members)
         for i, result in trained.items():
@@ -57,3 +58,8 @@ def run_group_epochs(group: FusedMLRTrials, states: Sequence[dict | None]) -> It
             outcomes[i] = lifecycle.end_epoch(group.members[i], epoch, result, states[i], started)
             states[i] = outcomes[i][1]
         yield outcomes
+
+
+def run_group(configs: Sequence[TrialConfig], states: Sequence[dict | None]) -> Iterator[list[Outcome | None]]:
+    """The MLR family's loop for a fused group (`trainables.lifecycle.TaskFamily.run_group`)."""
+    return run_group_epochs(FusedMLRTrials(configs), states)

@@ -75,6 +75,12 @@ def _module_tensors(*modules: torch.nn.Module) -> list[torch.Tensor]:
     return [t for module in modules for t in (*module.parameters(), *module.buffers())]
 
 
+def module_bytes(module: torch.nn.Module) -> int:
+    """The bytes of a module's weights and buffers (each storage once)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _module_tensors(module)}
+    return sum(storages.values())
+
+
 def mlr_trial_bytes(setup: MLRSetup, clip: FrozenCLIP, batch_size: int, eval_batch_size: int, chosen_precision: str) -> int:
     """Peak bytes of an MLR trial of `setup` (built on `clip`) on `clip`'s device: two SGD steps on
     cached features (the second with momentum buffers), then the evaluation's class embeddings and

@@ -8,7 +8,7 @@ has a stream of its own; trials fused in a group (`trainables.mlr.fused`) share 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from trainables.features.decoded import DecodedStore
 from trainables.features.encoding import RowLoader, train_views
 from trainables.mlr import negation
 from trainables.mlr.config import TrialConfig
-from trainables.step import use_cuda_graph
+from trainables.step import GroupStep, use_cuda_graph
 
 MEMBER_FIELDS = {"setup", "setup_options", "loss", "label_ratio"}
 """What the trials of one stream may differ in, beside the training fields below: what they learn,
@@ -70,6 +70,7 @@ class MLRStream:
         self._set_up_backbone()
         self._set_up_data()
         self._set_up_features()
+        self._group_step: tuple[tuple[int, ...], GroupStep] | None = None
 
     def _set_up_backbone(self) -> None:
         config = self.config
@@ -115,6 +116,19 @@ class MLRStream:
         ) or "none"
         if config.features.mode == "online":
             self.online_images = OnlineImages(self.train_set, config, self.device)
+
+    def group_step(self, trials: Sequence) -> GroupStep:
+        """One step for `trials` (MLR trials of this stream) together, captured as one CUDA graph:
+        kept while the same trials train together (a member that failed leaves, and the rest are captured anew)."""
+        key = tuple(id(trial) for trial in trials)
+        if self._group_step is None or self._group_step[0] != key:
+            config = self.config
+            step = GroupStep(
+                [(trial.step, trial.train_targets) for trial in trials], self.device, self.graphed,
+                graph_required=config.training.cuda_graph is True, full_rows=min(config.training.batch_size, len(self.train_set)),
+            )  # fmt: skip
+            self._group_step = (key, step)
+        return self._group_step[1]
 
     # -- the batches -----------------------------------------------------------------------------
 

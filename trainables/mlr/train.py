@@ -196,7 +196,11 @@ def train_together(stream: MLRStream, trials: Sequence[MLRTrial], epoch: int) ->
     rates = [trial.set_learning_rates(epoch) for trial in trials]
     for trial in trials:
         trial.setup.train()
+    group_step = stream.group_step(trials) if len(trials) > 1 and stream.graphed else None
     for feats, rows in stream.batches(epoch):
+        if group_step is not None:  # on CUDA, every member's step in one graph
+            group_step(feats, rows)
+            continue
         for trial in trials:
             trial.step(feats, trial.train_targets.index_select(0, rows))
     trained: list[dict | FloatingPointError] = []

@@ -90,6 +90,27 @@ class MLR(Family):
         sizes = sorted({backbone.image_size for backbone in plan.spec.backbone.configs()})
         return [(dataset, "train", size) for dataset in plan.spec.datasets for size in sizes]
 
+    def stream_key(self, config):
+        from trainables.mlr.stream import stream_key
+
+        return stream_key(config)
+
+    def member_bytes(self, spec):
+        from orchestrator.families.mlr.describe import measure
+
+        measured = measure(spec, self.setups_in(spec))
+        return measured.backbone_bytes, measured.member_bytes, measured.measured_on
+
+    def group_seconds(self, spec, profile, trials):
+        from orchestrator.families.mlr.cost import group_seconds
+
+        return group_seconds(spec, profile, [self.task.config.model_validate(trial.trial_config) for trial in trials])
+
+    def profile_notes(self, spec, profile):
+        from orchestrator.families.mlr.cost import profile_notes
+
+        return profile_notes(spec, profile)
+
     def open_cached_set(self, dataset, split, data_dir):
         from trainables import data
 

@@ -4,15 +4,35 @@ parameters and peak tensor memory on each dataset."""
 from __future__ import annotations
 
 import shutil
+from typing import NamedTuple
 
 from tabulate import tabulate
 
+from orchestrator.families.mlr.cost import train_images
 from orchestrator.specs import LoadedSpec
 
 
-def per_setup_and_dataset(loaded: LoadedSpec, setups: list[str]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], str]:
-    """({setup: {dataset: trainable parameters}}, {setup: {dataset: peak bytes of a trial}}, where
-    the bytes were measured) on the spec's backbone and each dataset's classes.
+class Measured(NamedTuple):
+    """What `measure` found on this machine's device, at the spec's precision."""
+
+    params: dict[str, dict[str, int]]
+    """{setup: {dataset: trainable parameters}}"""
+    peaks: dict[str, dict[str, int]]
+    """{setup: {dataset: peak tensor bytes of a trial}}"""
+    backbone_bytes: int
+    """The frozen backbone's weights and buffers: what a fused group holds once for all its members."""
+    measured_on: str
+    """`cpu, fp32`: the device type and precision."""
+
+    @property
+    def member_bytes(self) -> int:
+        """The most a trial adds to a fused group: its peak beside the backbone, at the heaviest setup and dataset."""
+        return max(b for by_dataset in self.peaks.values() for b in by_dataset.values()) - self.backbone_bytes
+
+
+def measure(spec, setups: list[str]) -> Measured:
+    """The trainable parameters and peak tensor bytes of a trial of each setup on each dataset, on
+    the spec's backbone and each dataset's classes.
 
     The backbone is built with random weights on this machine's device: neither count depends on
     the weights, and no weights need to be present to describe a spec.
@@ -23,7 +43,6 @@ def per_setup_and_dataset(loaded: LoadedSpec, setups: list[str]) -> tuple[dict[s
     from trainables.mlr import memory
     from trainables.mlr import setups as registry
 
-    spec = loaded.spec
     device = trial_device("auto")
     backbone = load_clip(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
     chosen, _ = precision.resolve(spec.training.precision, device)
@@ -38,7 +57,7 @@ def per_setup_and_dataset(loaded: LoadedSpec, setups: list[str]) -> tuple[dict[s
             peaks[name][dataset] = memory.mlr_trial_bytes(
                 setup, backbone, spec.training.batch_size, spec.training.eval_batch_size, chosen
             )
-    return params, peaks, f"{device.type}, {chosen}"
+    return Measured(params, peaks, memory.module_bytes(backbone), f"{device.type}, {chosen}")
 
 
 def _packing(gpus_per_trial: float, largest_bytes: int) -> list[str]:
@@ -52,10 +71,6 @@ def _packing(gpus_per_trial: float, largest_bytes: int) -> list[str]:
     ]
 
 
-KNOWN_TRAIN_IMAGES = {"coco": 82_081, "voc": 5_011}
-"""Training images of the datasets whose size is known without their data (COCO 2014, VOC 2007 trainval)."""
-
-
 def _decoded_store(loaded: LoadedSpec) -> list[str]:
     """The `online` mode's decoded store: its size, and whether it fits the disk under cache_dir."""
     from trainables.features.decoded import DecodedStore
@@ -65,7 +80,7 @@ def _decoded_store(loaded: LoadedSpec) -> list[str]:
         return []
     if not spec.features.decoded_store:
         return ["Decoded store: off (features.decoded_store: false): every epoch decodes and resizes every image"]
-    sizes = {d.name: KNOWN_TRAIN_IMAGES.get(d.kind, d.synthetic_num_train if d.kind == "synthetic" else None) for d in spec.datasets}
+    sizes = {d.name: train_images(d) for d in spec.datasets}
     if None in sizes.values():
         sizes = {name: n for name, n in sizes.items() if n is not None}
         unknown = "; other datasets' sizes are known once their data is there"
@@ -86,7 +101,7 @@ def _decoded_store(loaded: LoadedSpec) -> list[str]:
 
 def lines(loaded: LoadedSpec, setups: list[str], cells: list) -> dict[str, list[str]]:
     spec, backbone, resources = loaded.spec, loaded.spec.backbone, loaded.spec.resources
-    counts, peaks, measured_on = per_setup_and_dataset(loaded, setups)
+    counts, peaks, _, measured_on = measure(spec, setups)
     table = tabulate(
         [
             [setup, *(f"{n:,}" for n in counts[setup].values()), *(f"{b / 2**30:.2f}" for b in peaks[setup].values())]
