@@ -54,7 +54,7 @@ def test_the_gpu_check_runs_small_on_a_cpu_and_writes_a_profile(tmp_path):
     assert {name: step["status"] for name, step in report["steps"].items()} == dict.fromkeys(("cuda_tests", "step", "fused", "loop"), "ok")
     if not torch.cuda.is_available():
         assert report["steps"]["cuda_tests"]["summary"].startswith("24 skipped")
-    assert [entry["setup"] for entry in report["steps"]["step"]["figures"]["summary"]] == ["baseline", "dual_coop"]
+    assert [entry["setup"] for entry in report["steps"]["step"]["figures"]["summary"]] == ["baseline"]
     loop = report["steps"]["loop"]["figures"]
     assert [(row["setup"], row["cuda_graph"]) for row in loop["trials"]] == [("baseline", False), ("dual_coop", False)]
     for row in loop["trials"]:

@@ -146,3 +146,14 @@ def test_describe_without_a_profile_says_how_to_measure_one(write_spec, minimal_
     text = describe(load_spec(write_spec(minimal_spec()), check_data=False), devices=2)
     assert "python -m benchmarks.gpu_check" in text and "--profile FILE" in text
     assert "Fused groups: 4 trials in 2 groups (2, 2 members) for 2 trial slots" in text
+
+
+def test_trials_of_a_family_that_does_not_fuse_run_alone_and_leave_the_slots_to_the_groups(make_spec):
+    from tests.test_ood_orchestrator import OOD_SECTION
+
+    plan = Plan.of(make_spec(setups=["baseline", "dual_coop", "lapt"], ood=OOD_SECTION))
+    groups = fusion.groups(plan, frozenset(), Sizing(slots=2, members=None))
+    mlr = [group for group in groups if group.members[0].family == "mlr"]
+    ood = [group for group in groups if group.members[0].family == "ood"]
+    assert _sizes(mlr) == [2, 2]  # the 4 MLR trials still spread over both slots
+    assert _sizes(ood) == [1] * 6 and len(plan.fixed_trials) == 4 + 6  # untuned variants once, two tuned at 2 ratios

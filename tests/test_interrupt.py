@@ -86,7 +86,8 @@ def _epochs_reported(cwd: Path) -> int:
 
 
 def test_ctrl_c_while_filling_the_cache_stops_in_one_line_and_the_rerun_completes(tmp_path):
-    spec = [*SPEC, "--set", "datasets.0.synthetic_num_train=1536"]  # a fill long enough to be caught
+    # A fill long enough to be caught; two epochs after it are enough for the rerun (the last --set of a key wins).
+    spec = [*SPEC, "--set", "datasets.0.synthetic_num_train=1536", "--set", "training.epochs=2"]
     code, output = _interrupt_when(tmp_path, spec, lambda: "Feature cache for dataset" in _output(tmp_path), signal.SIGINT)
     _check_one_line(code, output, spec, "preparing the backbone and the feature cache", 130)
     assert ": 0 of 4 trials finished, kept;" in output
@@ -105,7 +106,7 @@ def test_a_signal_while_trials_run_stops_them_in_one_line_and_the_rerun_complete
 
 
 def test_ctrl_c_while_pre_training_stops_in_one_line_and_the_rerun_completes(tmp_path):
-    spec = [*SPEC, "--set", "backbone.pretrained=synthetic"]  # the last --set of a key wins
+    spec = [*SPEC, "--set", "backbone.pretrained=synthetic", "--set", "training.epochs=2"]  # the last --set of a key wins
     started = []
 
     def pre_training() -> bool:

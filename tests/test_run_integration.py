@@ -20,10 +20,17 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from trainables.mlr.config import TrialConfig
+from trainables.mlr.train import run_epochs
+from trainables.tasks import MEMBERS
+
+from orchestrator.specs import load_spec
+from orchestrator.specs.grid import Plan
 from orchestrator.track.schema import ROLE_TAG, TRIAL_KEY_TAG
 
 pytestmark = pytest.mark.integration
@@ -79,11 +86,12 @@ def runs_by_role(cwd: Path, experiment: str) -> dict[str, list]:
     return found
 
 
-def test_smoke_spec_end_to_end(tmp_path):
+def test_smoke_spec_end_to_end(tmp_path, monkeypatch):
     code, output = run(["run", "smoke.yaml", *SMALL, "--set", "training.epochs=2"], tmp_path)
     assert code == 0, output
     assert "All 4 trials finished" in output
     assert "Traceback" not in output
+    assert "Fused groups: 4 trials in 2 groups (2, 2 members) for 2 trial slots" in output  # Ray's 2 CPUs, 1 per trial
 
     mlflow = client(tmp_path)
     runs = runs_by_role(tmp_path, "smoke")
@@ -103,6 +111,18 @@ def test_smoke_spec_end_to_end(tmp_path):
         assert list(per_class.columns) == ["class", "ap"] and len(per_class) == 8
         assert run_.data.params["training.epochs"] == "2"
         assert run_.data.tags["git_commit"]
+    # A member of a fused group logs what its trial computes alone.
+    monkeypatch.chdir(tmp_path)
+    plan = Plan.of(load_spec("smoke.yaml", [*SMALL[1::2], "training.epochs=2"]).spec)
+    trial = plan.fixed_trials[next(cell.key for cell in plan.cells if cell.setup == "dual_coop")][0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial's Ray worker (1 CPU): the same sums in the same order
+    try:
+        alone = [metrics["mAP"] for metrics, _ in run_epochs(TrialConfig.model_validate(trial.trial_config))]
+    finally:
+        torch.set_num_threads(threads)
+    (member,) = [r for r in trials if r.data.tags[TRIAL_KEY_TAG] == trial.trial_key]
+    assert [m.value for m in mlflow.get_metric_history(member.info.run_id, "mAP")] == pytest.approx(alone, abs=1e-6)
     for cell in runs["cell"]:
         assert [a.path for a in mlflow.list_artifacts(cell.info.run_id)] == ["partial_labels.npz"]
     (launch,) = runs["launch"]
@@ -201,14 +221,24 @@ def test_killed_run_resumes_without_rerunning_or_duplicating(tmp_path):
     for key, run_ in finished_before.items():
         # Not rerun: the same run, untouched, and Ray holds its epochs once.
         assert after[key].info.run_id == run_.info.run_id and after[key].info.end_time == run_.info.end_time
-        name = run_.data.tags["mlflow.runName"]
-        (result_file,) = (tmp_path / "runs" / "smoke").glob(f"*/{name}/result.json")  # in the Tune experiment of the spec
-        results = result_file.read_text().splitlines()
-        assert [json.loads(line)["epoch"] for line in results] == list(range(1, epochs + 1))
+        assert ray_epochs(tmp_path / "runs" / "smoke", key) == list(range(1, epochs + 1))
     for key, count in epochs_before.items():
         if count >= 2 and key not in finished_before:
             # In flight with a checkpoint: continued in the same run rather than started over.
             assert after[key].info.run_id == before[key].info.run_id
+
+
+def ray_epochs(experiment: Path, trial_key: str) -> list[int]:
+    """The epochs Ray's results (`result.json` of each Ray trial of the spec's Tune experiments) hold of
+    one trial: its own Ray trial's, or those its fused group reported of it."""
+    epochs = []
+    for result_file in sorted(experiment.glob("*/*/result.json")):
+        for result in map(json.loads, result_file.read_text().splitlines()):
+            if trial_key in result.get(MEMBERS, {}):
+                epochs.append(result[MEMBERS][trial_key]["epoch"])
+            elif result["config"].get("trial_key") == trial_key:
+                epochs.append(result["epoch"])
+    return epochs
 
 
 @pytest.mark.parametrize("feature_mode", ["cached", "online"])

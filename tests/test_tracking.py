@@ -19,6 +19,7 @@ from mlflow.entities import ViewType
 
 from trainables import data
 from trainables.errors import UserInputError
+from trainables.tasks import MEMBER_ERRORS, MEMBERS
 
 from orchestrator.run.launch import finalize
 from orchestrator.specs import grid
@@ -237,6 +238,68 @@ def test_recovered_trial_counts_its_retries_and_says_why(started, store, tmp_pat
     assert run.data.tags["orchestrator.retries"] == "2"
     assert run.data.tags["orchestrator.last_failure"] == "RuntimeError: node 2 lost"
     assert run.info.status == "RUNNING"  # Ray restarts it from its last checkpoint
+
+
+def group_trial(spec, trial_id: str = "g1", checkpoint=None) -> SimpleNamespace:
+    """What the callback reads from the Ray trial of a fused group of the spec's two trials (baseline, dual_coop)."""
+    from orchestrator.run.fusion import Group
+
+    members = tuple(trial for cell in grid.cells(spec) for trial in grid.grid_trials(spec, cell))
+    config = Group(members).as_config()
+    return SimpleNamespace(trial_id=trial_id, config=config, checkpoint=checkpoint, last_result={}, status="RUNNING",
+                           path=f"/results/{config['trial_name']}", run_metadata=SimpleNamespace(error_filename=None))  # fmt: skip
+
+
+def group_result(epochs: dict[str, dict], errors: dict[str, str] | None = None) -> dict:
+    """A fused group's result: each member's epoch by trial key, the members that failed at it, Tune's keys."""
+    failed = {key: {"error": error, "traceback": f"Traceback (most recent call last):\n{error}\n"} for key, error in (errors or {}).items()}
+    return {"epoch": max((e["epoch"] for e in epochs.values()), default=0), MEMBERS: epochs, MEMBER_ERRORS: failed,
+            "hostname": "host-1"}  # fmt: skip
+
+
+def test_a_fused_groups_members_each_have_their_own_run_which_ends_with_the_member(spec, store, tmp_path):
+    store.launch_run("h4sh", "", tmp_path / "s.yaml", "c")
+    logger = callback(spec)
+    group = group_trial(spec)
+    baseline, dual = (member["trial_key"] for member in group.config[MEMBERS])
+    logger.on_trial_start(0, [], group)
+    runs = {run.data.tags[TRIAL_KEY_TAG]: run for run in trial_runs(store)}
+    assert set(runs) == {baseline, dual}  # a run per member, tagged and named as unfused
+    alone = ray_trial(spec, "dual_coop")
+    assert runs[dual].info.run_name == alone.config["trial_name"] and runs[dual].data.tags["setup"] == "dual_coop"
+    assert runs[dual].data.params == {k: v for k, v in flatten(alone.config["trial_config"]).items()}
+
+    def epoch(n: int, mAP: float) -> dict:
+        return {k: v for k, v in epoch_result(n, mAP).items() if k != "hostname"}  # Tune names the host of the group
+
+    logger.on_trial_result(0, [], group, group_result({baseline: epoch(1, 10.0), dual: epoch(1, 20.0)}))
+    error = "FloatingPointError: training loss is nan at epoch 2, step 1: the learning rate or loss settings diverge"
+    logger.on_trial_result(0, [], group, group_result({baseline: epoch(2, 30.0)}, {dual: error}))
+    failed = store.client.get_run(runs[dual].info.run_id)
+    assert failed.info.status == "FAILED" and failed.data.tags["orchestrator.error"] == error
+    assert "Traceback" in Path(store.client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))).read_text()
+    logger.on_trial_result(0, [], group, group_result({baseline: {**epoch(3, 20.0), "best_mAP": 30.0, "best_epoch": 2}}))
+    # Its last epoch: it ends with the group, once Tune has recorded that (a kill before would rerun it).
+    assert store.client.get_run(runs[baseline].info.run_id).info.status == "RUNNING"
+    logger.on_trial_error(0, [], group)  # the group fails for its failed member; the finished one ends FINISHED
+    finished = store.client.get_run(runs[baseline].info.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags[RAY_NODE_TAG] == "node-a (host-1)"
+    assert (finished.data.metrics["best_mAP"], finished.data.metrics["last_mAP"]) == (30.0, 20.0)
+    assert [m.step for m in store.client.get_metric_history(finished.info.run_id, "mAP")] == [1, 2, 3]
+    assert [store.client.get_run(runs[k].info.run_id).info.status for k in (baseline, dual)] == ["FINISHED", "FAILED"]
+
+    # The same command again: Tune resumes the group from its checkpoint, and only the failed member trains on.
+    again = pickle.loads(pickle.dumps(logger))
+    again.setup()
+    resumed = group_trial(spec, checkpoint=object())
+    again.on_trial_start(0, [], resumed)
+    assert [store.client.get_run(runs[k].info.run_id).info.status for k in (baseline, dual)] == ["FINISHED", "RUNNING"]
+    for n in (2, 3):
+        again.on_trial_result(0, [], resumed, group_result({dual: {**epoch(n, 25.0), "best_mAP": 25.0, "best_epoch": n}}))
+    again.on_trial_complete(0, [], resumed)
+    assert {store.client.get_run(runs[k].info.run_id).info.status for k in (baseline, dual)} == {"FINISHED"}
+    assert [m.step for m in store.client.get_metric_history(runs[dual].info.run_id, "mAP")] == [1, 2, 3]
+    assert len(store.client.get_metric_history(runs[baseline].info.run_id, "best_mAP")) == 1  # not logged again
 
 
 def test_finalize_closes_cells_and_launch_by_their_trials(spec, store, tmp_path):

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 
 from trainables.tasks import MEMBERS
 
-from orchestrator.family import named
+from orchestrator.family import in_spec, named
 from orchestrator.specs import ExperimentSpec, grid
+
+PROBE_TIMEOUT_S = 120
+"""How long a launch on a cluster waits for a node to measure the memory a trial's device has."""
 
 MEMORY_SLACK = 0.9
 """The share of a device's memory for its steps that a group's measured tensors may fill: the rest
@@ -98,8 +101,6 @@ def sizing(spec: ExperimentSpec, slot_count: int, capacity: int | None) -> Sizin
 
 
 def _fusing_families(spec: ExperimentSpec) -> list:
-    from orchestrator.family import in_spec
-
     return [family for family in in_spec(spec) if family.task.run_group is not None]
 
 
@@ -113,9 +114,11 @@ def groups(plan: grid.Plan, finished: frozenset[str], size: Sizing) -> list[Grou
     for trial in pending:
         streams.setdefault(_stream(trial), []).append(trial)
     counts = {key: math.ceil(len(trials) / (size.members or len(trials))) for key, trials in streams.items()}
-    # Split the stream with the largest groups until every slot has a group, or no group has two members.
-    while streams and sum(counts.values()) < size.slots:
-        key = max(streams, key=lambda k: len(streams[k]) / counts[k])
+    # Split the stream with the largest groups until every slot has a group of the fused streams (the
+    # trials alone, of a family that does not fuse, fill slots only for a while), or no group has two members.
+    fused = [key for key, trials in streams.items() if len(trials) > 1]
+    while fused and sum(counts[key] for key in fused) < size.slots:
+        key = max(fused, key=lambda k: len(streams[k]) / counts[k])
         if len(streams[key]) <= counts[key]:
             break
         counts[key] += 1
@@ -138,9 +141,10 @@ def _split(trials: list[grid.Trial], count: int) -> list[Group]:
     return [Group(tuple(trials[a:b])) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def capacity(spec: ExperimentSpec, on_cluster: bool, slot_count: int) -> int:
+def capacity(spec: ExperimentSpec, on_cluster: bool, slot_count: int) -> int | None:
     """Bytes for a group's weights and steps on the device a trial gets (`rows.work_memory`): this
-    machine's, or, on a cluster, what a task with a trial's resources finds on its node."""
+    machine's, or, on a cluster, what a task with a trial's resources finds on its node (None when
+    no node could run one within `PROBE_TIMEOUT_S`: an autoscaling cluster without its GPU nodes yet)."""
     if not on_cluster:
         from trainables.features.rows import work_memory
 
@@ -149,9 +153,23 @@ def capacity(spec: ExperimentSpec, on_cluster: bool, slot_count: int) -> int:
         return work_memory(local_trial_device(spec), spec.resources.gpu_share, slot_count)
     import ray
 
+    from orchestrator.track.trial_errors import user_error_cause
+
     resources = spec.resources
     probe = ray.remote(num_cpus=resources.cpus_per_trial, num_gpus=resources.gpus_per_trial)(_work_memory_there)
-    return ray.get(probe.remote(resources.device, resources.gpu_share, resources.cpus_per_trial), timeout=300)
+    asked = probe.remote(resources.device, resources.gpu_share, resources.cpus_per_trial)
+    try:
+        return ray.get(asked, timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.RayTaskError as error:  # a GPU its node's torch cannot use: the trials' one-line error
+        cause = user_error_cause(error)
+        if cause is None:
+            raise
+        raise cause from None
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(asked, force=True)
+        print(f"No node ran a trial's share within {PROBE_TIMEOUT_S} s to measure its device's memory: groups are "
+              "bounded by resources.max_members only", flush=True)  # fmt: skip
+        return None
 
 
 def _work_memory_there(requested: str, gpu_share: float, cpus_per_trial: float) -> int:

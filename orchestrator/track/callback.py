@@ -162,8 +162,6 @@ class MlflowCallback(Callback):
         reported, failed = self._members.record(trial, result)
         for one in reported:
             self._result(one, one.last_result if one is not trial else result)
-            if one is not trial and one.done:  # a member ends with its last epoch: the group may go on for others
-                self._complete(one)
         for one in failed:
             self._fail(one, one.error, one.traceback)
 
@@ -175,10 +173,16 @@ class MlflowCallback(Callback):
 
     @unless_unreachable
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        """A failed trial: its runs (every member's that is still open) FAILED, the reason as a tag, the traceback as `error.txt`."""
+        """A failed trial: its run FAILED, the reason as a tag, the traceback as `error.txt`. A fused
+        group's members that trained their last epoch end FINISHED (Tune has recorded the group's end:
+        a rerun does not train them again), the others that are still open FAILED."""
         path = error_path(trial)
         for one in self._members.of(trial):
-            if one.trial_id not in self._closed:
+            if one.trial_id in self._closed:
+                continue
+            if isinstance(one, Member) and one.done:
+                self._complete(one)
+            else:
                 self._fail(one, error_summary(trial), traceback_text(trial), path)
 
     @unless_unreachable
@@ -235,8 +239,8 @@ class MlflowCallback(Callback):
 
     def _result(self, trial, result: dict) -> None:
         epoch = int(result["epoch"])
-        if epoch <= self._logged_up_to.get(trial.trial_id, 0):
-            return  # already logged before a restart from an older checkpoint
+        if epoch <= self._logged_up_to.get(trial.trial_id, 0) or trial.trial_id in self._closed:
+            return  # already logged before a restart from an older checkpoint (or its run has ended)
         metrics = _family(trial).epoch_metrics(result)
         # What the trial's `auto` settings became on its device (the same at every epoch).
         resolved = flatten(result.get("resolved", {}), RESOLVED_PARAM_PREFIX)

@@ -3,6 +3,7 @@ parameters and peak tensor memory on each dataset."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 from typing import NamedTuple
 
@@ -32,17 +33,26 @@ class Measured(NamedTuple):
 
 def measure(spec, setups: list[str]) -> Measured:
     """The trainable parameters and peak tensor bytes of a trial of each setup on each dataset, on
-    the spec's backbone and each dataset's classes.
+    the spec's backbone and each dataset's classes; measured once per process (`describe` prints
+    them and bounds the fused groups by them).
 
     The backbone is built with random weights on this machine's device: neither count depends on
     the weights, and no weights need to be present to describe a spec.
     """
+    return _measured(spec.model_dump_json(), tuple(setups))
+
+
+@functools.lru_cache(maxsize=4)
+def _measured(spec_json: str, setups: tuple[str, ...]) -> Measured:
     from trainables import data
     from trainables.backbone import load_clip, precision
     from trainables.devices import trial_device
     from trainables.mlr import memory
     from trainables.mlr import setups as registry
 
+    from orchestrator.specs import ExperimentSpec
+
+    spec = ExperimentSpec.model_validate_json(spec_json)
     device = trial_device("auto")
     backbone = load_clip(spec.backbone.model, None, spec.backbone.image_size, device=str(device))
     chosen, _ = precision.resolve(spec.training.precision, device)
