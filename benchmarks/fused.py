@@ -111,7 +111,8 @@ def measure(configs: list[TrialConfig], steps: int) -> dict:
 
 
 def compare(args: argparse.Namespace, mode: str, workdir: Path) -> list[dict]:
-    alone = {c.setup: measure([c], args.steps) for c in member_configs(args, len(SETUPS), mode, workdir)}
+    needed = {c.setup for c in member_configs(args, max(args.member_counts), mode, workdir)}  # each setup a group has, alone
+    alone = {c.setup: measure([c], args.steps) for c in member_configs(args, len(SETUPS), mode, workdir) if c.setup in needed}
     rows = []
     for count in args.member_counts:
         configs = member_configs(args, count, mode, workdir)

@@ -56,7 +56,7 @@ def steps(quick: bool, workdir: Path) -> dict[str, tuple[list[str], int]]:
         "fused": (["-m", "benchmarks.fused", *common, "--members", "2" if quick else "1,8", "--steps", "2" if quick else "10",
                    *quick_only("--workers", "0", "--modes", "cached"), "--json"], 150),
         "loop": (["-m", "benchmarks.gpu_trial", *common, "--train", "40" if quick else "2048", "--test", "16" if quick else "512",
-                  "--processes", "1,2" if quick else "1,2,4", "--seconds", "1" if quick else "10", "--workdir", str(workdir / "loop"),
+                  "--processes", "1" if quick else "1,2,4", "--seconds", "1" if quick else "10", "--workdir", str(workdir / "loop"),
                   *quick_only("--workers", "0", "--setups", "baseline,dual_coop"), "--json", str(workdir / "loop.json")], 180),
     }  # fmt: skip
 

@@ -50,11 +50,11 @@ def makespan(jobs: list[float], devices: int) -> float:
 
 def estimate(plan: grid.Plan, profile: dict, path: Path, devices: int, size: fusion.Sizing) -> list[str]:
     """`describe`'s lines on the cost of `plan`'s fixed trials on `devices` devices, fused in groups of
-    at most `size.members` and apart."""
+    at most `size.members` over `size.slots` trial slots, and apart."""
     spec = plan.spec
     fused_spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"fuse": "auto"})})
     fused_plan = grid.Plan(fused_spec, plan.cells, plan.trials_per_cell, plan.fixed_trials)
-    groups = fusion.groups(fused_plan, frozenset(), fusion.Sizing(devices, size.members))
+    groups = fusion.groups(fused_plan, frozenset(), fusion.Sizing(size.slots, size.members))
     fused_jobs, apart_jobs, uncounted = [], [], 0
     for group in groups:
         try:

@@ -60,11 +60,11 @@ def test_the_gpu_check_runs_small_on_a_cpu_and_writes_a_profile(tmp_path):
     for row in loop["trials"]:
         assert row["steps"] == 5 and row["step_ms"] > 0 and row["eval_s"] > 0 and row["coco_trial_min"] > 0
         assert row["resident"] == "test,train0"
-    assert loop["fill_images_per_s"] > 0 and set(loop["packing"]) == {"1", "2"}
+    assert loop["fill_images_per_s"] > 0 and set(loop["packing"]) == {"1"}
     (row,) = report["fused"]["rows"]
     assert (row["mode"], row["members"], row["setups"]) == ("cached", 2, ["dual_coop", "positive_coop"])
     # The profile costs smoke.yaml's MLR trials, fused and not.
     assert report["cost"][0].startswith(f"Cost from {out / 'gpu_check.json'} (RN-tiny at 64 px, batch 8")
     assert report["cost"][1].lstrip().startswith("fused (") and report["cost"][2].lstrip().startswith("unfused (8 trials)")
     table = (out / "gpu_check.md").read_text()
-    assert "| fused cached K=2 | " in table and "| packing 2 | " in table and "| feature fill | " in table
+    assert "| fused cached K=2 | " in table and "| packing 1 | " in table and "| feature fill | " in table
