@@ -18,12 +18,9 @@ import json
 import math
 from pathlib import Path
 
+from orchestrator.families.mlr.cost import KNOWN_IMAGES
 from orchestrator.specs import load_spec
 from orchestrator.specs.grid import Plan
-
-KNOWN_IMAGES = {"coco": (82_081, 40_137), "voc": (5_011, 4_952)}
-"""(train, test) images of the datasets the shipped specs name: COCO 2014 (images with annotations)
-and VOC 2007 (trainval, test)."""
 
 
 def grid_cost(plan: Plan, step_seconds: dict[str, dict[str, float]], images: dict[str, tuple[int, int]]) -> dict[str, float]:

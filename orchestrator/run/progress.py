@@ -15,7 +15,7 @@ from rich.table import Table
 
 from trainables.tasks import task_of
 
-from orchestrator.track.members import Members, is_group
+from orchestrator.track.members import Members, epochs, is_group
 from orchestrator.track.trial_errors import (
     error_path,
     error_summary,
@@ -24,11 +24,6 @@ from orchestrator.track.trial_errors import (
 )
 
 _ORDER = {"RUNNING": 0, "PENDING": 1, "PAUSED": 2, "ERROR": 3, "TERMINATED": 4}
-
-
-def _epochs(trial) -> int:
-    """The epochs a trial runs: its config's `training.epochs`, as every family's config has it."""
-    return trial.config["trial_config"]["training"]["epochs"]
 
 
 def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, str, str]]:
@@ -43,7 +38,7 @@ def trial_rows(trials: list, statuses: dict[str, str]) -> list[tuple[str, str, s
             (
                 trial.config["trial_name"],
                 statuses[trial.trial_id],
-                f"{result.get('epoch', 0)}/{_epochs(trial)}",
+                f"{result.get('epoch', 0)}/{epochs(trial.config)}",
                 f"best {metric} {best:.2f}" if best is not None else f"best {metric} -",
             )
         )

@@ -36,7 +36,7 @@ class Member:
     @property
     def done(self) -> bool:
         """Whether it trained its last epoch."""
-        return self.last_result.get("epoch", 0) >= self.config["trial_config"]["training"]["epochs"]
+        return self.last_result.get("epoch", 0) >= epochs(self.config)
 
     @property
     def status(self) -> str:
@@ -44,6 +44,11 @@ class Member:
         if self.error is not None:
             return "ERROR"
         return "TERMINATED" if self.done else self.group.status
+
+
+def epochs(config: dict) -> int:
+    """The epochs a trial of this Ray config runs: its config's `training.epochs`, as every family's config has it."""
+    return config["trial_config"]["training"]["epochs"]
 
 
 def is_group(trial) -> bool:

@@ -122,10 +122,10 @@ class MLRStream:
         kept while the same trials train together (a member that failed leaves, and the rest are captured anew)."""
         key = tuple(id(trial) for trial in trials)
         if self._group_step is None or self._group_step[0] != key:
-            config = self.config
+            first = trials[0].step  # every member's step has the stream's settings: capture them as its own would be
             step = GroupStep(
                 [(trial.step, trial.train_targets) for trial in trials], self.device, self.graphed,
-                graph_required=config.training.cuda_graph is True, full_rows=min(config.training.batch_size, len(self.train_set)),
+                graph_required=first.graph_required, full_rows=first.full_rows,
             )  # fmt: skip
             self._group_step = (key, step)
         return self._group_step[1]

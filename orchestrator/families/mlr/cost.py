@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import statistics
 
-KNOWN_TRAIN_IMAGES = {"coco": 82_081, "voc": 5_011}
-"""Training images of the datasets whose size is known without their data (COCO 2014, VOC 2007 trainval)."""
+KNOWN_IMAGES = {"coco": (82_081, 40_137), "voc": (5_011, 4_952)}
+"""(train, test) images of the datasets whose size is known without their data: COCO 2014 (images
+with annotations) and VOC 2007 (trainval, test)."""
 
 
 def train_images(dataset) -> int | None:
     """How many training images a dataset config has, where that is known without reading its data."""
     if dataset.kind == "synthetic":
         return dataset.synthetic_num_train
-    return KNOWN_TRAIN_IMAGES.get(dataset.kind)
+    return KNOWN_IMAGES.get(dataset.kind, (None, None))[0]
 
 
 def profile_rows(profile: dict) -> list[dict]:
