@@ -47,9 +47,10 @@ from trainables.mlr.config import TrialConfig
 from trainables.mlr.train import MLRTrial
 
 from orchestrator import family
+from orchestrator.families.mlr.cost import KNOWN_IMAGES
 from orchestrator.run import packing
 
-COCO_TRAIN, COCO_TEST, COCO_EPOCHS = 82_081, 40_137, 50
+(COCO_TRAIN, COCO_TEST), COCO_EPOCHS = KNOWN_IMAGES["coco"], 50
 """COCO 2014's train and val images, and the paper's epochs (PositiveCoOp section 4.2)."""
 
 LABELS_PER_IMAGE = 2.9
