@@ -20,7 +20,7 @@ def describe(loaded: LoadedSpec, devices: int | None = None, profile: Path | Non
     slot_count = _local_slots(spec) if devices is None else fusion.slots(spec, 10**9, devices) if spec.resources.gpus_per_trial else devices
     # This machine's memory bounds groups only where its device is the trials' (a GPU spec described without one: at launch).
     here = spec.resources.gpus_per_trial == 0 or fill.local_trial_device(spec).type == "cuda"
-    size = fusion.sizing(spec, slot_count, fusion.capacity(spec, False, slot_count) if here else None)
+    size = fusion.sizing(spec, slot_count, lambda: fusion.capacity(spec, False, slot_count) if here else None)
     grouping = fusion.summary(spec, fusion.groups(plan, frozenset(), size), size) if plan.fixed_trials else []
     cost = cost_lines(plan, read_profile(profile), profile, devices or slot_count, size) if profile else [MEASURE]
     per_cell = max(plan.trials_per_cell.values(), default=1)

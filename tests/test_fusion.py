@@ -70,10 +70,12 @@ def test_the_device_memory_bounds_the_members(make_spec):
     shared, member, _ = named("mlr").member_bytes(spec)
     assert shared > 0 and member > 0
     room = (shared + 2.5 * member) / fusion.MEMORY_SLACK  # two members fit, not three
-    assert fusion.sizing(spec, 4, int(room)).members == 2
-    assert fusion.sizing(spec, 4, None).members is None
-    assert fusion.sizing(make_spec(resources={"max_members": 1}), 4, 10**12).members == 1
-    assert fusion.sizing(make_spec(resources={"max_members": 3}), 4, 10**12).members == 3
+    assert fusion.sizing(spec, 4, lambda: int(room)).members == 2
+    assert fusion.sizing(spec, 4, lambda: None).members is None
+    assert fusion.sizing(make_spec(resources={"max_members": 1}), 4, lambda: 10**12).members == 1
+    unasked = lambda: pytest.fail("the device's memory is asked for (on a cluster, of a node) where nothing uses it")  # noqa: E731
+    assert fusion.sizing(make_spec(resources={"fuse": "off"}), 4, unasked).members == 1
+    assert fusion.sizing(make_spec(resources={"max_members": 3}), 4, lambda: 10**12).members == 3
 
 
 def test_a_groups_config_holds_each_members_config_and_a_key_of_its_members(make_spec):

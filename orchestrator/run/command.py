@@ -61,7 +61,7 @@ def _fused_groups(plan: grid.Plan, pending: Pending, on_cluster: bool) -> list[f
         return []
     total = ray.cluster_resources()
     slot_count = fusion.slots(spec, total.get("CPU", 1.0), total.get("GPU", 0.0))
-    size = fusion.sizing(spec, slot_count, fusion.capacity(spec, on_cluster, slot_count))
+    size = fusion.sizing(spec, slot_count, lambda: fusion.capacity(spec, on_cluster, slot_count))
     found = fusion.groups(plan, pending.finished, size)
     for line in fusion.summary(spec, found, size):
         print(line, flush=True)

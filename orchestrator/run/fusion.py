@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trainables.tasks import MEMBERS
@@ -86,14 +87,17 @@ def slots(spec: ExperimentSpec, cpus: float, gpus: float) -> int:
     return max(fit, 1)
 
 
-def sizing(spec: ExperimentSpec, slot_count: int, capacity: int | None) -> Sizing:
-    """The bound on a group's members: `max_members`, and what `capacity` bytes (of the device a
-    group computes on, for its weights and steps; None: not known) hold at the measured sizes."""
+def sizing(spec: ExperimentSpec, slot_count: int, capacity_of: Callable[[], int | None]) -> Sizing:
+    """The bound on a group's members: `max_members`, and what the bytes `capacity_of()` says (of the
+    device a group computes on, for its weights and steps; None: not known) hold at the measured
+    sizes. It is asked only where a family fuses and the members are not fixed at one (on a
+    cluster it asks a node)."""
     limit = spec.resources.max_members
     if not fusing(spec) or limit == 1:
         return Sizing(slot_count, 1)
     measured = [m for family in _fusing_families(spec) if (m := family.member_bytes(spec)) is not None]
-    if capacity is None or not measured:
+    capacity = capacity_of() if measured else None
+    if capacity is None:
         return Sizing(slot_count, limit)
     shared, member = max(m[0] for m in measured), max(max(m[1] for m in measured), 1)
     held = max(int((MEMORY_SLACK * capacity - shared) // member), 1)
